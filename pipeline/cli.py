@@ -1,0 +1,256 @@
+"""The ``clevertap-pipeline`` command (also ``python -m pipeline``). Thin: parsing and printing only."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+import orjson
+import redis
+
+from pipeline.config import Settings, load_settings
+from pipeline.errors import ConfigError, InputError, UnknownIntegration
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+# ---------------------------------------------------------------------------------------------- input
+
+
+def read_events(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, event)`` from JSON lines or one JSON array (numbered by element, from 1).
+
+    A line that is not JSON yields a bad-input marker that ingest rejects with the parse error.
+    """
+    from pipeline.ingest import bad_input
+
+    head = stream.peek(64)[:64] if isinstance(stream, io.BufferedReader) else b""
+    if head.lstrip().startswith(b"["):
+        data = stream.read()
+        try:
+            items = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(f"input starts with '[' but is not a JSON array: {exc}") from None
+        yield from enumerate(items, start=1)
+        return
+    for n, line in enumerate(stream, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            yield n, orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            snippet = text[:80].decode("utf-8", "replace")
+            yield n, bad_input(snippet, f"not JSON: {exc} (line starts {snippet!r})")
+
+
+def _open_input(path: str) -> IO[bytes]:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+
+
+class Progress:
+    """A one-line progress display on a terminal; silent otherwise."""
+
+    def __init__(self, label: str, total_bytes: int | None, stream: IO[str] = sys.stderr) -> None:
+        self.label, self.total, self.stream = label, total_bytes, stream
+        self.enabled = stream.isatty()
+        self.last = 0.0
+
+    def update(self, text: str, done_bytes: int | None = None, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < 0.1):
+            return
+        self.last = now
+        bar = ""
+        if self.total and done_bytes is not None:
+            frac = min(1.0, done_bytes / self.total)
+            filled = int(frac * 24)
+            bar = f"[{'#' * filled}{'.' * (24 - filled)}] {frac:4.0%} "
+        self.stream.write(f"\r{self.label} {bar}{text}\x1b[K")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# -------------------------------------------------------------------------------------------- verbs
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings()
+    print(orjson.dumps(settings.public_dict(), option=orjson.OPT_INDENT_2).decode())
+    return EXIT_OK
+
+
+def _ingestor(settings: Settings, integration: str) -> Any:
+    from pipeline.ingest import Ingestor, store_for
+
+    return Ingestor(store_for(settings), settings.integration(integration))
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from pipeline.ingest import CHUNK, IngestResult, chunked
+
+    settings = _settings()
+    ingestor = _ingestor(settings, args.integration)
+    stream = _open_input(args.file)
+    total_bytes = os.fstat(stream.fileno()).st_size if args.file != "-" else None
+    progress = Progress("ingest", total_bytes or None)
+    total = IngestResult()
+    try:
+        for chunk in chunked(read_events(stream), CHUNK):
+            res = ingestor.ingest_chunk(chunk)
+            for rej in res.rejections:
+                _err(f"line {rej.index}: rejected: {'; '.join(rej.reasons)}")
+            res.rejections.clear()  # reported; keep memory flat on big inputs
+            total.add(res)
+            done = stream.tell() if args.file != "-" else None
+            progress.update(
+                f"{total.accepted:,} accepted  {total.filtered:,} filtered  {total.duplicate:,} duplicate  "
+                f"{total.rejected:,} rejected",
+                done,
+            )
+    finally:
+        progress.close()
+        if args.file != "-":
+            stream.close()
+    counts = total.counts()
+    if args.json:
+        print(orjson.dumps(counts).decode())
+    else:
+        print(
+            f"accepted {total.accepted}, filtered {total.filtered}, duplicate {total.duplicate}, "
+            f"rejected {total.rejected} ({total.records} records queued for integration "
+            f"{args.integration!r}; rejected events are kept as dead letters)"
+        )
+    return EXIT_FAILED if args.strict and total.rejected else EXIT_OK
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    settings = _settings()
+    ingestor = _ingestor(settings, args.integration)
+    check_store = True
+    try:
+        ingestor.store.r.ping()
+    except redis.RedisError:
+        check_store = False
+        _err(
+            "preview: Redis is not reachable, so identities remembered from earlier identify calls and "
+            "messageIds already seen are not taken into account"
+        )
+    stream = _open_input(args.file)
+    try:
+        out = sys.stdout
+        for outcome in ingestor.preview(read_events(stream), check_store=check_store):
+            line: dict[str, Any] = {
+                "line": outcome.index,
+                "outcome": outcome.outcome,
+                "records": outcome.records,
+            }
+            if outcome.reasons:
+                line["reason"] = "; ".join(outcome.reasons)
+            out.write(orjson.dumps(line).decode() + "\n")
+    finally:
+        if args.file != "-":
+            stream.close()
+    return EXIT_OK
+
+
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from pipeline.bench import bench_ingest
+
+    return bench_ingest(args)
+
+
+# --------------------------------------------------------------------------------------------- parser
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clevertap-pipeline",
+        description="Deliver Datafly/Segment-style events to CleverTap's Upload Events API.\n\n"
+        "Configuration comes from CLEVERTAP_* environment variables or the TOML file named by "
+        "CLEVERTAP_PIPELINE_CONFIG (see README, 'Configuration reference').",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_: str, func: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Formatter)
+        p.set_defaults(func=func)
+        return p
+
+    verb(
+        "check-config",
+        "Validate the configuration and print it with the passcode masked (exit 2 on errors).",
+        cmd_check_config,
+    )
+
+    p = verb("ingest", "Validate, map and queue events from JSON lines or a JSON array.", cmd_ingest)
+    p.add_argument("file", nargs="?", default="-", help="input file, or - for standard input")
+    p.add_argument("--integration", "-i", default="default", help="integration to queue for")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any event was rejected")
+
+    p = verb("preview", "Map events without queueing: one JSON line per input event.", cmd_preview)
+    p.add_argument("file", nargs="?", default="-", help="input file, or - for standard input")
+    p.add_argument("--integration", "-i", default="default", help="integration whose mappings to use")
+
+    p = verb(
+        "bench-ingest",
+        "Measure ingest (validate + map + queue) events/s on one core against a real "
+        "Redis (an embedded one unless --redis-url).",
+        cmd_bench_ingest,
+    )
+    p.add_argument("--events", type=int, default=50_000, help="events per run")
+    p.add_argument("--runs", type=int, default=5, help="runs; the median is reported")
+    p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        _err("configuration errors:")
+        for path, msg in exc.errors:
+            _err(f"  {path}: {msg}")
+        return EXIT_CONFIG
+    except UnknownIntegration as exc:
+        _err(f"error: {exc}")
+        return EXIT_CONFIG
+    except InputError as exc:
+        _err(f"error: {exc}")
+        return EXIT_FAILED
+    except redis.RedisError as exc:
+        _err(f"error: Redis is not reachable ({type(exc).__name__}: {exc}); check REDIS_URL")
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130

@@ -1,0 +1,506 @@
+"""Configuration: marshmallow schemas validated once into a frozen :class:`Settings`.
+
+Two sources, one schema:
+
+* the environment (``CLEVERTAP_ACCOUNT_ID``, ``CLEVERTAP_PASSCODE``, ``CLEVERTAP_REGION``, ...) defines the
+  integration named ``default``;
+* a TOML file named by ``CLEVERTAP_PIPELINE_CONFIG`` defines any number of ``[integrations.<name>]``.
+
+Every problem is reported at once, each with its key path (or environment variable) and what is allowed.
+The passcode is held in a :class:`Secret` that never prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from pipeline import constants as C
+from pipeline.errors import ConfigError, UnknownIntegration
+
+ENV_CONFIG_FILE = "CLEVERTAP_PIPELINE_CONFIG"
+ENV_PREFIX = "CLEVERTAP_"
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str``, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __reduce__(self) -> Any:  # pickling would carry it into places it must not go
+        raise TypeError("Secret values cannot be pickled")
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Field mappings as data: event renames and, per source event, target property <- source candidates."""
+
+    name: str
+    events: Mapping[str, str]
+    properties: Mapping[str, Mapping[str, tuple[str, ...]]]
+
+
+def load_preset(name: str) -> Preset:
+    try:
+        text = resources.files("pipeline.presets").joinpath(f"{name}.json").read_text("utf-8")
+    except FileNotFoundError:
+        raise UnknownIntegration(f"unknown preset {name!r}") from None
+    raw = json.loads(text)
+    return Preset(
+        name=raw["name"],
+        events=dict(raw["events"]),
+        properties={
+            ev: {target: tuple(sources) for target, sources in props.items()}
+            for ev, props in raw.get("properties", {}).items()
+        },
+    )
+
+
+def available_presets() -> list[str]:
+    return sorted(
+        p.name.removesuffix(".json")
+        for p in resources.files("pipeline.presets").iterdir()
+        if p.name.endswith(".json")
+    )
+
+
+# ---------------------------------------------------------------------------------------------- schemas
+
+_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _header_safe(value: str) -> None:
+    if not value or any(ch in value for ch in "\r\n\0") or value != value.strip():
+        raise ValidationError("must be a non-empty value without surrounding spaces or line breaks")
+
+
+def _http_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValidationError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080")
+    if parts.query or parts.fragment:
+        raise ValidationError("must be a base URL without query or fragment (/1/upload is appended)")
+
+
+def _redis_url(value: str) -> None:
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValidationError("must be a redis://, rediss:// or unix:// URL")
+
+
+def _range(lo: float, hi: float, unit: str = "") -> validate.Range:
+    return validate.Range(min=lo, max=hi, error=f"must be between {lo:g} and {hi:g}{unit}")
+
+
+class IntegrationSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    account_id = fields.String(
+        required=True,
+        validate=validate.Regexp(_ACCOUNT_ID, error="must be 1-64 letters, digits, '-' or '_'"),
+    )
+    passcode = fields.String(validate=_header_safe)
+    passcode_env = fields.String(
+        validate=validate.Regexp(_ENV_NAME, error="must be an environment variable name")
+    )
+    region = fields.String(
+        required=True,
+        validate=validate.OneOf(C.REGIONS, error="must be one of " + ", ".join(C.REGIONS)),
+    )
+    preset = fields.String(load_default="default")
+    consent_categories = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
+    api_url = fields.String(load_default=None, allow_none=True, validate=_http_url)
+    batch_size = fields.Integer(load_default=C.MAX_BATCH_SIZE, validate=_range(1, C.MAX_BATCH_SIZE))
+    max_concurrency = fields.Integer(load_default=C.MAX_CONCURRENCY, validate=_range(1, C.MAX_CONCURRENCY))
+    flush_interval = fields.Float(load_default=1.0, validate=_range(0.05, 3600, " seconds"))
+    unmapped = fields.String(
+        load_default="pass", validate=validate.OneOf(("pass", "drop"), error="must be pass or drop")
+    )
+    send_profiles = fields.Boolean(load_default=True)
+    nested = fields.String(
+        load_default="stringify",
+        validate=validate.OneOf(("stringify", "reject"), error="must be stringify or reject"),
+    )
+    max_event_properties = fields.Integer(
+        load_default=C.DEFAULT_MAX_EVENT_PROPERTIES, validate=_range(1, 1024)
+    )
+    dedup_window = fields.Float(load_default=C.DEFAULT_DEDUP_WINDOW_S, validate=_range(0, 30 * 86400, " s"))
+    give_up_age = fields.Float(load_default=C.DEFAULT_GIVE_UP_AGE_S, validate=_range(1, 30 * 86400, " s"))
+    events = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    properties = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(keys=fields.String(), values=fields.String()),
+        load_default=dict,
+    )
+
+    @validates_schema
+    def _one_passcode(self, data: dict[str, Any], **_: Any) -> None:
+        if ("passcode" in data) == ("passcode_env" in data):
+            raise ValidationError("give exactly one of passcode or passcode_env", "passcode")
+        if data.get("preset", "default") not in available_presets():
+            raise ValidationError("must be one of " + ", ".join(available_presets()), "preset")
+
+
+class SettingsSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    redis_url = fields.String(load_default=C.DEFAULT_REDIS_URL, validate=_redis_url)
+    key_prefix = fields.String(
+        load_default=C.DEFAULT_KEY_PREFIX,
+        validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,32}$", error="must be 1-32 letters, digits, . _ -"),
+    )
+    connect_timeout = fields.Float(load_default=C.DEFAULT_CONNECT_TIMEOUT_S, validate=_range(0.1, 60, " s"))
+    read_timeout = fields.Float(load_default=C.DEFAULT_READ_TIMEOUT_S, validate=_range(0.1, 600, " s"))
+    token_lease = fields.Float(load_default=C.DEFAULT_TOKEN_LEASE_S, validate=_range(1, 3600, " s"))
+    auth_probe_interval = fields.Float(
+        load_default=C.DEFAULT_AUTH_PROBE_INTERVAL_S, validate=_range(0.1, 86400, " s")
+    )
+    sweep_grace = fields.Float(load_default=C.DEFAULT_SWEEP_GRACE_S, validate=_range(1, 3600, " s"))
+    integrations = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$")),
+        values=fields.Nested(IntegrationSchema),
+        required=True,
+        validate=validate.Length(min=1, error="define at least one integration"),
+    )
+
+    @validates_schema
+    def _lease_outlives_request(self, data: dict[str, Any], **_: Any) -> None:
+        timeouts = data.get("connect_timeout", C.DEFAULT_CONNECT_TIMEOUT_S) + data.get(
+            "read_timeout", C.DEFAULT_READ_TIMEOUT_S
+        )
+        if data.get("token_lease", C.DEFAULT_TOKEN_LEASE_S) <= timeouts:
+            raise ValidationError(
+                f"must be longer than connect_timeout + read_timeout ({timeouts:g} s), so a killed worker's "
+                "slot is freed only after its request could have ended",
+                "token_lease",
+            )
+
+
+# --------------------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class IntegrationConfig:
+    name: str
+    account_id: str
+    passcode: Secret = field(repr=False)
+    region: str
+    preset: Preset = field(repr=False)
+    consent_categories: tuple[str, ...] = ()
+    api_url: str | None = None
+    batch_size: int = C.MAX_BATCH_SIZE
+    max_concurrency: int = C.MAX_CONCURRENCY
+    flush_interval: float = 1.0
+    unmapped: str = "pass"
+    send_profiles: bool = True
+    nested: str = "stringify"
+    max_event_properties: int = C.DEFAULT_MAX_EVENT_PROPERTIES
+    dedup_window: float = C.DEFAULT_DEDUP_WINDOW_S
+    give_up_age: float = C.DEFAULT_GIVE_UP_AGE_S
+    event_renames: Mapping[str, str] = field(default_factory=dict)
+    property_renames: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @property
+    def upload_url(self) -> str:
+        if self.api_url:
+            return self.api_url.rstrip("/") + "/1/upload"
+        assert self.region in C.REGIONS  # validated; never interpolate anything else into a host
+        return f"https://{self.region}.api.clevertap.com/1/upload"
+
+    @property
+    def account_key(self) -> str:
+        """The CleverTap account this integration sends as: the token counter is shared per account."""
+        return self.account_id
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective configuration with the passcode masked, for ``check-config``."""
+        return {
+            "account_id": self.account_id,
+            "passcode": "********",
+            "region": self.region,
+            "upload_url": self.upload_url,
+            "preset": self.preset.name,
+            "consent_categories": list(self.consent_categories),
+            "batch_size": self.batch_size,
+            "max_concurrency": self.max_concurrency,
+            "flush_interval": self.flush_interval,
+            "unmapped": self.unmapped,
+            "send_profiles": self.send_profiles,
+            "nested": self.nested,
+            "max_event_properties": self.max_event_properties,
+            "dedup_window": self.dedup_window,
+            "give_up_age": self.give_up_age,
+            "events": dict(self.event_renames),
+            "properties": {k: dict(v) for k, v in self.property_renames.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Settings:
+    integrations: Mapping[str, IntegrationConfig]
+    redis_url: str = C.DEFAULT_REDIS_URL
+    key_prefix: str = C.DEFAULT_KEY_PREFIX
+    connect_timeout: float = C.DEFAULT_CONNECT_TIMEOUT_S
+    read_timeout: float = C.DEFAULT_READ_TIMEOUT_S
+    token_lease: float = C.DEFAULT_TOKEN_LEASE_S
+    auth_probe_interval: float = C.DEFAULT_AUTH_PROBE_INTERVAL_S
+    sweep_grace: float = C.DEFAULT_SWEEP_GRACE_S
+    source: str = "environment"
+
+    def integration(self, name: str) -> IntegrationConfig:
+        try:
+            return self.integrations[name]
+        except KeyError:
+            known = ", ".join(sorted(self.integrations)) or "none"
+            raise UnknownIntegration(f"no integration named {name!r} (configured: {known})") from None
+
+    @property
+    def min_flush_interval(self) -> float:
+        return min(i.flush_interval for i in self.integrations.values())
+
+    def public_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "redis_url": _mask_url(self.redis_url),
+            "key_prefix": self.key_prefix,
+            "connect_timeout": self.connect_timeout,
+            "read_timeout": self.read_timeout,
+            "token_lease": self.token_lease,
+            "auth_probe_interval": self.auth_probe_interval,
+            "sweep_grace": self.sweep_grace,
+            "integrations": {n: i.public_dict() for n, i in sorted(self.integrations.items())},
+        }
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":********@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+# Settings-level keys and the environment variables that set them.
+_GLOBAL_ENV = {
+    "redis_url": "REDIS_URL",
+    "key_prefix": "CLEVERTAP_KEY_PREFIX",
+    "connect_timeout": "CLEVERTAP_CONNECT_TIMEOUT",
+    "read_timeout": "CLEVERTAP_READ_TIMEOUT",
+    "token_lease": "CLEVERTAP_TOKEN_LEASE",
+    "auth_probe_interval": "CLEVERTAP_AUTH_PROBE_INTERVAL",
+    "sweep_grace": "CLEVERTAP_SWEEP_GRACE",
+}
+# Integration keys settable from the environment (the ``default`` integration).
+_INTEGRATION_ENV = {
+    name: ENV_PREFIX + name.upper()
+    for name in (
+        "account_id",
+        "passcode",
+        "region",
+        "preset",
+        "consent_categories",
+        "api_url",
+        "batch_size",
+        "max_concurrency",
+        "flush_interval",
+        "unmapped",
+        "send_profiles",
+        "nested",
+        "max_event_properties",
+        "dedup_window",
+        "give_up_age",
+    )
+}
+_KNOWN_ENV = set(_GLOBAL_ENV.values()) | set(_INTEGRATION_ENV.values()) | {ENV_CONFIG_FILE}
+
+
+def _flatten(messages: Any, path: str = "") -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if isinstance(messages, dict):
+        for key, sub in messages.items():
+            if key == "_schema":
+                out.extend(_flatten(sub, path))
+            elif key == "value" and path and isinstance(sub, (dict, list)):
+                out.extend(_flatten(sub, path))  # fields.Dict nests value errors under "value"
+            else:
+                out.extend(_flatten(sub, f"{path}.{key}" if path else str(key)))
+    elif isinstance(messages, list):
+        for msg in messages:
+            out.extend(_flatten(msg, path))
+    else:
+        text = str(messages)
+        if text == "Unknown field.":
+            text = "unknown key"
+        elif text == "Missing data for required field.":
+            text = "required"
+        out.append((path or "(top level)", text))
+    return out
+
+
+def _env_raw(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    raw: dict[str, Any] = {}
+    errors = [
+        (name, "unknown setting (typo?)")
+        for name in sorted(environ)
+        if name.startswith(ENV_PREFIX) and name not in _KNOWN_ENV
+    ]
+    for key, var in _GLOBAL_ENV.items():
+        if environ.get(var, "") != "":
+            raw[key] = environ[var]
+    integ: dict[str, Any] = {}
+    for key, var in _INTEGRATION_ENV.items():
+        value = environ.get(var, "")
+        if value == "":
+            continue
+        if key == "consent_categories":
+            integ[key] = [c.strip() for c in value.split(",") if c.strip()]
+        else:
+            integ[key] = value
+    if integ:
+        raw["integrations"] = {"default": integ}
+    return raw, errors
+
+
+def _env_path(path: str) -> str:
+    """Name the environment variable behind a key path of the environment-defined integration."""
+    parts = path.split(".")
+    if len(parts) >= 3 and parts[:2] == ["integrations", "default"] and parts[2] in _INTEGRATION_ENV:
+        return _INTEGRATION_ENV[parts[2]]
+    if parts[0] in _GLOBAL_ENV:
+        return _GLOBAL_ENV[parts[0]]
+    if path == "integrations":
+        return "CLEVERTAP_ACCOUNT_ID, CLEVERTAP_PASSCODE, CLEVERTAP_REGION"
+    return path
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from the environment and, if named, the TOML file. Raises :class:`ConfigError`."""
+    env = os.environ if environ is None else environ
+    env_raw, errors = _env_raw(env)
+    config_file = env.get(ENV_CONFIG_FILE, "")
+    raw: dict[str, Any]
+    if config_file:
+        source = config_file
+        try:
+            raw = tomllib.loads(Path(config_file).read_text("utf-8"))
+        except OSError as exc:
+            raise ConfigError([(ENV_CONFIG_FILE, f"cannot read {config_file}: {exc.strerror}")]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([(config_file, f"not valid TOML: {exc}")]) from None
+        # The environment still overrides global settings (REDIS_URL first of all) ...
+        for key in _GLOBAL_ENV:
+            if key in env_raw:
+                raw[key] = env_raw[key]
+        # ... and may add the ``default`` integration, but not redefine one the file has.
+        env_integ = env_raw.get("integrations", {}).get("default")
+        if env_integ:
+            file_integ = raw.setdefault("integrations", {})
+            if isinstance(file_integ, dict) and "default" in file_integ:
+                errors.append(
+                    (
+                        "integrations.default",
+                        "defined both in the config file and by CLEVERTAP_* environment variables; keep one",
+                    )
+                )
+            elif isinstance(file_integ, dict):
+                file_integ["default"] = env_integ
+        path_of: Callable[[str], str] = str
+    else:
+        source = "environment"
+        raw = env_raw
+        path_of = _env_path
+    try:
+        data = SettingsSchema().load(raw)
+    except ValidationError as exc:
+        errors.extend((path_of(p), m) for p, m in _flatten(exc.messages))
+        raise ConfigError(errors) from None
+    integrations: dict[str, IntegrationConfig] = {}
+    for name, spec in data["integrations"].items():
+        if "passcode_env" in spec:
+            var = spec["passcode_env"]
+            value = env.get(var, "")
+            if not value:
+                errors.append((f"integrations.{name}.passcode_env", f"environment variable {var} is not set"))
+                continue
+            passcode = Secret(value)
+        else:
+            passcode = Secret(spec["passcode"])
+        integrations[name] = IntegrationConfig(
+            name=name,
+            account_id=spec["account_id"],
+            passcode=passcode,
+            region=spec["region"],
+            preset=load_preset(spec["preset"]),
+            consent_categories=tuple(spec["consent_categories"]),
+            api_url=spec["api_url"],
+            batch_size=spec["batch_size"],
+            max_concurrency=spec["max_concurrency"],
+            flush_interval=spec["flush_interval"],
+            unmapped=spec["unmapped"],
+            send_profiles=spec["send_profiles"],
+            nested=spec["nested"],
+            max_event_properties=spec["max_event_properties"],
+            dedup_window=spec["dedup_window"],
+            give_up_age=spec["give_up_age"],
+            event_renames=dict(spec["events"]),
+            property_renames={k: dict(v) for k, v in spec["properties"].items()},
+        )
+    # One CleverTap account has one in-flight limit: integrations sharing it must agree on it.
+    limits: dict[str, tuple[str, int]] = {}
+    for name, integ in sorted(integrations.items()):
+        seen = limits.setdefault(integ.account_id, (name, integ.max_concurrency))
+        if seen[1] != integ.max_concurrency:
+            errors.append(
+                (
+                    f"integrations.{name}.max_concurrency",
+                    f"must equal integrations.{seen[0]}.max_concurrency ({seen[1]}): both send as account "
+                    f"{integ.account_id}, which has one in-flight limit",
+                )
+            )
+    if errors:
+        raise ConfigError(errors)
+    return Settings(
+        integrations=integrations,
+        redis_url=data["redis_url"],
+        key_prefix=data["key_prefix"],
+        connect_timeout=data["connect_timeout"],
+        read_timeout=data["read_timeout"],
+        token_lease=data["token_lease"],
+        auth_probe_interval=data["auth_probe_interval"],
+        sweep_grace=data["sweep_grace"],
+        source=source,
+    )

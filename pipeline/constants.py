@@ -1,0 +1,88 @@
+"""CleverTap's limits and the pipeline's defaults, each with the reason it sits where it does.
+
+Sources: ``shared/spec/clevertap-api.md`` (what the real Upload API enforces) and the product spec.
+"""
+
+from __future__ import annotations
+
+#: Regions CleverTap provisions accounts in. The region becomes part of a host name, so nothing
+#: outside this tuple is ever interpolated into a URL.
+REGIONS: tuple[str, ...] = ("us1", "in1", "eu1", "sg1", "aps3", "mec1")
+
+#: ``POST /1/upload`` accepts at most 1,000 records per request.
+MAX_BATCH_SIZE = 1000
+#: CleverTap answers 429 past 15 concurrent requests per account.
+MAX_CONCURRENCY = 15
+
+#: Property values may be at most 512 bytes (UTF-8), keys at most 120 characters.
+MAX_VALUE_BYTES = 512
+MAX_KEY_CHARS = 120
+#: Older docs say 256 properties per event, newer ones "100 by default, configurable per account".
+#: 256 is the default here; accounts with a lower limit set ``max_event_properties``.
+DEFAULT_MAX_EVENT_PROPERTIES = 256
+
+#: Characters CleverTap does not allow in event names.
+FORBIDDEN_EVENT_NAME_CHARS = frozenset("%><!|&.:;$'\"\\")
+
+#: System event names CleverTap reserves (error 513). Compared case- and space-insensitively,
+#: because CleverTap counts names that differ only in case or spaces as one event.
+RESERVED_EVENT_NAMES: frozenset[str] = frozenset(
+    name.replace(" ", "").lower()
+    for name in (
+        "App Launched",
+        "App Installed",
+        "App Uninstalled",
+        "Notification Sent",
+        "Notification Viewed",
+        "Notification Clicked",
+        "Notification Replied",
+        "UTM Visited",
+        "Stayed",
+        "Identity Set",
+        "Identity Reset",
+        "Identity Error",
+        "Push Impressions",
+        "Channel Unsubscribed",
+        "Geocluster Entered",
+        "Geocluster Exited",
+        "State Transitioned",
+        "Session Concluded",
+        "Reply Received",
+        "Message Sent",
+        "Message Delivered",
+        "Message Read",
+    )
+)
+
+#: The only evtData key CleverTap lets hold a nested structure (a list of objects), on Charged.
+ITEMS_KEY = "Items"
+
+#: Default messageId de-duplication window: an upstream job that retries its own submission within a
+#: day does not double-send.
+DEFAULT_DEDUP_WINDOW_S = 24 * 3600
+#: A batch that keeps failing transiently is dead-lettered after this age (6 h), long enough to ride
+#: out an outage, short enough that nothing retries forever silently.
+DEFAULT_GIVE_UP_AGE_S = 6 * 3600
+
+#: HTTP timeouts. The token lease must outlive the longest request, so a worker that dies mid-request
+#: frees its slot soon after the request could have ended anyway.
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 60.0
+DEFAULT_TOKEN_LEASE_S = 120.0
+#: A batch lease: how long one worker owns a batch while sending it. Longer than the token lease so
+#: the token is always freed before another worker can pick the batch up.
+DEFAULT_BATCH_LEASE_S = 180.0
+
+#: Broker visibility timeout (Redis transport). Every countdown the tasks use stays below it, so an
+#: ETA message is never redelivered while its countdown is still running.
+VISIBILITY_TIMEOUT_S = 3600
+MAX_COUNTDOWN_S = 600.0
+
+#: How long a batch may sit past its due time, unleased, before the sweep re-publishes it.
+DEFAULT_SWEEP_GRACE_S = 60.0
+#: How often a batch is tried again while an integration fails authentication.
+DEFAULT_AUTH_PROBE_INTERVAL_S = 60.0
+
+DEFAULT_KEY_PREFIX = "ctp"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+SEND_QUEUE = "clevertap.send"

@@ -1,0 +1,35 @@
+"""One small exception tree. Retry signals are not errors and live in :mod:`pipeline.outcomes`."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """The configuration is invalid; ``errors`` lists every problem as ``(key path, message)``."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in errors))
+
+
+class UnknownIntegration(PipelineError):
+    """An integration name that the configuration does not define."""
+
+
+class InputError(PipelineError):
+    """Input that cannot be read at all (not a file, not JSON lines, not a JSON array)."""
+
+
+class DeliveryError(PipelineError):
+    """A batch was sent but CleverTap did not store all of it; the details are in the dead letters."""
+
+
+class PartialDelivery(DeliveryError):
+    """CleverTap answered ``partial`` or ``fail``: some rows were rejected and dead-lettered."""
+
+
+class BatchGivenUp(DeliveryError):
+    """A batch kept failing past its give-up age and was dead-lettered with the last error."""

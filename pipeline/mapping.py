@@ -1,0 +1,271 @@
+"""Mapping of validated events to CleverTap records, with pre-flight checks against CleverTap's limits.
+
+Pure: no Redis, no clock (the caller passes ``now``), no I/O. The preset is data (``presets/*.json``);
+an integration's ``events`` and ``properties`` overrides are merged on top of it once, in :class:`Mapper`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from pipeline import constants as C
+from pipeline.config import IntegrationConfig
+from pipeline.events import Event
+
+MAPPED, FILTERED, REJECTED, DUPLICATE = "mapped", "filtered", "rejected", "duplicate"
+MISSING_IDENTITY = (
+    "missing identity: no email (context.traits.email, traits.email, or an earlier identify for this "
+    "userId) and no userId"
+)
+_PHONE_STRIP = re.compile(r"[\s\-().]")
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+# A string of at most this many characters is at most 512 bytes in UTF-8 (4 bytes a character at most),
+# so only longer strings need encoding to measure.
+_SAFE_CHARS = C.MAX_VALUE_BYTES // 4
+_NUMERIC = (int, float, bool)
+
+
+class MapResult:
+    """What one event became: an outcome, the records to queue, and reasons when filtered or rejected."""
+
+    __slots__ = ("identity_update", "outcome", "reasons", "records")
+
+    def __init__(
+        self,
+        outcome: str,
+        records: list[dict[str, Any]] | None = None,
+        reasons: list[str] | None = None,
+        identity_update: tuple[str, str] | None = None,
+    ) -> None:
+        self.outcome = outcome
+        self.records = records or []
+        self.reasons = reasons or []
+        self.identity_update = identity_update
+
+
+def normalise_phone(value: Any) -> str | None:
+    """``+<country code><number>`` or None. ``00`` international prefixes become ``+``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    text = _PHONE_STRIP.sub("", value)
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    return text if _E164.match(text) else None
+
+
+_name_checks: dict[str, list[str]] = {}
+
+
+def check_event_name(name: str) -> list[str]:
+    """Reasons CleverTap would refuse the event name (memoised: an account has few distinct names)."""
+    cached = _name_checks.get(name)
+    if cached is not None:
+        return list(cached)
+    reasons = _check_event_name(name)
+    if len(_name_checks) < 10_000:
+        _name_checks[name] = reasons
+    return list(reasons)
+
+
+def _check_event_name(name: str) -> list[str]:
+    reasons = []
+    bad = sorted({ch for ch in name if ch in C.FORBIDDEN_EVENT_NAME_CHARS})
+    if bad:
+        reasons.append(
+            f"event name {name!r}: contains {' '.join(repr(c) for c in bad)}, which CleverTap does not allow "
+            "in event names"
+        )
+    if name.replace(" ", "").lower() in C.RESERVED_EVENT_NAMES:
+        reasons.append(f"event name {name!r}: a CleverTap system event name, reserved (code 513)")
+    return reasons
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if isinstance(value, str) and len(value) > _SAFE_CHARS:
+        size = len(value.encode("utf-8"))
+        if size > C.MAX_VALUE_BYTES:
+            return f"value is {size} bytes, CleverTap allows at most {C.MAX_VALUE_BYTES}"
+    return None
+
+
+class Mapper:
+    """The mapping rules of one integration, compiled once from its preset and overrides."""
+
+    def __init__(self, integ: IntegrationConfig) -> None:
+        self.integ = integ
+        self.event_names: dict[str, str] = {**integ.preset.events, **integ.event_renames}
+        self.required_consent = frozenset(integ.consent_categories)
+        self.stringify = integ.nested == "stringify"
+        self.max_props = integ.max_event_properties
+        props: dict[str, dict[str, tuple[str, ...]]] = {
+            ev: dict(targets) for ev, targets in integ.preset.properties.items()
+        }
+        for ev, renames in integ.property_renames.items():
+            targets = props.setdefault(ev, {})
+            for source, target in renames.items():
+                for tgt, sources in list(targets.items()):  # a source feeds one target only
+                    if source in sources:
+                        targets[tgt] = tuple(s for s in sources if s != source)
+                targets[target] = (source,)
+        self.property_maps: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+            ev: [(t, s) for t, s in targets.items() if s] for ev, targets in props.items()
+        }
+
+    # ------------------------------------------------------------------------------------------ events
+
+    def map(self, event: Event, known_email: str | None, now: int) -> MapResult:
+        if self.required_consent:
+            granted = event.consent
+            if granted is None or not self.required_consent <= granted:
+                missing = sorted(self.required_consent - (granted or frozenset()))
+                return MapResult(FILTERED, reasons=[f"consent not granted for {', '.join(missing)}"])
+        email = event.email or known_email
+        if email:
+            ident_key, ident = "identity", email
+        elif event.user_id:
+            ident_key, ident = "objectId", event.user_id
+        else:
+            return MapResult(REJECTED, reasons=[MISSING_IDENTITY])
+        ts = event.ts if event.ts is not None else now
+
+        if event.type == "identify":
+            update = (event.user_id, event.email) if event.user_id and event.email else None
+            if not self.integ.send_profiles:
+                return MapResult(MAPPED, identity_update=update)
+            reasons: list[str] = []
+            profile = self._profile_data(event.traits, reasons)
+            if reasons:
+                return MapResult(REJECTED, reasons=reasons)
+            record = {"type": "profile", ident_key: ident, "ts": ts, "profileData": profile}
+            return MapResult(MAPPED, [record], identity_update=update)
+
+        if event.type == "page":
+            source_name = "page"
+            evt_name = self.event_names.get("page", "Web Page Viewed")
+            props: Mapping[str, Any] = event.properties
+            if event.name and "name" not in props:
+                props = {**props, "name": event.name}
+        else:
+            source_name = event.name or ""
+            mapped_name = self.event_names.get(source_name)
+            if mapped_name is None:
+                if self.integ.unmapped == "drop":
+                    return MapResult(FILTERED, reasons=[f"unmapped event {source_name!r} (unmapped = drop)"])
+                mapped_name = source_name
+            evt_name = mapped_name
+            props = event.properties
+        reasons = check_event_name(evt_name)
+        evt_data = self._evt_data(source_name, props, reasons)
+        if reasons:
+            return MapResult(REJECTED, reasons=reasons)
+        return MapResult(
+            MAPPED, [{"type": "event", ident_key: ident, "ts": ts, "evtName": evt_name, "evtData": evt_data}]
+        )
+
+    # ------------------------------------------------------------------------------------- properties
+
+    def _evt_data(self, source_event: str, props: Mapping[str, Any], reasons: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        pmap = self.property_maps.get(source_event)
+        used: set[str] = set()
+        if pmap:
+            for target, sources in pmap:
+                for source in sources:
+                    value = props.get(source)
+                    if value is not None:
+                        used.add(source)
+                        self._put(out, target, f"properties.{source}", value, reasons)
+                        break
+        for key, value in props.items():
+            if value is None or key in used or key in out:
+                continue
+            kind = type(value)
+            # Fast path for the common case: a short key and a scalar value that cannot be over 512 bytes.
+            if (
+                ((kind is str and len(value) <= _SAFE_CHARS) or kind in _NUMERIC)
+                and len(key) <= C.MAX_KEY_CHARS
+                and key != C.ITEMS_KEY
+            ):
+                out[key] = value
+            else:
+                self._put(out, key, f"properties.{key}", value, reasons)
+        if len(out) > self.max_props:
+            reasons.append(
+                f"properties: {len(out)} properties, CleverTap allows at most {self.max_props} "
+                "(max_event_properties)"
+            )
+        return out
+
+    def _profile_data(self, traits: Mapping[str, Any], reasons: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        email = traits.get("email")
+        if email:
+            out["Email"] = email
+        name = traits.get("name")
+        if not name and (traits.get("firstName") or traits.get("lastName")):
+            name = " ".join(str(traits[k]) for k in ("firstName", "lastName") if traits.get(k))
+        if name:
+            self._put(out, "Name", "traits.name", name, reasons)
+        phone = traits.get("phone")
+        if phone:
+            normalised = normalise_phone(phone)
+            if normalised is None:
+                reasons.append(
+                    "traits.phone: must be an international number, +<country code><number> "
+                    "(e.g. +14155550100)"
+                )
+            else:
+                out["Phone"] = normalised
+        for key, value in traits.items():
+            if value is None or key in ("email", "name", "phone"):
+                continue
+            self._put(out, key, f"traits.{key}", value, reasons)
+        return out
+
+    def _put(self, out: dict[str, Any], key: str, path: str, value: Any, reasons: list[str]) -> None:
+        if len(key) > C.MAX_KEY_CHARS:
+            reasons.append(f"{path[:60]}...: key is {len(key)} characters, CleverTap allows at most 120")
+            return
+        if key == C.ITEMS_KEY:
+            value = self._items(value, path, reasons)
+        elif isinstance(value, (dict, list)):
+            if self.stringify:
+                value = orjson.dumps(value).decode("utf-8")
+            else:
+                reasons.append(
+                    f"{path}: nested {'object' if isinstance(value, dict) else 'list'}; CleverTap allows "
+                    "nested values only in Items (nested = reject)"
+                )
+                return
+        problem = _scalar_problem(value)
+        if problem:
+            reasons.append(f"{path}: {problem}")
+            return
+        out[key] = value
+
+    def _items(self, value: Any, path: str, reasons: list[str]) -> list[Any]:
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            reasons.append(f"{path}: Items must be a list of objects")
+            return []
+        items: list[Any] = []
+        for n, item in enumerate(value):
+            fixed = item
+            for key, val in item.items():
+                if isinstance(val, (dict, list)):
+                    if not self.stringify:
+                        reasons.append(f"{path}[{n}].{key}: nested value inside Items (nested = reject)")
+                        continue
+                    if fixed is item:
+                        fixed = dict(item)  # never modify the caller's event
+                    fixed[key] = orjson.dumps(val).decode("utf-8")
+                problem = _scalar_problem(fixed[key])
+                if problem:
+                    reasons.append(f"{path}[{n}].{key}: {problem}")
+            items.append(fixed)
+        return items

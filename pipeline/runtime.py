@@ -1,0 +1,47 @@
+"""Per-process runtime for the Celery shells: settings, the Redis store and the HTTP session, each made
+lazily in the process that uses it (after a worker forks, never at import)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pipeline.config import Settings, load_settings
+from pipeline.ingest import Ingestor, IngestResult
+from pipeline.store import Store
+
+_state: dict[tuple[str, int], Any] = {}
+
+
+def _per_process(name: str, make: Any) -> Any:
+    key = (name, os.getpid())
+    if key not in _state:
+        _state[key] = make()
+    return _state[key]
+
+
+def settings() -> Settings:
+    value: Settings = _per_process("settings", load_settings)
+    return value
+
+
+def store() -> Store:
+    s = settings()
+    value: Store = _per_process("store", lambda: Store.from_url(s.redis_url, s.key_prefix))
+    return value
+
+
+def ingest(events: list[Any], integration: str = "default") -> IngestResult:
+    ingestors: dict[str, Ingestor] = _per_process("ingestors", dict)
+    ingestor = ingestors.get(integration)
+    if ingestor is None:
+        ingestor = ingestors[integration] = Ingestor(store(), settings().integration(integration))
+    return ingestor.ingest(events)
+
+
+def reset() -> None:
+    """Forget this process's settings, store and ingestors (tests; a worker never needs it)."""
+    for value in list(_state.values()):
+        if isinstance(value, Store):
+            value.r.close()
+    _state.clear()

@@ -1,0 +1,72 @@
+"""The Celery app: broker settings and the beat schedule. No connection is made at import.
+
+Every setting here serves invariant 1 of the architecture (Redis is the source of truth, Celery only
+schedules): late acks and reject-on-lost so a killed worker's task is redelivered, prefetch 1 so one slow
+batch does not hold others hostage, a visibility timeout longer than any countdown, and no results (the
+outcome of every batch is in Redis, and results would carry arguments into one more place).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init
+from kombu.entity import Queue
+
+from pipeline import constants as C
+from pipeline.config import load_settings
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+app = Celery("clevertap_pipeline", include=["tasks.pipeline_tasks"])
+
+
+def _flush_interval() -> float:
+    try:
+        return load_settings().min_flush_interval
+    except ConfigError:
+        return 1.0  # the worker refuses to start with bad settings (below); beat just keeps ticking
+
+
+app.conf.update(
+    broker_url=os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL") or C.DEFAULT_REDIS_URL,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": C.VISIBILITY_TIMEOUT_S},
+    task_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    task_ignore_result=True,
+    result_backend=None,
+    result_extended=False,
+    task_default_queue="clevertap",
+    task_queues=(Queue("clevertap"), Queue(C.SEND_QUEUE)),
+    task_routes={"clevertap.send_batch": {"queue": C.SEND_QUEUE}},
+    worker_send_task_events=True,  # Flower sees task states
+    task_send_sent_event=True,
+    beat_schedule={
+        "clevertap.assemble": {
+            "task": "clevertap.assemble",
+            "schedule": _flush_interval(),
+            "options": {"expires": 30},
+        },
+        "clevertap.sweep": {"task": "clevertap.sweep", "schedule": 5.0, "options": {"expires": 60}},
+    },
+)
+
+
+@worker_init.connect
+def _check_settings(**_: Any) -> None:
+    """Fail fast: a worker with invalid settings says so at start, not on its first task."""
+    try:
+        load_settings()
+    except ConfigError as exc:
+        for path, msg in exc.errors:
+            log.critical("configuration error: %s: %s", path, msg)
+        raise SystemExit(2) from None

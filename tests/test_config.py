@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import Secret, load_settings
+from pipeline.errors import ConfigError
+from tests.conftest import PASSCODE, base_env, cli_env, run_cli
+
+
+def errors_of(env: dict[str, str]) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert PASSCODE not in str(info.value)
+    return dict(info.value.errors)
+
+
+def test_environment_defines_the_default_integration_with_documented_defaults() -> None:
+    settings = load_settings(base_env())
+    integ = settings.integration("default")
+    assert integ.account_id == "TEST-ACC-1"
+    assert integ.upload_url == "https://eu1.api.clevertap.com/1/upload"
+    assert (integ.batch_size, integ.max_concurrency, integ.flush_interval) == (1000, 15, 1.0)
+    assert integ.consent_categories == ()
+    assert settings.redis_url == "redis://127.0.0.1:1/0"
+
+
+def test_passcode_never_appears_in_repr_str_or_public_dict() -> None:
+    settings = load_settings(base_env())
+    for text in (
+        repr(settings),
+        str(settings),
+        repr(settings.integration("default")),
+        str(settings.public_dict()),
+    ):
+        assert PASSCODE not in text
+    assert settings.integration("default").passcode.reveal() == PASSCODE
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(Secret("x"))
+
+
+def test_region_error_names_the_variable_and_the_allowed_values() -> None:
+    errs = errors_of(base_env(CLEVERTAP_REGION="eu2"))
+    assert errs == {"CLEVERTAP_REGION": "must be one of us1, in1, eu1, sg1, aps3, mec1"}
+
+
+def test_every_error_is_reported_at_once() -> None:
+    errs = errors_of(
+        base_env(
+            CLEVERTAP_REGION="moon",
+            CLEVERTAP_BATCH_SIZE="1001",
+            CLEVERTAP_MAX_CONCURRENCY="16",
+            CLEVERTAP_FLUSH_INTERVAL="0",
+            CLEVERTAP_API_URL="ftp://example.com",
+            CLEVERTAP_REGOIN="eu1",
+        )
+    )
+    assert set(errs) == {
+        "CLEVERTAP_REGION",
+        "CLEVERTAP_BATCH_SIZE",
+        "CLEVERTAP_MAX_CONCURRENCY",
+        "CLEVERTAP_FLUSH_INTERVAL",
+        "CLEVERTAP_API_URL",
+        "CLEVERTAP_REGOIN",
+    }
+    assert errs["CLEVERTAP_BATCH_SIZE"] == "must be between 1 and 1000"
+    assert errs["CLEVERTAP_MAX_CONCURRENCY"] == "must be between 1 and 15"
+    assert "unknown setting" in errs["CLEVERTAP_REGOIN"]
+
+
+def test_missing_credentials_are_named() -> None:
+    errs = errors_of({"REDIS_URL": "redis://localhost:6379/0"})
+    assert "CLEVERTAP_ACCOUNT_ID, CLEVERTAP_PASSCODE, CLEVERTAP_REGION" in errs
+
+
+def test_consent_categories_are_a_comma_list_and_api_url_overrides_the_host() -> None:
+    integ = load_settings(
+        base_env(
+            CLEVERTAP_CONSENT_CATEGORIES="marketing, analytics", CLEVERTAP_API_URL="http://127.0.0.1:9000/"
+        )
+    ).integration("default")
+    assert integ.consent_categories == ("marketing", "analytics")
+    assert integ.upload_url == "http://127.0.0.1:9000/1/upload"
+
+
+def test_passcode_with_a_line_break_is_rejected_without_echoing_it() -> None:
+    errs = errors_of(base_env(CLEVERTAP_PASSCODE=PASSCODE + "\r\nX-Evil: 1"))
+    assert "CLEVERTAP_PASSCODE" in errs
+
+
+TOML = """
+redis_url = "redis://127.0.0.1:7777/2"
+
+[integrations.eu]
+account_id = "EU-ACC"
+passcode_env = "EU_PASSCODE"
+region = "eu1"
+consent_categories = ["marketing"]
+unmapped = "drop"
+
+[integrations.eu.events]
+"Video Played" = "Video Watched"
+
+[integrations.eu.properties."Order Completed"]
+coupon = "Coupon Code"
+
+[integrations.in]
+account_id = "IN-ACC"
+passcode = "inline-passcode"
+region = "in1"
+batch_size = 500
+"""
+
+
+def test_toml_file_defines_several_integrations(tmp_path: pytest.TempPathFactory) -> None:
+    path = tmp_path / "pipeline.toml"  # type: ignore[operator]
+    path.write_text(TOML)
+    settings = load_settings({"CLEVERTAP_PIPELINE_CONFIG": str(path), "EU_PASSCODE": PASSCODE})
+    assert set(settings.integrations) == {"eu", "in"}
+    eu = settings.integration("eu")
+    assert eu.passcode.reveal() == PASSCODE and eu.unmapped == "drop"
+    assert eu.event_renames == {"Video Played": "Video Watched"}
+    assert eu.property_renames == {"Order Completed": {"coupon": "Coupon Code"}}
+    assert settings.integration("in").upload_url == "https://in1.api.clevertap.com/1/upload"
+    assert settings.integration("in").batch_size == 500
+    assert settings.redis_url == "redis://127.0.0.1:7777/2"
+    # The environment's REDIS_URL wins over the file.
+    settings = load_settings(
+        {"CLEVERTAP_PIPELINE_CONFIG": str(path), "EU_PASSCODE": "x", "REDIS_URL": "redis://other:6379/0"}
+    )
+    assert settings.redis_url == "redis://other:6379/0"
+
+
+def test_toml_errors_carry_key_paths(tmp_path: pytest.TempPathFactory) -> None:
+    path = tmp_path / "bad.toml"  # type: ignore[operator]
+    path.write_text(
+        '[integrations.eu]\naccount_id = "EU"\nregion = "eu9"\npasscode_env = "NOPE_UNSET"\nbogus = 1\n'
+        '[integrations.us]\naccount_id = "EU"\nregion = "us1"\npasscode = "p"\nmax_concurrency = 5\n'
+    )
+    errs = errors_of({"CLEVERTAP_PIPELINE_CONFIG": str(path)})
+    assert errs["integrations.eu.region"] == "must be one of us1, in1, eu1, sg1, aps3, mec1"
+    assert errs["integrations.eu.bogus"] == "unknown key"
+
+
+def test_integrations_sharing_an_account_must_share_its_limit(tmp_path: pytest.TempPathFactory) -> None:
+    path = tmp_path / "shared.toml"  # type: ignore[operator]
+    path.write_text(
+        '[integrations.a]\naccount_id = "ACC"\nregion = "eu1"\npasscode = "p"\nmax_concurrency = 15\n'
+        '[integrations.b]\naccount_id = "ACC"\nregion = "eu1"\npasscode = "p"\nmax_concurrency = 5\n'
+    )
+    errs = errors_of({"CLEVERTAP_PIPELINE_CONFIG": str(path)})
+    assert "integrations.b.max_concurrency" in errs
+
+
+def test_unset_passcode_env_and_unreadable_file_are_errors(tmp_path: pytest.TempPathFactory) -> None:
+    path = tmp_path / "p.toml"  # type: ignore[operator]
+    path.write_text('[integrations.eu]\naccount_id = "EU"\nregion = "eu1"\npasscode_env = "NOPE_UNSET"\n')
+    assert errors_of({"CLEVERTAP_PIPELINE_CONFIG": str(path)}) == {
+        "integrations.eu.passcode_env": "environment variable NOPE_UNSET is not set"
+    }
+    assert "CLEVERTAP_PIPELINE_CONFIG" in errors_of({"CLEVERTAP_PIPELINE_CONFIG": str(path) + ".missing"})
+
+
+def test_token_lease_must_outlive_the_http_timeouts() -> None:
+    errs = errors_of(base_env(CLEVERTAP_READ_TIMEOUT="100", CLEVERTAP_TOKEN_LEASE="50"))
+    assert "CLEVERTAP_TOKEN_LEASE" in errs
+
+
+def test_check_config_prints_masked_settings_or_errors_with_exit_2() -> None:
+    ok = run_cli("check-config", env=cli_env(**base_env()))
+    assert ok.returncode == 0, ok.stderr
+    assert b'"passcode": "********"' in ok.stdout
+    assert PASSCODE.encode() not in ok.stdout + ok.stderr
+    bad = run_cli("check-config", env=cli_env(**base_env(CLEVERTAP_REGION="xx1")))
+    assert bad.returncode == 2
+    assert b"CLEVERTAP_REGION: must be one of us1, in1, eu1, sg1, aps3, mec1" in bad.stderr
+    assert PASSCODE.encode() not in bad.stdout + bad.stderr

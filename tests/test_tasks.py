@@ -1,0 +1,43 @@
+"""The Celery shells: thin, ids and counts only, configured for at-least-once delivery."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pipeline import runtime
+from pipeline.sample import SPEC_PURCHASE
+from pipeline.store import Store
+from tests.conftest import base_env
+
+
+@pytest.fixture
+def task_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key, value in base_env(redis_url).items():
+        monkeypatch.setenv(key, value)
+    runtime.reset()
+    yield
+    runtime.reset()
+
+
+def test_ingest_task_queues_events_and_returns_counts_only(task_env: None, store: Store) -> None:
+    from tasks.pipeline_tasks import ingest
+
+    result: Any = ingest.apply(args=([SPEC_PURCHASE, {"type": "bad"}],)).get()
+    assert result == {"accepted": 1, "filtered": 0, "duplicate": 0, "rejected": 1}
+    assert store.r.llen(store.key("default", "pending")) == 1
+
+
+def test_celery_app_is_configured_for_at_least_once_delivery() -> None:
+    from pipeline import constants as C
+    from tasks import app
+
+    conf = app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_ignore_result
+    assert conf.broker_transport_options["visibility_timeout"] > C.MAX_COUNTDOWN_S
+    assert {q.name for q in conf.task_queues} == {"clevertap", C.SEND_QUEUE}
+    assert "clevertap.ingest" in app.tasks
