@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint test bench-ingest clean all
+.PHONY: install lint test bench-ingest bench-emulator clean all
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -26,6 +26,9 @@ test: lint
 
 bench-ingest: $(STAMP)
 	$(BIN)/clevertap-pipeline bench-ingest
+
+bench-emulator: $(STAMP)
+	$(BIN)/clevertap-pipeline bench-emulator
 
 all: test
 

@@ -176,6 +176,75 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_emulator(args: argparse.Namespace) -> int:
+    import signal
+
+    from pipeline.emulator import DEMO_ACCOUNT, Emulator, Faults, parse_account, parse_outage
+
+    try:
+        accounts = dict(parse_account(a) for a in args.account) if args.account else dict([DEMO_ACCOUNT])
+        outages = tuple(parse_outage(o) for o in args.outage)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    faults = Faults(
+        latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+        error_rate=args.error_rate,
+        throttle_rate=args.throttle_rate,
+        retry_after=args.retry_after,
+        cut_rate=args.cut_rate,
+        outages=outages,
+        concurrency=args.concurrency,
+        max_properties=args.max_properties,
+        restricted_events=frozenset(n.replace(" ", "").lower() for n in args.restricted_event),
+    )
+    record_file = open(args.record_file, "a", encoding="utf-8") if args.record_file else None  # noqa: SIM115
+    emu = Emulator(accounts, faults, args.host, args.port, args.seed, record_file)
+    print(f"emulator listening on {emu.url}", flush=True)
+    if args.account:
+        print(f"accounts: {', '.join(sorted(accounts))}", flush=True)
+    else:
+        print(
+            f"demo account: CLEVERTAP_ACCOUNT_ID={DEMO_ACCOUNT[0]} CLEVERTAP_PASSCODE={DEMO_ACCOUNT[1]} "
+            f"CLEVERTAP_API_URL={emu.url}",
+            flush=True,
+        )
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        emu.server.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        emu.server.server_close()
+        if record_file is not None:
+            record_file.close()
+    return EXIT_OK
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def cmd_bench_emulator(args: argparse.Namespace) -> int:
+    from pipeline.bench import bench_emulator
+
+    return bench_emulator(args)
+
+
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from pipeline.bench import bench_ingest
 
@@ -219,6 +288,65 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("preview", "Map events without queueing: one JSON line per input event.", cmd_preview)
     p.add_argument("file", nargs="?", default="-", help="input file, or - for standard input")
     p.add_argument("--integration", "-i", default="default", help="integration whose mappings to use")
+
+    p = verb(
+        "emulator",
+        "Run a CleverTap Upload API emulator: a real HTTP server answering POST /1/upload as CleverTap does "
+        "(401, 400, per-record codes 509/512/513/522/523/524/525, 429 past the concurrency limit), "
+        "with fault "
+        "injection. GET /_emulator/stats and /_emulator/records show what arrived; POST /_emulator/faults "
+        "changes faults while it runs; POST /_emulator/reset clears.",
+        cmd_emulator,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one (printed)")
+    p.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="ID:PASSCODE",
+        help="an account it accepts (repeatable); none: one demo account, printed",
+    )
+    p.add_argument("--concurrency", type=int, default=15, help="requests in flight per account before 429")
+    p.add_argument("--latency-ms", type=_non_negative, default=0.0, help="fixed latency per upload")
+    p.add_argument("--jitter-ms", type=_non_negative, default=0.0, help="random extra latency, 0..N ms")
+    p.add_argument("--error-rate", type=_share, default=0.0, help="share of uploads answered 500/503")
+    p.add_argument("--throttle-rate", type=_share, default=0.0, help="share of uploads answered 429")
+    p.add_argument(
+        "--retry-after", type=_non_negative, default=None, help="Retry-After seconds on injected 429s"
+    )
+    p.add_argument(
+        "--cut-rate",
+        type=_share,
+        default=0.0,
+        help="share of uploads whose records are stored, then the connection is cut without an answer",
+    )
+    p.add_argument(
+        "--outage",
+        action="append",
+        default=[],
+        metavar="START:DURATION",
+        help="answer 503 from START to START+DURATION seconds after start (repeatable)",
+    )
+    p.add_argument("--max-properties", type=int, default=256, help="evtData properties before code 522")
+    p.add_argument(
+        "--restricted-event",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another event name answered 513 (some accounts restrict 'Web Page Viewed')",
+    )
+    p.add_argument("--record-file", default=None, help="append every stored record here as JSON lines")
+    p.add_argument("--seed", type=int, default=None, help="seed for injected faults")
+
+    p = verb(
+        "bench-emulator",
+        "Measure the emulator's throughput: concurrent clients sending 1,000-record uploads, zero latency.",
+        cmd_bench_emulator,
+    )
+    p.add_argument("--concurrency", type=int, default=15, help="concurrent clients")
+    p.add_argument("--seconds", type=float, default=5.0, help="seconds per run")
+    p.add_argument("--runs", type=int, default=3, help="runs; the median is reported")
 
     p = verb(
         "bench-ingest",

@@ -35,6 +35,7 @@ hash tag as the declared keys, so they live in the same slot.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import time
@@ -310,9 +311,13 @@ return moved
 )
 
 
+_seq = itertools.count()
+
+
 def new_id() -> str:
-    """Time-sortable, unique across hosts: ms, pid, random."""
-    return f"{int(time.time() * 1000):013d}-{os.getpid() % 100000:05d}{secrets.token_hex(3)}"
+    """Unique across hosts (pid and random parts) and, within a process, sorted in the order made."""
+    seq = next(_seq) % 1_000_000
+    return f"{int(time.time() * 1000):013d}-{seq:06d}-{os.getpid() % 100000:05d}{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,417 @@
+"""A CleverTap Upload API emulator: a real HTTP server for demos, tests and benchmarks.
+
+It answers ``POST /1/upload`` as ``shared/spec/clevertap-api.md`` describes the real service: credentials per
+account (401), malformed bodies and over-size batches (400), per-record checks with CleverTap's codes and
+"Skipped record number : N" (partial / fail), and 429 past the account's concurrency limit. Faults can be
+injected: latency, 500/503s, 429s (with or without Retry-After), connections cut after the records were
+stored, and outage windows. ``GET /_emulator/stats`` and ``GET /_emulator/records`` show what happened.
+
+Its checks are written from the API description, apart from :mod:`pipeline.mapping`, so that the pipeline's
+pre-flight and the emulator can disagree, and the tests notice when they do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import socket
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, fields, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import IO, Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from pipeline import constants as C
+
+DEMO_ACCOUNT = ("DEMO-ACCOUNT", "demo-passcode")
+IDENTITY_KEYS = ("identity", "objectId", "FBID", "GPID")
+RESTRICTED_EVENTS = frozenset(
+    n.replace(" ", "").lower()
+    for n in (
+        "App Launched", "App Installed", "App Uninstalled", "Notification Sent", "Notification Viewed",
+        "Notification Clicked", "UTM Visited", "Stayed", "Identity Set", "Identity Reset", "Identity Error",
+        "Push Impressions", "Channel Unsubscribed", "Geocluster Entered", "Geocluster Exited",
+        "State Transitioned", "Session Concluded",
+    )
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Faults:
+    """What the emulator does wrong on purpose. Shares are probabilities per request (0..1)."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    error_rate: float = 0.0  # answered 500 or 503 (half each), nothing stored
+    throttle_rate: float = 0.0  # answered 429, nothing stored
+    retry_after: float | None = None  # Retry-After seconds on injected 429s; None: no header
+    cut_rate: float = 0.0  # records stored, then the connection is closed without an answer
+    outages: tuple[tuple[float, float], ...] = ()  # (start, duration) seconds after start: 503
+    concurrency: int = C.MAX_CONCURRENCY
+    max_properties: int = C.DEFAULT_MAX_EVENT_PROPERTIES
+    restricted_events: frozenset[str] = frozenset()  # more names answered 513 (normalised)
+
+    def updated(self, changes: dict[str, Any]) -> Faults:
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ValueError(f"unknown fault setting(s): {', '.join(sorted(unknown))}")
+        if "outages" in changes:
+            changes["outages"] = tuple(tuple(o) for o in changes["outages"])
+        if "restricted_events" in changes:
+            changes["restricted_events"] = frozenset(normalise_name(n) for n in changes["restricted_events"])
+        return replace(self, **changes)
+
+
+def normalise_name(name: str) -> str:
+    return name.replace(" ", "").lower()
+
+
+def _fail(code: int, short: str, detail: str) -> tuple[int, str]:
+    return code, f"{short}. ErrorCode: {code} - {detail}"
+
+
+_SHORT = C.MAX_VALUE_BYTES // 4  # a string this short cannot be over 512 bytes in UTF-8
+_RECORD_TYPES = frozenset(("event", "profile"))
+
+
+def check_record(rec: Any, faults: Faults) -> tuple[int, str] | None:
+    """CleverTap's per-record checks. None when the record would be stored. Runs once per record, so it
+    checks types directly rather than through helpers."""
+    if type(rec) is not dict:
+        return _fail(524, "Record type is incorrect", "Record is neither event nor profile")
+    rtype = rec.get("type")
+    if rtype not in _RECORD_TYPES:
+        return _fail(524, "Record type is incorrect", "Record is neither event nor profile")
+    ident = rec.get("identity") or rec.get("objectId") or rec.get("FBID") or rec.get("GPID")
+    if not ident or (type(ident) is not str and type(ident) is not int):
+        return _fail(523, "Identity not found", "Identity, objectId, FBID or GPID is mandatory")
+    if "ts" in rec:
+        ts = rec["ts"]
+        if type(ts) is not int or not 0 <= ts < 10_000_000_000:
+            return _fail(525, "Timestamp is incorrect", "ts must be a UNIX epoch in seconds")
+    if rtype == "event":
+        name = rec.get("evtName")
+        if type(name) is not str or not name.strip():
+            return _fail(509, "Event Name is incorrect", "Event name is mandatory")
+        norm = normalise_name(name)
+        if norm in RESTRICTED_EVENTS or norm in faults.restricted_events:
+            return _fail(513, "Event name is restricted", f"{name} is a restricted system event name")
+        data = rec.get("evtData", _NO_DATA)
+    else:
+        data = rec.get("profileData", _NO_DATA)
+    if type(data) is not dict:
+        return _fail(512, "Invalid event structure", "Event data must be an object")
+    if len(data) > faults.max_properties:
+        return _fail(522, "Event properties limit exceeded", f"At most {faults.max_properties} properties")
+    for key, value in data.items():
+        kind = type(value)
+        if kind is str:
+            if len(value) > _SHORT and len(value.encode("utf-8")) > C.MAX_VALUE_BYTES:
+                return _fail(512, "Invalid event structure", f"Value of {key[:40]} exceeds 512 bytes")
+        elif (kind is dict or kind is list) and not (key == C.ITEMS_KEY and rtype == "event"):
+            return _fail(512, "Invalid event structure", "Only Items can have a nested structure")
+    return None
+
+
+_NO_DATA: dict[str, Any] = {}
+
+
+class EmulatorState:
+    """Accounts, faults, counters and stored records, shared by the request threads."""
+
+    def __init__(
+        self, accounts: dict[str, str], faults: Faults, seed: int | None, record_file: IO[str] | None
+    ):
+        self.accounts = dict(accounts)
+        self.faults = faults
+        self.rng = random.Random(seed)
+        self.record_file = record_file
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+        self.in_flight: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+        self.by_status: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        # Per account, in arrival order: an accepted upload's whole body (split only when read back), or
+        # the encoded records a partial upload stored.
+        self.records: dict[str, list[bytes | list[bytes]]] = defaultdict(list)
+        self.stored_by_account: Counter[str] = Counter()
+
+    def roll(self, share: float) -> bool:
+        if share <= 0:
+            return False
+        with self.lock:
+            return self.rng.random() < share
+
+    def in_outage(self) -> bool:
+        elapsed = time.monotonic() - self.started
+        return any(start <= elapsed < start + length for start, length in self.faults.outages)
+
+    def enter(self, account: str) -> bool:
+        with self.lock:
+            if self.in_flight[account] >= self.faults.concurrency:
+                self.counters["concurrency_429"] += 1
+                return False
+            self.in_flight[account] += 1
+            self.peak[account] = max(self.peak[account], self.in_flight[account])
+            return True
+
+    def leave(self, account: str) -> None:
+        with self.lock:
+            self.in_flight[account] -= 1
+
+    def store(self, account: str, stored: bytes | list[bytes], count: int, rejected: int) -> None:
+        with self.lock:
+            self.records[account].append(stored)
+            self.stored_by_account[account] += count
+            self.counters["records_stored"] += count
+            self.counters["records_rejected"] += rejected
+            if self.record_file is not None:
+                for rec in _split(stored):
+                    self.record_file.write(f'{{"account":{json.dumps(account)},"record":{rec.decode()}}}\n')
+                self.record_file.flush()
+
+    def stored_records(self, account: str | None) -> list[bytes]:
+        with self.lock:
+            chunks = [c for a, cs in self.records.items() if account in (None, a) for c in cs]
+        return [rec for chunk in chunks for rec in _split(chunk)]
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "requests": sum(self.by_status.values()),
+                "requests_by_status": dict(sorted(self.by_status.items())),
+                "records_stored": self.counters["records_stored"],
+                "records_rejected": self.counters["records_rejected"],
+                "concurrency_429": self.counters["concurrency_429"],
+                "injected": {k: self.counters[k] for k in ("throttled", "errors", "cut", "outage")},
+                "in_flight": dict(self.in_flight),
+                "peak_in_flight": dict(self.peak),
+                "stored_by_account": dict(self.stored_by_account),
+            }
+
+    def reset(self) -> None:
+        with self.lock:
+            self.records.clear()
+            self.stored_by_account.clear()
+            self.by_status.clear()
+            self.counters.clear()
+            self.peak.clear()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the pipeline's pooled session reuses connections
+    server: EmulatorServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: stats tell the story
+        pass
+
+    def _send(self, status: int, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None) -> None:
+        payload = body if isinstance(body, bytes) else orjson.dumps(body)
+        self.send_response(status)
+        self.send_header(
+            "Content-Type", "application/json; charset=utf-8" if body else "application/x-ndjson"
+        )
+        self.send_header("Content-Length", str(len(payload)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(payload)
+        with self.server.state.lock:
+            self.server.state.by_status[str(status)] += 1
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        state = self.server.state
+        if url.path == "/_emulator/stats":
+            self._send_plain(orjson.dumps(state.stats()))
+        elif url.path == "/_emulator/records":
+            account = parse_qs(url.query).get("account", [None])[0]
+            self._send_plain(b"".join(r + b"\n" for r in state.stored_records(account)), ndjson=True)
+        else:
+            self._send(404, {"status": "fail", "error": "Not found", "code": 404})
+
+    def _send_plain(self, payload: bytes, ndjson: bool = False) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson" if ndjson else "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        state = self.server.state
+        if url.path == "/_emulator/reset":
+            self._body()
+            state.reset()
+            return self._send_plain(b'{"reset":true}')
+        if url.path == "/_emulator/faults":
+            try:
+                state.faults = state.faults.updated(orjson.loads(self._body() or b"{}"))
+            except (ValueError, TypeError) as exc:
+                return self._send(400, {"status": "fail", "error": str(exc), "code": 400})
+            return self._send_plain(b'{"updated":true}')
+        if url.path != "/1/upload":
+            self._body()
+            return self._send(404, {"status": "fail", "error": "Not found", "code": 404})
+        self._upload(parse_qs(url.query).get("dryRun", ["0"])[0] == "1")
+
+    def _upload(self, dry_run: bool) -> None:
+        state = self.server.state
+        body = self._body()
+        account = self.headers.get("X-CleverTap-Account-Id", "")
+        passcode = self.headers.get("X-CleverTap-Passcode", "")
+        if account not in state.accounts or state.accounts[account] != passcode:
+            return self._send(401, {"status": "fail", "error": "Invalid Credentials", "code": 401})
+        if not state.enter(account):
+            return self._send(429, {"status": "fail", "error": "Too many concurrent requests", "code": 429})
+        try:
+            faults = state.faults
+            if faults.latency_ms or faults.jitter_ms:
+                time.sleep((faults.latency_ms + state.rng.uniform(0, faults.jitter_ms)) / 1000)
+            if state.in_outage():
+                state.counters["outage"] += 1
+                return self._send(503, {"status": "fail", "error": "Service Unavailable", "code": 503})
+            if state.roll(faults.throttle_rate):
+                state.counters["throttled"] += 1
+                headers = {"Retry-After": f"{faults.retry_after:g}"} if faults.retry_after is not None else {}
+                return self._send(429, {"status": "fail", "error": "Too Many Requests", "code": 429}, headers)
+            if state.roll(faults.error_rate):
+                state.counters["errors"] += 1
+                code = 500 if state.roll(0.5) else 503
+                return self._send(code, {"status": "fail", "error": "Server Error", "code": code})
+            self._process(account, body, dry_run)
+        finally:
+            state.leave(account)
+
+    def _process(self, account: str, body: bytes, dry_run: bool) -> None:
+        state = self.server.state
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = None
+        records = payload.get("d") if isinstance(payload, dict) else None
+        if not isinstance(records, list):
+            return self._send(400, {"status": "fail", "error": "Malformed request", "code": 400})
+        if len(records) > C.MAX_BATCH_SIZE:
+            return self._send(
+                400,
+                {
+                    "status": "fail",
+                    "error": f"Malformed request: at most {C.MAX_BATCH_SIZE} records",
+                    "code": 400,
+                },
+            )
+        accepted: list[Any] = []
+        unprocessed: list[dict[str, Any]] = []
+        faults = state.faults
+        for n, rec in enumerate(records, start=1):
+            problem = check_record(rec, faults)
+            if problem is None:
+                accepted.append(rec)
+            else:
+                code, error = problem
+                unprocessed.append(
+                    {
+                        "status": "fail",
+                        "code": code,
+                        "error": f"{error}. Skipped record number : {n}",
+                        "record": rec,
+                    }
+                )
+        if not dry_run:
+            stored: bytes | list[bytes] = body if not unprocessed else [orjson.dumps(r) for r in accepted]
+            state.store(account, stored, len(accepted), len(unprocessed))
+        if accepted and state.roll(faults.cut_rate):
+            state.counters["cut"] += 1
+            with state.lock:
+                state.by_status["cut"] += 1
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        status = "success" if not unprocessed else ("partial" if accepted else "fail")
+        return self._send(200, {"status": status, "processed": len(accepted), "unprocessed": unprocessed})
+
+
+def _split(stored: bytes | list[bytes]) -> list[bytes]:
+    if isinstance(stored, bytes):
+        return [orjson.dumps(rec) for rec in orjson.loads(stored)["d"]]
+    return stored
+
+
+class EmulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], state: EmulatorState) -> None:
+        super().__init__(address, Handler)
+        self.state = state
+
+
+@dataclass
+class Emulator:
+    """An emulator running in a background thread: ``with Emulator(...) as emu: emu.url``."""
+
+    accounts: dict[str, str] = field(default_factory=lambda: dict([DEMO_ACCOUNT]))
+    faults: Faults = field(default_factory=Faults)
+    host: str = "127.0.0.1"
+    port: int = 0
+    seed: int | None = None
+    record_file: IO[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.state = EmulatorState(self.accounts, self.faults, self.seed, self.record_file)
+        self.server = EmulatorServer((self.host, self.port), self.state)
+        self.port = self.server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> Emulator:
+        self._thread = threading.Thread(target=self.server.serve_forever, name="emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def parse_account(text: str) -> tuple[str, str]:
+    account, sep, passcode = text.partition(":")
+    if not sep or not account or not passcode:
+        raise ValueError(f"--account must be ID:PASSCODE, got {account or text!r}:...")
+    return account, passcode
+
+
+def parse_outage(text: str) -> tuple[float, float]:
+    start, sep, length = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        value = (float(start), float(length))
+    except ValueError:
+        raise ValueError(f"--outage must be START:DURATION in seconds, got {text!r}") from None
+    if value[0] < 0 or value[1] <= 0:
+        raise ValueError(f"--outage must have START >= 0 and DURATION > 0, got {text!r}")
+    return value
