@@ -168,6 +168,9 @@ class EmulatorState:
 
     def store(self, account: str, stored: bytes | list[bytes], count: int, rejected: int) -> None:
         with self.lock:
+            self.counters["max_records_per_request"] = max(
+                self.counters["max_records_per_request"], count + rejected
+            )
             self.records[account].append(stored)
             self.stored_by_account[account] += count
             self.counters["records_stored"] += count
@@ -190,6 +193,7 @@ class EmulatorState:
                 "records_stored": self.counters["records_stored"],
                 "records_rejected": self.counters["records_rejected"],
                 "concurrency_429": self.counters["concurrency_429"],
+                "max_records_per_request": self.counters["max_records_per_request"],
                 "injected": {k: self.counters[k] for k in ("throttled", "errors", "cut", "outage")},
                 "in_flight": dict(self.in_flight),
                 "peak_in_flight": dict(self.peak),

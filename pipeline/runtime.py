@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from pipeline.config import Settings, load_settings
+from pipeline.delivery import Deliverer, Dispatch
 from pipeline.ingest import Ingestor, IngestResult
 from pipeline.store import Store
 
@@ -37,6 +38,12 @@ def ingest(events: list[Any], integration: str = "default") -> IngestResult:
     if ingestor is None:
         ingestor = ingestors[integration] = Ingestor(store(), settings().integration(integration))
     return ingestor.ingest(events)
+
+
+def deliverer(dispatch: Dispatch) -> Deliverer:
+    """This process's deliverer: one HTTP session and one Redis pool, shared by its threads."""
+    value: Deliverer = _per_process("deliverer", lambda: Deliverer(settings(), store(), dispatch))
+    return value
 
 
 def reset() -> None:

@@ -218,6 +218,7 @@ if mode == 'done' then
   end
 elseif mode == 'retry' then
   local kind = ARGV[6]
+  redis.call('HINCRBY', meta, 'attempts', 1)
   redis.call('HINCRBY', meta, kind, 1)
   redis.call('HSET', meta, 'last_error', ARGV[7])
   if kind == 'failures' then redis.call('HSETNX', meta, 'first_failure', now) end
@@ -226,6 +227,7 @@ elseif mode == 'retry' then
 elseif mode == 'hold' then
   redis.call('ZREM', KEYS[1], bid)
   redis.call('ZADD', KEYS[2], now, bid)
+  redis.call('HINCRBY', meta, 'attempts', 1)
   redis.call('HSET', meta, 'last_error', ARGV[5])
   if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('HSET', KEYS[3], 'since', now) end
   redis.call('HSET', KEYS[3], 'reason', ARGV[5], 'next_probe', now + tonumber(ARGV[6]), 'probe', '')

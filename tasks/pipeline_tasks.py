@@ -3,13 +3,58 @@ secrets, because Flower, logs and the broker show them."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pipeline import runtime
+from pipeline.delivery import Deliverer
+from pipeline.errors import PartialDelivery
 from tasks.celeryapp import app
+
+log = logging.getLogger("pipeline.tasks")
+
+
+def _dispatch(integration: str, batch_id: str, countdown: float) -> None:
+    send_batch.apply_async((integration, batch_id), countdown=countdown or None)
+
+
+def _deliverer() -> Deliverer:
+    return runtime.deliverer(_dispatch)
 
 
 @app.task(name="clevertap.ingest")
 def ingest(events: list[Any], integration: str = "default") -> dict[str, int]:
     """Ingest events sent by an upstream service. Returns counts only: rejections are dead letters."""
     return runtime.ingest(events, integration).counts()
+
+
+@app.task(name="clevertap.assemble")
+def assemble() -> dict[str, int] | None:
+    """Move waiting records into batches of up to batch_size and publish a send for each."""
+    made = _deliverer().assemble_exclusive()
+    if made:
+        log.info("assembled %s", ", ".join(f"{n} batches for {i}" for i, n in made.items()))
+    return made
+
+
+# A partial or given-up batch raises PartialDelivery *after* its outcome is recorded, so Flower shows the
+# task as failed with the counts; `throws` keeps it out of the worker's error tracebacks.
+@app.task(name="clevertap.send_batch", throws=(PartialDelivery,))
+def send_batch(integration: str, batch_id: str) -> str:
+    """Send one stored batch under the account's in-flight limit and record the outcome."""
+    report = _deliverer().send(integration, batch_id)
+    if report.is_error:
+        log.error("%s", report.summary)
+        raise PartialDelivery(report.summary)
+    log.info("%s", report.summary)
+    return report.outcome
+
+
+@app.task(name="clevertap.sweep")
+def sweep() -> dict[str, dict[str, int]]:
+    """Re-publish stranded batches, start due auth probes, expire stale tokens."""
+    found = _deliverer().sweep()
+    for name, counts in found.items():
+        if counts["redispatched"] or counts["probe"]:
+            log.warning("sweep %s: %s", name, counts)
+    return found

@@ -1,0 +1,63 @@
+"""The only code that talks to CleverTap: one POST of a prepared body, returned as an :class:`Attempt`.
+
+One pooled ``requests.Session`` per process, made on first use (after a worker forks), with connect and
+read timeouts shorter than the token lease. No retries here: retrying is the policy's job.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from pipeline.config import IntegrationConfig
+from pipeline.outcomes import Attempt
+
+USER_AGENT = "clevertap-pipeline/0.1"
+
+
+def join_records(records: list[bytes]) -> bytes:
+    """The request body: the stored records, joined without decoding or re-encoding them."""
+    return b'{"d":[' + b",".join(records) + b"]}"
+
+
+class UploadClient:
+    def __init__(self, connect_timeout: float, read_timeout: float, pool_size: int = 32) -> None:
+        self.timeout = (connect_timeout, read_timeout)
+        self.pool_size = pool_size
+        self._session: requests.Session | None = None
+        self._pid = 0
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None or self._pid != os.getpid():  # never share a pool across a fork
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=8, pool_maxsize=self.pool_size, max_retries=0)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            session.headers["User-Agent"] = USER_AGENT
+            self._session, self._pid = session, os.getpid()
+        return self._session
+
+    def upload(self, integ: IntegrationConfig, body: bytes) -> Attempt:
+        headers = {
+            "X-CleverTap-Account-Id": integ.account_id,
+            "X-CleverTap-Passcode": integ.passcode.reveal(),
+            "Content-Type": "application/json; charset=utf-8",
+        }
+        started = time.perf_counter()
+        try:
+            resp = self.session.post(integ.upload_url, data=body, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            # The type says what happened; the message may name the host but never carries headers.
+            return Attempt(None, error=type(exc).__name__, elapsed_s=time.perf_counter() - started)
+        return Attempt(
+            resp.status_code, resp.content, dict(resp.headers), elapsed_s=time.perf_counter() - started
+        )
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None

@@ -1,0 +1,269 @@
+"""Delivery: assemble batches, send them under the account's token limit, record each outcome, sweep.
+
+The Celery tasks are shells around :class:`Deliverer`; ``dispatch(integration, batch_id, countdown)`` is how
+it asks for a send to be (re)scheduled, so everything here runs and is tested without Celery.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+from pipeline.client import UploadClient, join_records
+from pipeline.config import IntegrationConfig, Settings
+from pipeline.limiter import Limiter, RedisTokens
+from pipeline.outcomes import Action, BatchHistory, Classified, Decision, Kind, RowRejection, classify, decide
+from pipeline.store import Store, new_id
+
+log = logging.getLogger("pipeline.delivery")
+
+Dispatch = Callable[[str, str, float], None]
+#: Batches moved per assemble script call: each call stays short (Redis runs one script at a time), and
+#: the assembler calls again until the backlog is drained.
+ASSEMBLE_STEP = 20
+#: How long a send waits for a token in-process before giving the batch back with a countdown.
+TOKEN_WAIT_S = 0.5
+
+
+@dataclass
+class SendReport:
+    """What one send_batch run did; its ``summary`` is the log line (counts only, no records)."""
+
+    integration: str
+    batch_id: str
+    outcome: str  # delivered | partial | retry | held | gave_up | bad_request | no_token | skipped:<why>
+    records: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+    delay_s: float = 0.0
+    detail: str = ""
+    elapsed_s: float = 0.0
+
+    @property
+    def summary(self) -> str:
+        text = f"batch {self.batch_id} [{self.integration}]: {self.outcome}"
+        if self.records:
+            text += f", {self.records} records"
+        if self.outcome in ("partial", "gave_up", "bad_request"):
+            codes = ", ".join(f"{code}x{n}" for code, n in sorted(self.codes.items()))
+            text += f", {self.delivered} delivered, {self.dead_lettered} dead-lettered ({codes})"
+        if self.outcome in ("retry", "no_token"):
+            text += f", again in {self.delay_s:.2f} s"
+        if self.detail:
+            text += f": {self.detail}"
+        if self.elapsed_s:
+            text += f" ({self.elapsed_s:.2f} s)"
+        return text
+
+    @property
+    def is_error(self) -> bool:
+        """Per the spec only a clean success is a delivery: partial and failed rows surface as errors."""
+        return self.outcome in ("partial", "gave_up", "bad_request")
+
+
+def api_dead_letter(
+    integ: str, batch_id: str, rejection: RowRejection, attempts: int, http_status: int | None
+) -> tuple[str, bytes]:
+    did = new_id()
+    entry = {
+        "id": did,
+        "integration": integ,
+        "stage": "api",
+        "time": round(time.time(), 3),
+        "code": rejection.code,
+        "error": rejection.error,
+        "row": None if rejection.row is None else rejection.row + 1,
+        "batch_id": batch_id,
+        "attempts": attempts,
+        "http_status": http_status,
+        "record": rejection.record,
+    }
+    return did, orjson.dumps(entry, default=str)
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        dispatch: Dispatch,
+        client: UploadClient | None = None,
+        limiter: Limiter | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.dispatch = dispatch
+        self.client = client or UploadClient(settings.connect_timeout, settings.read_timeout)
+        self.limiter = limiter or Limiter(RedisTokens(store))
+        self.rng = rng or random.Random()
+        self.owner = secrets.token_hex(6)
+
+    @property
+    def batch_lease_s(self) -> float:
+        # Longer than the token lease, so a token is always free again before another worker can take
+        # over a batch whose sender died.
+        return self.settings.token_lease * 1.5
+
+    # ----------------------------------------------------------------------------------------- assemble
+
+    def assemble(self) -> dict[str, int]:
+        """Turn waiting records into batches for every integration that has any; dispatch each batch."""
+        made: dict[str, int] = {}
+        for name in sorted(self.store.ready_integrations()):
+            integ = self.settings.integrations.get(name)
+            if integ is None:
+                log.warning("records are queued for integration %r, which is not configured", name)
+                continue
+            count = 0
+            while True:
+                ids = self.store.assemble(name, integ.batch_size, integ.flush_interval, ASSEMBLE_STEP)
+                for bid in ids:
+                    self.dispatch(name, bid, 0.0)
+                count += len(ids)
+                if len(ids) < ASSEMBLE_STEP:
+                    break
+            self.store.unready_if_empty(name)
+            if count:
+                made[name] = count
+        return made
+
+    def assemble_exclusive(self, ttl_s: float = 30.0) -> dict[str, int] | None:
+        """``assemble`` under a lock with a TTL, so runs never overlap, even from two beats started by
+        mistake. None when another run holds the lock. (Overlap could not double-batch a record anyway:
+        every move is atomic; the lock keeps partial batches from being cut early.)"""
+        token = self.store.try_lock("assemble", ttl_s)
+        if token is None:
+            return None
+        try:
+            return self.assemble()
+        finally:
+            self.store.unlock("assemble", token)
+
+    # --------------------------------------------------------------------------------------------- send
+
+    def send(self, name: str, batch_id: str) -> SendReport:
+        integ = self.settings.integration(name)
+        lease = self.store.lease(name, batch_id, self.owner, self.batch_lease_s)
+        if lease.status != "ok":
+            return SendReport(name, batch_id, f"skipped:{lease.status}")
+        started = time.perf_counter()
+        with self.limiter.token(
+            integ.account_key, integ.max_concurrency, self.settings.token_lease, TOKEN_WAIT_S
+        ) as got:
+            if not got:
+                delay = self.rng.uniform(0.1, 0.5)
+                self.store.unlease(name, batch_id, self.owner, delay)
+                self.store.incr(name, "token_waits")
+                self.dispatch(name, batch_id, delay)
+                return SendReport(name, batch_id, "no_token", delay_s=delay)
+            records = self.store.batch_records(name, batch_id)
+            attempt = self.client.upload(integ, join_records(records))
+        classified = classify(attempt, records)
+        history = BatchHistory(
+            lease.now_ms,
+            lease.created_ms,
+            lease.attempts,
+            lease.failures,
+            lease.throttles,
+            lease.first_failure_ms,
+        )
+        decision = decide(classified, records, history, integ.give_up_age, self.rng)
+        report = self._apply(integ, batch_id, records, classified, decision, lease.attempts + 1)
+        report.elapsed_s = time.perf_counter() - started
+        return report
+
+    def _apply(
+        self,
+        integ: IntegrationConfig,
+        batch_id: str,
+        records: list[bytes],
+        c: Classified,
+        d: Decision,
+        attempts: int,
+    ) -> SendReport:
+        name = integ.name
+        if d.action is Action.RETRY:
+            self.store.retry_later(name, batch_id, self.owner, d.delay_s, d.retry_kind, d.reason)
+            self.dispatch(name, batch_id, d.delay_s)
+            return SendReport(name, batch_id, "retry", len(records), delay_s=d.delay_s, detail=d.reason)
+        if d.action is Action.HOLD:
+            self.store.hold(name, batch_id, self.owner, d.reason, self.settings.auth_probe_interval)
+            log.error("integration %s: authentication failing, sends paused: %s", name, d.reason)
+            return SendReport(name, batch_id, "held", len(records), detail=d.reason)
+        dead = [api_dead_letter(name, batch_id, r, attempts, c.http_status) for r in d.dead]
+        codes = Counter(str(r.code) for r in d.dead)
+        if d.gave_up:
+            outcome = "gave_up"
+        elif c.kind is Kind.BAD_REQUEST:
+            outcome = "bad_request"
+        elif d.dead:
+            outcome = "partial"
+        else:
+            outcome = "delivered"
+        counters = {
+            "batches_sent": 1,
+            "rejected_api": len(d.dead),
+            "batches_partial": int(outcome == "partial"),
+            "batches_given_up": int(outcome == "gave_up"),
+            "batches_bad_request": int(outcome == "bad_request"),
+        }
+        applied, released = self.store.finish(name, batch_id, self.owner, d.delivered, dead, counters)
+        if not applied:
+            return SendReport(name, batch_id, "skipped:finished-elsewhere", len(records))
+        for bid in released:
+            self.dispatch(name, bid, 0.0)
+        if released:
+            log.warning(
+                "integration %s: authentication works again; released %d held batches", name, len(released)
+            )
+        if c.api_processed is not None and c.kind is Kind.REJECTED and c.api_processed != d.delivered:
+            log.warning(
+                "batch %s: CleverTap reported %d processed, %d rows were not matched to a rejection",
+                batch_id,
+                c.api_processed,
+                d.delivered,
+            )
+        return SendReport(
+            name,
+            batch_id,
+            outcome,
+            len(records),
+            d.delivered,
+            len(d.dead),
+            dict(codes),
+            detail=d.reason if outcome != "delivered" else "",
+        )
+
+    # -------------------------------------------------------------------------------------------- sweep
+
+    def sweep(self) -> dict[str, dict[str, int]]:
+        """Re-dispatch open batches nobody holds, start due auth probes, expire stale tokens."""
+        found: dict[str, dict[str, int]] = {}
+        for name in sorted(self.settings.integrations):
+            res = self.store.sweep(name, self.settings.sweep_grace, self.settings.auth_probe_interval)
+            for bid in res.redispatch:
+                self.dispatch(name, bid, 0.0)
+            if res.probe:
+                log.info("integration %s: probing authentication with batch %s", name, res.probe)
+                self.dispatch(name, res.probe, 0.0)
+            if res.pending:
+                self.store.mark_ready(name)
+            found[name] = {
+                "open": res.open,
+                "held": res.held,
+                "pending": res.pending,
+                "redispatched": len(res.redispatch),
+                "probe": int(bool(res.probe)),
+            }
+        for account in {i.account_key for i in self.settings.integrations.values()}:
+            self.store.expire_tokens(account)
+        return found

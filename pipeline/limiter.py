@@ -1,0 +1,86 @@
+"""The in-flight limit per CleverTap account: tokens are leases, so a killed holder frees its slot.
+
+The algorithm (wait briefly, never block long, release only what was taken) is kept apart from storage:
+:class:`RedisTokens` is the real backend, shared by every worker on every host, with time from Redis
+``TIME``; :class:`MemoryTokens` implements the same contract in one process for unit tests.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+from pipeline.store import Store
+
+
+class TokenBackend(Protocol):
+    def acquire(self, account: str, limit: int, lease_s: float, token: str) -> tuple[bool, int]:
+        """Atomically: drop expired leases; if fewer than ``limit`` remain, add ``token`` expiring in
+        ``lease_s`` and return ``(True, in flight)``, else ``(False, ms until the earliest lease ends)``."""
+        ...
+
+    def release(self, account: str, token: str) -> bool:
+        """Remove ``token``; False when it had already expired (or was never held)."""
+        ...
+
+
+class RedisTokens:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def acquire(self, account: str, limit: int, lease_s: float, token: str) -> tuple[bool, int]:
+        return self.store.acquire_token(account, limit, lease_s, token)
+
+    def release(self, account: str, token: str) -> bool:
+        return self.store.release_token(account, token)
+
+
+class MemoryTokens:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.leases: dict[str, dict[str, float]] = {}
+
+    def acquire(self, account: str, limit: int, lease_s: float, token: str) -> tuple[bool, int]:
+        with self.lock:
+            now = self.clock()
+            held = {t: exp for t, exp in self.leases.get(account, {}).items() if exp > now}
+            self.leases[account] = held
+            if len(held) >= limit:
+                return False, int((min(held.values()) - now) * 1000)
+            held[token] = now + lease_s
+            return True, len(held)
+
+    def release(self, account: str, token: str) -> bool:
+        with self.lock:
+            return self.leases.get(account, {}).pop(token, None) is not None
+
+
+class Limiter:
+    def __init__(self, backend: TokenBackend, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.backend = backend
+        self.sleep = sleep
+
+    @contextmanager
+    def token(self, account: str, limit: int, lease_s: float, wait_s: float = 0.5) -> Iterator[bool]:
+        """Yield True holding a token (released on exit, whatever happens), or False after ``wait_s`` without
+        one: the caller then gives its work back with a short countdown instead of blocking a worker."""
+        token = secrets.token_hex(8)
+        acquired = False
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                acquired, _ = self.backend.acquire(account, limit, lease_s, token)
+                remaining = deadline - time.monotonic()
+                if acquired or remaining <= 0:
+                    break
+                self.sleep(min(remaining, random.uniform(0.01, 0.05)))
+            yield acquired
+        finally:
+            if acquired:
+                self.backend.release(account, token)

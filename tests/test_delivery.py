@@ -1,0 +1,341 @@
+"""Delivery against a real Redis and the emulator over HTTP, with a recording dispatch instead of Celery."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import requests
+import responses
+
+from pipeline.config import Settings, load_settings
+from pipeline.delivery import Deliverer, SendReport
+from pipeline.emulator import Emulator, Faults
+from pipeline.ingest import ingest
+from pipeline.store import Store
+from tests.conftest import base_env
+
+ACC, PASS = "DLV-ACC", "dlv-pass"
+
+
+class Dispatched(list[tuple[str, str, float]]):
+    def __call__(self, integ: str, bid: str, countdown: float) -> None:
+        self.append((integ, bid, countdown))
+
+    def take(self) -> list[tuple[str, str, float]]:
+        items = list(self)
+        self.clear()
+        return items
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    with Emulator({ACC: PASS}, seed=2) as server:
+        yield server
+
+
+def make(redis_url: str, emu: Emulator, **extra: Any) -> Settings:
+    env = base_env(redis_url, CLEVERTAP_ACCOUNT_ID=ACC, CLEVERTAP_API_URL=emu.url, **extra)
+    env.setdefault("CLEVERTAP_PASSCODE", PASS)
+    if "CLEVERTAP_PASSCODE" not in extra:
+        env["CLEVERTAP_PASSCODE"] = PASS
+    return load_settings(env)
+
+
+def events(n: int, start: int = 0, **props: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "track",
+            "event": "Product Viewed",
+            "userId": f"u{i}",
+            "messageId": f"m{i}",
+            "timestamp": 1706540000 + i,
+            "properties": {"i": i, **props},
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def page_events(n: int) -> list[dict[str, Any]]:
+    return [
+        {"type": "page", "name": "Home", "userId": f"p{i}", "messageId": f"p{i}", "timestamp": 1706540000}
+        for i in range(n)
+    ]
+
+
+def stored(emu: Emulator) -> list[dict[str, Any]]:
+    return [
+        orjson.loads(x) for x in requests.get(emu.url + "/_emulator/records", timeout=5).content.splitlines()
+    ]
+
+
+def dead_letters(store: Store) -> list[dict[str, Any]]:
+    ids = store.dead_letter_ids("default", 0, 10_000)
+    return [orjson.loads(x) for x in store.dead_letters("default", ids) if x]
+
+
+def drain(d: Deliverer, dispatched: Dispatched, rounds: int = 50) -> list[SendReport]:
+    """Send everything dispatched (ignoring countdowns), as a worker would, until nothing is left."""
+    reports = []
+    for _ in range(rounds):
+        work = dispatched.take()
+        if not work:
+            break
+        reports += [d.send(i, b) for i, b, _ in work]
+    return reports
+
+
+def test_full_batches_go_at_once_and_a_partial_one_after_the_flush_interval(
+    redis_url: str, emu: Emulator, store: Store
+) -> None:
+    settings = make(redis_url, emu, CLEVERTAP_BATCH_SIZE="10", CLEVERTAP_FLUSH_INTERVAL="0.3")
+    dispatched = Dispatched()
+    d = Deliverer(settings, store, dispatched)
+    ingest(events(25), settings=settings, store=store)
+    assert d.assemble() == {"default": 2}
+    assert store.r.llen(store.key("default", "pending")) == 5
+    assert d.assemble() == {}
+    time.sleep(0.35)
+    assert d.assemble() == {"default": 1}
+    sizes = [store.r.llen(store.key("default", f"batch:{b}")) for _, b, _ in dispatched]
+    assert sizes == [10, 10, 5]
+    assert store.ready_integrations() == set()
+
+
+def test_a_backlog_drains_as_many_full_batches_as_there_are_in_one_run(
+    redis_url: str, emu: Emulator, store: Store
+) -> None:
+    settings = make(redis_url, emu, CLEVERTAP_BATCH_SIZE="10", CLEVERTAP_FLUSH_INTERVAL="60")
+    d = Deliverer(settings, store, Dispatched())
+    ingest(events(455), settings=settings, store=store)
+    assert d.assemble() == {"default": 45}
+    assert store.r.llen(store.key("default", "pending")) == 5
+
+
+def test_delivered_records_are_exactly_those_queued(redis_url: str, emu: Emulator, store: Store) -> None:
+    settings = make(redis_url, emu, CLEVERTAP_BATCH_SIZE="100", CLEVERTAP_FLUSH_INTERVAL="0.05")
+    dispatched = Dispatched()
+    d = Deliverer(settings, store, dispatched)
+    ingest(events(250), settings=settings, store=store)
+    queued = [orjson.loads(r) for r in store.r.lrange(store.key("default", "pending"), 0, -1)]
+    time.sleep(0.06)
+    d.assemble()
+    reports = drain(d, dispatched)
+    assert [r.outcome for r in reports] == ["delivered"] * 3
+    assert stored(emu) == queued
+    assert store.stats("default")["delivered"] == 250
+    assert store.depth("default") == {"pending": 0, "open_batches": 0, "held_batches": 0, "dead_letters": 0}
+    assert store.r.keys(store.key("default", "batch:*")) == []
+
+
+def test_partial_delivers_accepted_rows_and_dead_letters_each_rejected_row_with_its_code(
+    redis_url: str, store: Store
+) -> None:
+    with Emulator({ACC: PASS}, Faults(restricted_events=frozenset({"webpageviewed"}))) as emu:
+        settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05")
+        dispatched = Dispatched()
+        d = Deliverer(settings, store, dispatched)
+        mixed = events(3)
+        mixed.insert(1, page_events(1)[0])
+        ingest(mixed, settings=settings, store=store)
+        time.sleep(0.06)
+        d.assemble()
+        (report,) = drain(d, dispatched)
+        assert (report.outcome, report.delivered, report.dead_lettered, report.codes) == (
+            "partial",
+            3,
+            1,
+            {"513": 1},
+        )
+        assert report.is_error and "513x1" in report.summary and "@" not in report.summary
+        assert len(stored(emu)) == 3
+    (letter,) = dead_letters(store)
+    assert letter["stage"] == "api" and letter["code"] == 513 and letter["row"] == 2
+    assert letter["record"]["evtName"] == "Web Page Viewed" and letter["attempts"] == 1
+    assert letter["error"].endswith("Skipped record number : 2") and letter["batch_id"] == report.batch_id
+    assert PASS not in orjson.dumps(letter).decode()
+    assert store.stats("default")["delivered"] == 3
+
+
+def test_429s_are_retried_with_retry_after_and_then_deliver(redis_url: str, store: Store) -> None:
+    with Emulator({ACC: PASS}, Faults(throttle_rate=1.0, retry_after=1.5)) as emu:
+        settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05")
+        dispatched = Dispatched()
+        d = Deliverer(settings, store, dispatched)
+        ingest(events(5), settings=settings, store=store)
+        time.sleep(0.06)
+        d.assemble()
+        (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+        assert first.outcome == "retry" and first.delay_s == 1.5
+        assert [c for _, _, c in dispatched] == [1.5]
+        requests.post(emu.url + "/_emulator/faults", json={"throttle_rate": 0}, timeout=5)
+        assert [r.outcome for r in drain(d, dispatched)] == ["delivered"]
+        assert len(stored(emu)) == 5
+    assert store.stats("default")["retries_throttles"] == 1
+
+
+def test_5xx_is_retried_with_backoff_then_given_up_with_the_last_error(redis_url: str, store: Store) -> None:
+    with Emulator({ACC: PASS}, Faults(error_rate=1.0)) as emu:
+        settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05", CLEVERTAP_GIVE_UP_AGE="1")
+        dispatched = Dispatched()
+        d = Deliverer(settings, store, dispatched)
+        ingest(events(4), settings=settings, store=store)
+        time.sleep(0.06)
+        d.assemble()
+        (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+        assert first.outcome == "retry" and 0 <= first.delay_s <= 1
+        time.sleep(1.1)
+        (last,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+    assert last.outcome == "gave_up" and last.dead_lettered == 4
+    letters = dead_letters(store)
+    assert len(letters) == 4 and all("gave up after 2 failed attempts" in x["error"] for x in letters)
+    assert {x["code"] for x in letters} <= {500, 503} and letters[0]["attempts"] == 2
+
+
+def test_401_holds_the_batch_pauses_the_integration_and_releases_everything_once_a_probe_succeeds(
+    redis_url: str, emu: Emulator, store: Store
+) -> None:
+    wrong = make(
+        redis_url,
+        emu,
+        CLEVERTAP_PASSCODE="wrong",
+        CLEVERTAP_BATCH_SIZE="5",
+        CLEVERTAP_FLUSH_INTERVAL="0.05",
+        CLEVERTAP_AUTH_PROBE_INTERVAL="0.2",
+    )
+    dispatched = Dispatched()
+    bad = Deliverer(wrong, store, dispatched)
+    ingest(events(10), settings=wrong, store=store)
+    bad.assemble()
+    reports = drain(bad, dispatched)
+    assert [r.outcome for r in reports] == ["held", "skipped:held"]  # the second is never even sent
+    assert "a wrong region looks like bad credentials" in store.auth_state("default")["reason"]
+    assert dead_letters(store) == []
+    # While authentication fails, new records stay queued.
+    ingest(events(5, start=10), settings=wrong, store=store)
+    assert bad.assemble() == {}
+    assert store.depth("default")["held_batches"] == 2
+    # The probe with the wrong passcode fails again: still held.
+    time.sleep(0.25)
+    bad.sweep()
+    assert [r.outcome for r in drain(bad, dispatched)] == ["held"]
+    # Credentials fixed (a redeploy with the right passcode): the next probe delivers and releases the rest.
+    fixed = make(
+        redis_url,
+        emu,
+        CLEVERTAP_BATCH_SIZE="5",
+        CLEVERTAP_FLUSH_INTERVAL="0.05",
+        CLEVERTAP_AUTH_PROBE_INTERVAL="0.2",
+    )
+    good = Deliverer(fixed, store, dispatched)
+    time.sleep(0.25)
+    good.sweep()
+    outcomes = [r.outcome for r in drain(good, dispatched)]
+    assert outcomes == ["delivered", "delivered"]
+    assert store.auth_state("default") == {}
+    assert good.assemble() == {"default": 1}
+    drain(good, dispatched)
+    assert len(stored(emu)) == 15
+
+
+@responses.activate
+def test_a_400_dead_letters_every_row_with_the_request_error(redis_url: str, store: Store) -> None:
+    settings = load_settings(
+        base_env(redis_url, CLEVERTAP_API_URL="http://ct.test", CLEVERTAP_FLUSH_INTERVAL="0.05")
+    )
+    responses.post(
+        "http://ct.test/1/upload",
+        status=400,
+        json={"status": "fail", "error": "Malformed request", "code": 400},
+    )
+    dispatched = Dispatched()
+    d = Deliverer(settings, store, dispatched)
+    ingest(events(3), settings=settings, store=store)
+    time.sleep(0.06)
+    d.assemble()
+    (report,) = drain(d, dispatched)
+    assert report.outcome == "bad_request" and report.dead_lettered == 3
+    assert {(x["code"], x["error"]) for x in dead_letters(store)} == {(400, "HTTP 400 Malformed request")}
+    sent = responses.calls[0].request
+    assert sent.headers["X-CleverTap-Passcode"] == settings.integration("default").passcode.reveal()
+    assert sent.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert orjson.loads(sent.body)["d"][0]["evtName"] == "Product Viewed"
+
+
+def test_no_free_token_gives_the_batch_back_with_a_short_countdown(
+    redis_url: str, emu: Emulator, store: Store
+) -> None:
+    settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05", CLEVERTAP_MAX_CONCURRENCY="1")
+    dispatched = Dispatched()
+    d = Deliverer(settings, store, dispatched)
+    ingest(events(2), settings=settings, store=store)
+    time.sleep(0.06)
+    d.assemble()
+    assert store.acquire_token(ACC, 1, 30, "someone-else")[0]
+    (report,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+    assert report.outcome == "no_token" and 0.1 <= report.delay_s <= 0.5
+    assert len(dispatched) == 1 and store.depth("default")["open_batches"] == 1
+    assert store.r.keys(store.key("default", "lease:*")) == []
+    store.release_token(ACC, "someone-else")
+    assert [r.outcome for r in drain(d, dispatched)] == ["delivered"]
+
+
+def test_the_sweep_republishes_batches_whose_message_was_lost(
+    redis_url: str, emu: Emulator, store: Store
+) -> None:
+    settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05", CLEVERTAP_SWEEP_GRACE="1")
+    dispatched = Dispatched()
+    d = Deliverer(settings, store, dispatched)
+    ingest(events(3), settings=settings, store=store)
+    time.sleep(0.06)
+    d.assemble()
+    dispatched.take()  # the message is lost
+    assert d.sweep()["default"]["redispatched"] == 0  # not overdue yet
+    time.sleep(1.1)
+    assert d.sweep()["default"]["redispatched"] == 1
+    assert [r.outcome for r in drain(d, dispatched)] == ["delivered"]
+
+
+def test_a_batch_being_sent_is_neither_swept_nor_sent_twice(
+    redis_url: str, emu: Emulator, store: Store
+) -> None:
+    settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05", CLEVERTAP_SWEEP_GRACE="1")
+    dispatched = Dispatched()
+    d = Deliverer(settings, store, dispatched)
+    ingest(events(3), settings=settings, store=store)
+    time.sleep(0.06)
+    d.assemble()
+    (_, bid, _) = dispatched.take()[0]
+    assert store.lease("default", bid, "another-worker", 60).status == "ok"
+    assert d.send("default", bid).outcome == "skipped:leased"
+    time.sleep(1.1)
+    assert d.sweep()["default"]["redispatched"] == 0
+
+
+def test_a_cut_connection_is_retried_so_nothing_is_lost(redis_url: str, store: Store) -> None:
+    with Emulator({ACC: PASS}, Faults(cut_rate=1.0)) as emu:
+        settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05")
+        dispatched = Dispatched()
+        d = Deliverer(settings, store, dispatched)
+        ingest(events(3), settings=settings, store=store)
+        time.sleep(0.06)
+        d.assemble()
+        (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+        assert first.outcome == "retry" and "network" in first.detail
+        requests.post(emu.url + "/_emulator/faults", json={"cut_rate": 0}, timeout=5)
+        assert [r.outcome for r in drain(d, dispatched)] == ["delivered"]
+        # At least once: the cut upload was stored and the retry stored it again (no idempotency key).
+        assert len(stored(emu)) == 6
+
+
+def test_assemble_runs_never_overlap(redis_url: str, emu: Emulator, store: Store) -> None:
+    settings = make(redis_url, emu)
+    d = Deliverer(settings, store, Dispatched())
+    token = store.try_lock("assemble", 30)
+    assert token is not None
+    assert d.assemble_exclusive() is None
+    store.unlock("assemble", token)
+    assert d.assemble_exclusive() == {}
