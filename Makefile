@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint test bench-ingest bench-emulator clean all
+.PHONY: install lint test bench-ingest bench-emulator bench-deliver clean all
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -29,6 +29,9 @@ bench-ingest: $(STAMP)
 
 bench-emulator: $(STAMP)
 	$(BIN)/clevertap-pipeline bench-emulator
+
+bench-deliver: $(STAMP)
+	$(BIN)/clevertap-pipeline bench-deliver
 
 all: test
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,6 +23,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.events import validate_event
 from pipeline.ingest import CHUNK, Ingestor, bad_input, chunked
 from pipeline.mapping import Mapper
+from pipeline.procs import ProcessGroup, beat_command, wait_for, worker_command
 from pipeline.redis_server import EmbeddedRedis
 from pipeline.sample import SPEC_PURCHASE, generate
 from pipeline.store import Store
@@ -191,5 +196,97 @@ def bench_emulator(args: argparse.Namespace) -> int:
     print(
         f"median: {median:,.1f} uploads/s = {median * 1000:,.0f} records/s; "
         f"peak in flight {stats['peak_in_flight']}, concurrency 429s {stats['concurrency_429']}"
+    )
+    return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its reaped children, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU of a process and its live children (a prefork pool), in seconds."""
+    total = _cpu_seconds(pid)
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for cpid in child.read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                total += _tree_cpu(int(cpid))
+    return total
+
+
+def bench_deliver(args: argparse.Namespace) -> int:
+    """Delivered records/s and worker CPU per record against an emulator answering in ``latency_ms``."""
+    with redis_for_bench(args.redis_url) as url, tempfile.TemporaryDirectory(prefix="ctp-bench-") as tmp:
+        emu = EmulatorProcess("--latency-ms", str(args.latency_ms))
+        group = ProcessGroup()
+        try:
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_")},
+                "REDIS_URL": url,
+                "CLEVERTAP_ACCOUNT_ID": "BENCH-ACCOUNT",
+                "CLEVERTAP_PASSCODE": "bench-passcode",
+                "CLEVERTAP_REGION": "eu1",
+                "CLEVERTAP_API_URL": emu.url,
+            }
+            settings = load_settings(env)
+            store = Store.from_url(url, settings.key_prefix)
+            store.r.flushdb()
+            ingestor = Ingestor(store, settings.integration("default"))
+            # A backlog of realistic records, queued before the worker starts: ingest CPU is not counted.
+            template = [(n, e) for n, e in enumerate(generate(5000, seed=9))]
+            queued = 0
+            round_ = 0
+            while queued < args.records:
+                chunk = [(n, {**e, "messageId": f"{round_}-{n}"}) for n, e in template]
+                for part in chunked(chunk, CHUNK):
+                    queued += ingestor.ingest_chunk(part).records
+                round_ += 1
+            print(f"queued {queued:,} records; emulator latency {args.latency_ms} ms, 15 slots", flush=True)
+            worker = group.start(
+                "worker",
+                worker_command("bench", pool=args.pool, concurrency=args.concurrency, loglevel="WARNING"),
+                env,
+                Path(tmp) / "worker.log",
+            )
+            time.sleep(args.warmup)  # let the worker import and connect before the clock starts
+            cpu_start = _tree_cpu(worker.pid)
+            group.start("beat", beat_command(Path(tmp), loglevel="WARNING"), env, Path(tmp) / "beat.log")
+            first: list[float] = []
+
+            def started() -> bool:
+                if emu.stats()["requests"] or sum(emu.stats()["in_flight"].values()):
+                    first.append(time.perf_counter())
+                    return True
+                return False
+
+            if not wait_for(started, 60, 0.01, group):
+                raise RuntimeError("no request reached the emulator within 60 s")
+            done = wait_for(lambda: emu.stats()["records_stored"] >= queued, 3600, 0.05, group)
+            elapsed = time.perf_counter() - first[0]
+            cpu = _tree_cpu(worker.pid) - cpu_start
+            stats = emu.stats()
+        finally:
+            group.stop()
+            emu.stop()
+    if not done:
+        print("did not drain")
+        return 1
+    rate = stats["records_stored"] / elapsed
+    ceiling = 15 * 1000 / (args.latency_ms / 1000)
+    print(
+        f"delivered {stats['records_stored']:,} records in {elapsed:.2f} s: {rate:,.0f} records/s "
+        f"= {rate / ceiling:.1%} of the {ceiling:,.0f}/s ceiling "
+        f"(15 in flight x 1,000 records / {args.latency_ms} ms)"
+    )
+    print(
+        f"worker CPU: {cpu:.2f} s = {cpu / stats['records_stored'] * 1e6:.2f} us per delivered record "
+        f"(assemble + send, one worker, --pool {args.pool} --concurrency {args.concurrency})"
+    )
+    print(
+        f"peak in flight {stats['peak_in_flight']}, concurrency 429s {stats['concurrency_429']}, "
+        f"requests {stats['requests_by_status']}"
     )
     return 0

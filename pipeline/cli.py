@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import os
 import sys
 import time
@@ -176,6 +177,113 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def status_of(settings: Settings, names: list[str]) -> dict[str, Any]:
+    from pipeline.deadletters import summarise
+    from pipeline.ingest import store_for
+
+    store = store_for(settings)
+    out: dict[str, Any] = {}
+    for name in names:
+        integ = settings.integration(name)
+        out[name] = {
+            "account_id": integ.account_id,
+            "queues": store.depth(name),
+            "counters": store.stats(name),
+            "auth": store.auth_state(name) or "ok",
+            "in_flight": store.tokens_in_flight(integ.account_key),
+            "peak_in_flight": store.peak_in_flight(integ.account_key),
+            "dead_letters": summarise(store, name),
+        }
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings()
+    names = [args.integration] if args.integration else sorted(settings.integrations)
+    status = status_of(settings, names)
+    if args.json:
+        print(orjson.dumps(status).decode())
+        return EXIT_OK
+    for name, s in status.items():
+        q, c = s["queues"], s["counters"]
+        print(f"integration {name} (account {s['account_id']})")
+        print(
+            f"  queued {q['pending']:,} records; {q['open_batches']} open and {q['held_batches']} held "
+            "batches; "
+            f"in flight {s['in_flight']} (peak {s['peak_in_flight']})"
+        )
+        print(
+            f"  ingested: accepted {c.get('accepted', 0):,}, filtered {c.get('filtered', 0):,}, "
+            f"duplicate {c.get('duplicate', 0):,}, rejected at mapping {c.get('rejected_mapping', 0):,}"
+        )
+        print(
+            f"  delivered {c.get('delivered', 0):,} records in {c.get('batches_sent', 0):,} batches; "
+            f"{c.get('batches_partial', 0)} partial; rejected by CleverTap {c.get('rejected_api', 0):,}; "
+            f"retries: {c.get('retries_throttles', 0)} throttled, {c.get('retries_failures', 0)} failed; "
+            f"given up {c.get('batches_given_up', 0)}"
+        )
+        if s["auth"] != "ok":
+            print(f"  AUTHENTICATION FAILING since {s['auth'].get('since')}: {s['auth'].get('reason')}")
+        for key, d in sorted(s["dead_letters"].items()):
+            print(f"  dead letters {key}: {d['count']:,}, e.g. {d['example'][:160]}")
+    return EXIT_OK
+
+
+def cmd_dead_list(args: argparse.Namespace) -> int:
+    from pipeline.deadletters import iter_dead_letters
+    from pipeline.ingest import store_for
+
+    settings = _settings()
+    settings.integration(args.integration)
+    entries = iter_dead_letters(store_for(settings), args.integration, args.stage, args.code)
+    for entry in itertools.islice(entries, args.limit):
+        print(orjson.dumps(entry).decode())
+    return EXIT_OK
+
+
+def _selection(args: argparse.Namespace) -> list[str] | None:
+    if bool(args.id) == bool(args.all):
+        raise InputError("give --id ID (repeatable) or --all (optionally with --stage/--code)")
+    return list(args.id) if args.id else None
+
+
+def cmd_dead_replay(args: argparse.Namespace) -> int:
+    from pipeline.deadletters import replay
+    from pipeline.ingest import store_for
+
+    settings = _settings()
+    ids = _selection(args)
+    res = replay(store_for(settings), settings.integration(args.integration), ids, args.stage, args.code)
+    print(
+        orjson.dumps(
+            {
+                "replayed_records": res.replayed_records,
+                "remapped_events": res.remapped_events,
+                "rejected_again": res.rejected_again,
+                "missing": res.missing,
+            }
+        ).decode()
+    )
+    return EXIT_FAILED if res.missing else EXIT_OK
+
+
+def cmd_dead_drop(args: argparse.Namespace) -> int:
+    from pipeline.deadletters import iter_dead_letters
+    from pipeline.ingest import store_for
+
+    settings = _settings()
+    settings.integration(args.integration)
+    store = store_for(settings)
+    ids = _selection(args)
+    if ids is None:
+        ids = [e["id"] for e in iter_dead_letters(store, args.integration, args.stage, args.code)]
+    dropped = sum(
+        store.drop_dead_letters(args.integration, ids[i : i + 500]) for i in range(0, len(ids), 500)
+    )
+    print(orjson.dumps({"dropped": dropped}).decode())
+    return EXIT_OK
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     import signal
 
@@ -245,6 +353,12 @@ def cmd_bench_emulator(args: argparse.Namespace) -> int:
     return bench_emulator(args)
 
 
+def cmd_bench_deliver(args: argparse.Namespace) -> int:
+    from pipeline.bench import bench_deliver
+
+    return bench_deliver(args)
+
+
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from pipeline.bench import bench_ingest
 
@@ -288,6 +402,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("preview", "Map events without queueing: one JSON line per input event.", cmd_preview)
     p.add_argument("file", nargs="?", default="-", help="input file, or - for standard input")
     p.add_argument("--integration", "-i", default="default", help="integration whose mappings to use")
+
+    p = verb(
+        "status", "Queues, counters, authentication state, in-flight tokens and dead letters.", cmd_status
+    )
+    p.add_argument("--integration", "-i", default=None, help="one integration (default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = verb(
+        "dead-letters",
+        "List, replay or drop dead letters: events that could not be mapped (stage mapping) and rows "
+        "CleverTap refused or that gave up (stage api).",
+        None,
+    )
+    dl = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def dl_verb(name: str, help_: str, func: Any) -> argparse.ArgumentParser:
+        q = dl.add_parser(name, help=help_, description=help_, formatter_class=_Formatter)
+        q.set_defaults(func=func)
+        q.add_argument("--integration", "-i", default="default", help="integration")
+        q.add_argument("--stage", choices=("mapping", "api"), default=None, help="only this stage")
+        q.add_argument("--code", type=int, default=None, help="only this CleverTap code (api stage)")
+        return q
+
+    q = dl_verb("list", "Print dead letters as JSON lines, oldest first.", cmd_dead_list)
+    q.add_argument("--limit", type=int, default=100, help="at most this many")
+    q = dl_verb(
+        "replay",
+        "Queue dead letters again: api rows as they are, mapping events through the current mappings "
+        "(fix the configuration first). Each one moves atomically.",
+        cmd_dead_replay,
+    )
+    q.add_argument("--id", action="append", default=[], help="a dead letter id (repeatable)")
+    q.add_argument("--all", action="store_true", help="every dead letter matching --stage/--code")
+    q = dl_verb("drop", "Delete dead letters for good.", cmd_dead_drop)
+    q.add_argument("--id", action="append", default=[], help="a dead letter id (repeatable)")
+    q.add_argument("--all", action="store_true", help="every dead letter matching --stage/--code")
 
     p = verb(
         "emulator",
@@ -347,6 +497,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=15, help="concurrent clients")
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per run")
     p.add_argument("--runs", type=int, default=3, help="runs; the median is reported")
+
+    p = verb(
+        "bench-deliver",
+        "Measure delivery: records/s against an emulator answering in --latency-ms with 15 slots, and worker "
+        "CPU per delivered record, with a real celery worker and beat (an embedded Redis unless "
+        "--redis-url).",
+        cmd_bench_deliver,
+    )
+    p.add_argument("--records", type=int, default=150_000, help="records to queue and deliver")
+    p.add_argument("--latency-ms", type=int, default=1000, help="emulator latency per upload")
+    p.add_argument("--pool", default="threads", help="celery worker pool")
+    p.add_argument("--concurrency", type=int, default=16, help="celery worker concurrency")
+    p.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds for the worker to start before measuring"
+    )
+    p.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
 
     p = verb(
         "bench-ingest",

@@ -8,7 +8,7 @@ identities, de-duplication marks and mapping dead letters in one atomic Redis sc
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +118,10 @@ class Ingestor:
         return self.store.known_emails(self.integ.name, sorted(need)) if need else {}
 
     def ingest_chunk(
-        self, chunk: list[tuple[int, Any]], outcomes: list[Outcome] | None = None
+        self,
+        chunk: list[tuple[int, Any]],
+        outcomes: list[Outcome] | None = None,
+        replaces: Sequence[str] = (),
     ) -> IngestResult:
         items = self._validated(chunk)
         known = self._lookup(items)
@@ -153,6 +156,7 @@ class Ingestor:
             dead,
             {"filtered": filtered, "rejected_mapping": rejected},
             self.integ.dedup_window,
+            replaces,
         )
         res.filtered, res.rejected, res.duplicate = filtered, rejected, len(dups)
         res.accepted = len(groups) - len(dups)

@@ -7,7 +7,6 @@ The algorithm (wait briefly, never block long, release only what was taken) is k
 
 from __future__ import annotations
 
-import random
 import secrets
 import threading
 import time
@@ -24,8 +23,12 @@ class TokenBackend(Protocol):
         ``lease_s`` and return ``(True, in flight)``, else ``(False, ms until the earliest lease ends)``."""
         ...
 
-    def release(self, account: str, token: str) -> bool:
-        """Remove ``token``; False when it had already expired (or was never held)."""
+    def release(self, account: str, token: str, limit: int) -> bool:
+        """Remove ``token`` and wake one waiter; False when it had already expired (or was never held)."""
+        ...
+
+    def wait(self, account: str, timeout_s: float) -> None:
+        """Block until a token of ``account`` is released, or ``timeout_s`` passes."""
         ...
 
 
@@ -36,14 +39,18 @@ class RedisTokens:
     def acquire(self, account: str, limit: int, lease_s: float, token: str) -> tuple[bool, int]:
         return self.store.acquire_token(account, limit, lease_s, token)
 
-    def release(self, account: str, token: str) -> bool:
-        return self.store.release_token(account, token)
+    def release(self, account: str, token: str, limit: int) -> bool:
+        return self.store.release_token(account, token, limit)
+
+    def wait(self, account: str, timeout_s: float) -> None:
+        self.store.wait_for_token(account, timeout_s)
 
 
 class MemoryTokens:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.lock = threading.Lock()
+        self.released = threading.Condition(self.lock)
         self.leases: dict[str, dict[str, float]] = {}
 
     def acquire(self, account: str, limit: int, lease_s: float, token: str) -> tuple[bool, int]:
@@ -56,20 +63,31 @@ class MemoryTokens:
             held[token] = now + lease_s
             return True, len(held)
 
-    def release(self, account: str, token: str) -> bool:
+    def release(self, account: str, token: str, limit: int) -> bool:
         with self.lock:
-            return self.leases.get(account, {}).pop(token, None) is not None
+            removed = self.leases.get(account, {}).pop(token, None) is not None
+            if removed:
+                self.released.notify()
+            return removed
+
+    def wait(self, account: str, timeout_s: float) -> None:
+        with self.lock:
+            self.released.wait(timeout_s)
+
+
+#: A waiter re-checks at least this often, so a lease that expired (no release, no wake-up) is noticed.
+RECHECK_S = 0.25
 
 
 class Limiter:
-    def __init__(self, backend: TokenBackend, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, backend: TokenBackend) -> None:
         self.backend = backend
-        self.sleep = sleep
 
     @contextmanager
     def token(self, account: str, limit: int, lease_s: float, wait_s: float = 0.5) -> Iterator[bool]:
         """Yield True holding a token (released on exit, whatever happens), or False after ``wait_s`` without
-        one: the caller then gives its work back with a short countdown instead of blocking a worker."""
+        one: the caller then gives its work back with a short countdown instead of blocking a worker.
+        Waiting blocks on the backend's release signal, so waiters cost nothing while slots are busy."""
         token = secrets.token_hex(8)
         acquired = False
         deadline = time.monotonic() + wait_s
@@ -79,8 +97,8 @@ class Limiter:
                 remaining = deadline - time.monotonic()
                 if acquired or remaining <= 0:
                     break
-                self.sleep(min(remaining, random.uniform(0.01, 0.05)))
+                self.backend.wait(account, min(remaining, RECHECK_S))
             yield acquired
         finally:
             if acquired:
-                self.backend.release(account, token)
+                self.backend.release(account, token, limit)

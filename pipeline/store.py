@@ -10,7 +10,8 @@ key                                   type    holds
 ``P:{I}:since``                       string  ms (Redis time) when the oldest waiting record arrived
 ``P:{I}:seen``                        zset    messageId -> ms first accepted (de-duplication window)
 ``P:{I}:ids``                         hash    userId -> email, remembered from identify calls
-``P:{I}:batch:<bid>``                 list    the records of one assembled batch, in send order
+``P:{I}:batch:<bid>``                 string  the records of one assembled batch, in send order, joined by
+                                              newlines
 ``P:{I}:meta:<bid>``                  hash    created, attempts, failures, throttles, first_failure,
                                               last_error
 ``P:{I}:open``                        zset    bid -> ms when the batch is next due to be sent
@@ -22,9 +23,14 @@ key                                   type    holds
 ``P:{I}:stats``                       hash    counters (accepted, delivered, retries_throttled, ...)
 ``P:{acct:<A>}:tokens``               zset    in-flight token id -> lease expiry ms, per CleverTap account
 ``P:{acct:<A>}:stats``                hash    ``peak``: the most tokens ever held at once
+``P:{acct:<A>}:wake``                 list    one item per released token, for waiters blocked in BLPOP
 ``P:ready``                           set     integrations that may have records waiting
 ``P:assemble:lock``                   string  held by the one assembler run in progress (expires)
 ====================================  ======  ===============================================================
+
+Records are orjson output, which never holds a raw newline (JSON escapes it inside strings), so a newline
+is a safe separator: a batch is one string, read with one GET and turned into a request body with one
+``replace``, instead of a thousand list elements parsed one by one on every send.
 
 Every move of a record between pending, a batch, the dead letters and the delivered counter is one Lua
 script, so a record is always in exactly one place. Times used for leases, due times and the
@@ -55,7 +61,8 @@ local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
 # ARGV: dedup_window_ms, messageIds (JSON array, '' = none), record counts (JSON array),
 #       records (one blob, joined by newlines: serialised JSON never holds a raw newline),
 #       identities (JSON [[userId, email], ...]), dead letters (JSON [[id, entry], ...]),
-#       counters (JSON object)
+#       counters (JSON object), dead letters this replaces (JSON [id, ...]: a replayed mapping dead
+#       letter leaves in the same step that queues its records)
 # Passing a chunk as a handful of arguments instead of one per record keeps the client's packing cost
 # flat. Returns {records_pushed, duplicate group indexes (0-based)...}
 ENQUEUE = (
@@ -98,6 +105,10 @@ for _, pair in ipairs(cjson.decode(ARGV[6])) do
   redis.call('ZADD', KEYS[6], now, pair[1])
 end
 for field, n in pairs(cjson.decode(ARGV[7])) do redis.call('HINCRBY', KEYS[7], field, n) end
+for _, old in ipairs(cjson.decode(ARGV[8])) do
+  redis.call('HDEL', KEYS[5], old)
+  redis.call('ZREM', KEYS[6], old)
+end
 redis.call('HINCRBY', KEYS[7], 'accepted', accepted)
 redis.call('HINCRBY', KEYS[7], 'duplicate', #dups)
 redis.call('HINCRBY', KEYS[7], 'records_queued', pushed)
@@ -127,7 +138,7 @@ while #ids < maxb do
   local recs = redis.call('LRANGE', KEYS[1], 0, size - 1)
   redis.call('LTRIM', KEYS[1], #recs, -1)
   local bid = stem .. '-' .. (#ids + 1)
-  redis.call('RPUSH', base .. 'batch:' .. bid, unpack(recs))
+  redis.call('SET', base .. 'batch:' .. bid, table.concat(recs, '\\n'))
   redis.call('HSET', base .. 'meta:' .. bid, 'created', now, 'size', #recs, 'attempts', 0, 'failures', 0,
              'throttles', 0)
   redis.call('ZADD', KEYS[3], now, bid)
@@ -290,6 +301,17 @@ return {1, n + 1}
 """
 )
 
+# KEYS: tokens, wake   ARGV: token id, limit
+# Frees a token and wakes one waiter (the list is trimmed to the limit: wake-ups nobody takes are few).
+RELEASE = """
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 then
+  redis.call('LPUSH', KEYS[2], 1)
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+end
+return removed
+"""
+
 # KEYS: dead, dead_idx, pending, since, stats   ARGV: n, (id)*
 # Moves api-stage dead letters' records back to the pending queue. Returns the ids moved.
 REPLAY_RECORDS = (
@@ -359,6 +381,7 @@ class Store:
         self._apply = client.register_script(APPLY)
         self._sweep = client.register_script(SWEEP)
         self._acquire = client.register_script(ACQUIRE)
+        self._release = client.register_script(RELEASE)
         self._replay = client.register_script(REPLAY_RECORDS)
 
     @classmethod
@@ -405,6 +428,7 @@ class Store:
         dead: Sequence[tuple[str, bytes]],
         counters: dict[str, int],
         dedup_window_s: float,
+        replaces: Sequence[str] = (),
     ) -> tuple[int, list[int]]:
         """Queue each group's records unless its messageId was seen in the window; store identities,
         mapping dead letters and counters in the same atomic step. Returns (records pushed, duplicate
@@ -419,6 +443,7 @@ class Store:
             orjson.dumps([list(pair) for pair in identities]),
             orjson.dumps([[did, body.decode()] for did, body in dead]),
             orjson.dumps({k: v for k, v in counters.items() if v}),
+            orjson.dumps(list(replaces)),
         ]
         keys = [self.key(integ, k) for k in ("pending", "since", "seen", "ids", "dead", "dead:idx", "stats")]
         pipe = self.r.pipeline(transaction=False)
@@ -465,7 +490,8 @@ class Store:
         )
 
     def batch_records(self, integ: str, bid: str) -> list[bytes]:
-        return cast(list[bytes], self.r.lrange(self.key(integ, f"batch:{bid}"), 0, -1))
+        raw = cast(bytes | None, self.r.get(self.key(integ, f"batch:{bid}")))
+        return raw.split(b"\n") if raw else []
 
     def _apply_keys(self, integ: str) -> list[str]:
         return [self.key(integ, k) for k in ("open", "held", "auth", "dead", "dead:idx", "stats")]
@@ -520,8 +546,13 @@ class Store:
         res = cast(list[int], self._acquire(keys=keys, args=[limit, int(lease_s * 1000), token]))
         return bool(res[0]), int(res[1])
 
-    def release_token(self, account: str, token: str) -> bool:
-        return bool(self.r.zrem(self.account_key(account, "tokens"), token))
+    def release_token(self, account: str, token: str, limit: int = 15) -> bool:
+        keys = [self.account_key(account, "tokens"), self.account_key(account, "wake")]
+        return bool(self._release(keys=keys, args=[token, limit]))
+
+    def wait_for_token(self, account: str, timeout_s: float) -> bool:
+        """Block up to ``timeout_s`` for a release; True when woken (a token may be free: try again)."""
+        return self.r.blpop([self.account_key(account, "wake")], timeout=max(0.01, timeout_s)) is not None
 
     def tokens_in_flight(self, account: str) -> int:
         now_s, now_us = self.r.time()

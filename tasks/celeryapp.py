@@ -48,8 +48,9 @@ app.conf.update(
     task_default_queue="clevertap",
     task_queues=(Queue("clevertap"), Queue(C.SEND_QUEUE)),
     task_routes={"clevertap.send_batch": {"queue": C.SEND_QUEUE}},
-    worker_send_task_events=True,  # Flower sees task states
-    task_send_sent_event=True,
+    # Task events are off by default: they cost a publish per task state. Flower switches them on in the
+    # workers when it starts (or: celery -A tasks control enable_events).
+    worker_send_task_events=False,
     beat_schedule={
         "clevertap.assemble": {
             "task": "clevertap.assemble",

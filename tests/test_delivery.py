@@ -100,7 +100,7 @@ def test_full_batches_go_at_once_and_a_partial_one_after_the_flush_interval(
     assert d.assemble() == {}
     time.sleep(0.35)
     assert d.assemble() == {"default": 1}
-    sizes = [store.r.llen(store.key("default", f"batch:{b}")) for _, b, _ in dispatched]
+    sizes = [len(store.batch_records("default", b)) for _, b, _ in dispatched]
     assert sizes == [10, 10, 5]
     assert store.ready_integrations() == set()
 

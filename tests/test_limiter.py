@@ -84,7 +84,7 @@ def test_an_expired_lease_stops_counting(backend: TokenBackend) -> None:
     assert not backend.acquire("ACC", 1, 0.2, "new")[0]
     time.sleep(0.3)
     assert backend.acquire("ACC", 1, 0.2, "new")[0]
-    assert not backend.release("ACC", "old")  # expired: nothing to release
+    assert not backend.release("ACC", "old", 1)  # expired: nothing to release
 
 
 HOLDER = """

@@ -1,0 +1,100 @@
+"""Dead letters can be seen, fixed and replayed; nothing is lost on the way."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import requests
+
+from pipeline.config import load_settings
+from pipeline.deadletters import iter_dead_letters, replay, summarise
+from pipeline.delivery import Deliverer
+from pipeline.emulator import Emulator, Faults
+from pipeline.ingest import ingest
+from pipeline.store import Store
+from tests.conftest import base_env, cli_env, run_cli
+from tests.test_delivery import ACC, PASS, Dispatched, drain, events, page_events, stored
+
+
+def test_rows_clevertap_refused_deliver_when_replayed_after_the_cause_is_fixed(
+    redis_url: str, store: Store
+) -> None:
+    with Emulator({ACC: PASS}, Faults(restricted_events=frozenset({"webpageviewed"}))) as emu:
+        env = base_env(
+            redis_url,
+            CLEVERTAP_ACCOUNT_ID=ACC,
+            CLEVERTAP_PASSCODE=PASS,
+            CLEVERTAP_API_URL=emu.url,
+            CLEVERTAP_FLUSH_INTERVAL="0.05",
+        )
+        settings = load_settings(env)
+        dispatched = Dispatched()
+        d = Deliverer(settings, store, dispatched)
+        ingest(events(2) + page_events(3), settings=settings, store=store)
+        time.sleep(0.06)
+        d.assemble()
+        drain(d, dispatched)
+        assert summarise(store, "default")["api:513"]["count"] == 3
+        # The account's restriction is lifted (or the preset changed); replay the refused rows.
+        requests.post(emu.url + "/_emulator/faults", json={"restricted_events": []}, timeout=5)
+        result = replay(store, settings.integration("default"), stage="api")
+        assert result.replayed_records == 3 and store.dead_letter_count("default") == 0
+        time.sleep(0.06)
+        d.assemble()
+        drain(d, dispatched)
+        assert sorted(r["evtName"] for r in stored(emu)) == ["Product Viewed"] * 2 + ["Web Page Viewed"] * 3
+    assert store.stats("default")["replayed"] == 3
+
+
+def test_mapping_dead_letters_replay_through_the_current_mappings(redis_url: str, store: Store) -> None:
+    strict = load_settings(base_env(redis_url, CLEVERTAP_NESTED="reject"))
+    nested = {
+        "type": "track",
+        "event": "X",
+        "userId": "u1",
+        "messageId": "n1",
+        "properties": {"dims": {"w": 1}},
+    }
+    hopeless = {"type": "track", "event": "X", "messageId": "n2"}  # no identity, whatever the config
+    assert ingest([nested, hopeless], settings=strict, store=store).rejected == 2
+    lenient = load_settings(base_env(redis_url, CLEVERTAP_NESTED="stringify"))
+    result = replay(store, lenient.integration("default"), stage="mapping")
+    assert (result.remapped_events, result.rejected_again) == (1, 1)
+    (left,) = list(iter_dead_letters(store, "default"))
+    assert left["event"]["messageId"] == "n2" and "missing identity" in left["reasons"][0]
+    (queued,) = [orjson.loads(r) for r in store.r.lrange(store.key("default", "pending"), 0, -1)]
+    assert queued["evtData"] == {"dims": '{"w":1}'}
+
+
+def test_replaying_an_unknown_id_reports_it(redis_url: str, store: Store) -> None:
+    settings = load_settings(base_env(redis_url))
+    assert replay(store, settings.integration("default"), ids=["nope"]).missing == ["nope"]
+
+
+def test_cli_lists_replays_drops_and_shows_status(redis_url: str, store: Store) -> None:
+    env = cli_env(**base_env(redis_url))
+    settings = load_settings(base_env(redis_url))
+    ingest(
+        [{"type": "track", "event": "X", "messageId": f"bad{i}"} for i in range(3)],
+        settings=settings,
+        store=store,
+    )
+    listed = run_cli("dead-letters", "list", "--limit", "2", env=env)
+    assert listed.returncode == 0
+    entries = [orjson.loads(x) for x in listed.stdout.splitlines()]
+    assert len(entries) == 2 and entries[0]["stage"] == "mapping"
+    status = run_cli("status", "--json", env=env)
+    body: dict[str, Any] = orjson.loads(status.stdout)["default"]
+    assert (
+        body["queues"]["dead_letters"] == 3 and body["dead_letters"]["mapping:missing identity"]["count"] == 3
+    )
+    text = run_cli("status", env=env)
+    assert b"dead letters mapping:missing identity: 3" in text.stdout
+    assert run_cli("dead-letters", "replay", env=env).returncode == 1  # neither --id nor --all
+    dropped = run_cli("dead-letters", "drop", "--id", entries[0]["id"], env=env)
+    assert orjson.loads(dropped.stdout) == {"dropped": 1}
+    replayed = run_cli("dead-letters", "replay", "--all", env=env)
+    assert orjson.loads(replayed.stdout)["rejected_again"] == 2
+    assert store.dead_letter_count("default") == 2
