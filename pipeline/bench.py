@@ -6,15 +6,12 @@ import argparse
 import contextlib
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import orjson
 import requests
@@ -23,7 +20,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.events import validate_event
 from pipeline.ingest import CHUNK, Ingestor, bad_input, chunked
 from pipeline.mapping import Mapper
-from pipeline.procs import ProcessGroup, beat_command, wait_for, worker_command
+from pipeline.procs import EmulatorProcess, ProcessGroup, beat_command, wait_for, worker_command
 from pipeline.redis_server import EmbeddedRedis
 from pipeline.sample import SPEC_PURCHASE, generate
 from pipeline.store import Store
@@ -102,37 +99,6 @@ def bench_ingest(args: argparse.Namespace) -> int:
     )
     print(f"median wall rate:   {statistics.median(wall_rates):,.0f} events/s (includes waiting on Redis)")
     return 0
-
-
-class EmulatorProcess:
-    """``clevertap-pipeline emulator`` as a real subprocess on a free port."""
-
-    def __init__(self, *flags: str, accounts: tuple[str, ...] = ("BENCH-ACCOUNT:bench-passcode",)) -> None:
-        args = [sys.executable, "-m", "pipeline", "emulator", "--port", "0", *flags]
-        for account in accounts:
-            args += ["--account", account]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert self.proc.stdout is not None
-        first = self.proc.stdout.readline().decode()
-        if not first.startswith("emulator listening on "):
-            self.stop()
-            raise RuntimeError(f"emulator did not start: {first!r}")
-        self.url = first.split(" on ", 1)[1].strip()
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = requests.get(self.url + "/_emulator/stats", timeout=10).json()
-        return result
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def sample_body(n: int = 1000) -> bytes:

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -284,6 +285,61 @@ def cmd_dead_drop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    return run_demo(args.events, args.timeout)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.runner import interrupts_as_keyboard_interrupt, start_stack
+
+    data_dir = Path(args.data_dir).resolve()
+    env = dict(os.environ)
+    if not args.emulator:
+        load_settings(env)  # fail fast, with every error, before starting anything
+    with interrupts_as_keyboard_interrupt():
+        stack = None
+        try:
+            stack = start_stack(
+                data_dir,
+                base_env=env,
+                persistent_redis=True,
+                emulator_flags=tuple(args.emulator_flag) if args.emulator else None,
+                workers=args.workers,
+                pool=args.pool,
+                concurrency=args.concurrency,
+            )
+            load_settings(stack.env)
+            if stack.redis is not None:
+                print(
+                    f"embedded Redis (AOF in {data_dir / 'redis'}): REDIS_URL={stack.redis_url}", flush=True
+                )
+            if stack.emulator is not None:
+                records = data_dir / "emulator-records.jsonl"
+                print(f"emulator: {stack.emulator.url} (records also in {records})", flush=True)
+            for child in stack.group.children:
+                print(f"started {child.name} pid {child.pid} (log {child.log_path})", flush=True)
+            print(
+                "running; Ctrl-C or SIGTERM stops everything "
+                "(in-flight batches are retried on the next start)",
+                flush=True,
+            )
+            while True:
+                stack.check()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("stopping", flush=True)
+            return EXIT_OK
+        except RuntimeError as exc:
+            _err(f"error: {exc}")
+            return EXIT_FAILED
+        finally:
+            if stack is not None:
+                stack.stop()
+            print("stopped", flush=True)
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     import signal
 
@@ -402,6 +458,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("preview", "Map events without queueing: one JSON line per input event.", cmd_preview)
     p.add_argument("file", nargs="?", default="-", help="input file, or - for standard input")
     p.add_argument("--integration", "-i", default="default", help="integration whose mappings to use")
+
+    p = verb(
+        "demo",
+        "Run the whole pipeline on embedded defaults (its own Redis, the emulator, a real celery worker and "
+        "beat), ingest a bundled sample and print what happened. Stops everything it started.",
+        cmd_demo,
+    )
+    p.add_argument("--events", type=int, default=3000, help="sample events to ingest (plus a few bad ones)")
+    p.add_argument("--timeout", type=float, default=120, help="give up after this many seconds")
+
+    p = verb(
+        "run",
+        "Run a worker and beat on this machine (and an embedded Redis with AOF when REDIS_URL is unset), "
+        "sending to the configured CleverTap account, or to a local emulator with --emulator.",
+        cmd_run,
+    )
+    p.add_argument("--emulator", action="store_true", help="start a local emulator and send to it")
+    p.add_argument(
+        "--emulator-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a flag for the emulator, e.g. --emulator-flag=--latency-ms=200 (repeatable)",
+    )
+    p.add_argument(
+        "--data-dir", default=".clevertap-pipeline", help="embedded Redis data, logs, beat schedule"
+    )
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--pool", default="threads", help="celery pool of each worker")
+    p.add_argument("--concurrency", type=int, default=16, help="threads (or processes) per worker")
 
     p = verb(
         "status", "Queues, counters, authentication state, in-flight tokens and dead letters.", cmd_status

@@ -14,7 +14,9 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import requests
 
 
 def celery_command(role: str, *args: str) -> list[str]:
@@ -118,6 +120,40 @@ class ProcessGroup:
         for child in reversed(self.children):
             child.stop(grace_s)
         self.children.clear()
+
+
+class EmulatorProcess:
+    """``clevertap-pipeline emulator`` as a real subprocess on a free port."""
+
+    def __init__(self, *flags: str, accounts: tuple[str, ...] = ("BENCH-ACCOUNT:bench-passcode",)) -> None:
+        args = [sys.executable, "-m", "pipeline", "emulator", "--port", "0", *flags]
+        for account in accounts:
+            args += ["--account", account]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline().decode()
+        if not first.startswith("emulator listening on "):
+            self.stop()
+            raise RuntimeError(f"emulator did not start: {first!r}")
+        self.url = first.split(" on ", 1)[1].strip()
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = requests.get(self.url + "/_emulator/stats", timeout=10).json()
+        return result
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def wait_for(

@@ -13,10 +13,9 @@ import orjson
 import pytest
 import requests
 
-from pipeline.bench import EmulatorProcess
 from pipeline.config import load_settings
 from pipeline.ingest import ingest
-from pipeline.procs import ProcessGroup, beat_command, wait_for, worker_command
+from pipeline.procs import EmulatorProcess, ProcessGroup, beat_command, wait_for, worker_command
 from pipeline.sample import generate
 from pipeline.store import Store
 from tests.conftest import cli_env

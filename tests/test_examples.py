@@ -1,0 +1,71 @@
+"""The upstream-trigger examples in examples/ run as documented."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline.procs import ProcessGroup, wait_for, worker_command
+from pipeline.store import Store
+from tests.conftest import ROOT, base_env, cli_env
+
+EVENTS = ROOT / "examples" / "events.jsonl"
+
+
+def env_for(redis_url: str) -> dict[str, str]:
+    env = cli_env(**base_env(redis_url, CLEVERTAP_CONSENT_CATEGORIES="marketing"))
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def test_python_api_example(redis_url: str, store: Store) -> None:
+    out = subprocess.run(
+        [sys.executable, "examples/trigger_python.py", str(EVENTS)],
+        env=env_for(redis_url),
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert orjson.loads(out.stdout) == {"accepted": 3, "filtered": 0, "duplicate": 0, "rejected": 0}
+    assert store.r.llen(store.key("default", "pending")) == 3
+
+
+def test_shell_example(redis_url: str, store: Store) -> None:
+    out = subprocess.run(
+        ["bash", "examples/trigger_shell.sh", str(EVENTS)],
+        env=env_for(redis_url),
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert b'clevertap ingest: {"accepted":3,"filtered":0,"duplicate":0,"rejected":0}' in out.stdout
+
+
+@pytest.mark.e2e
+def test_celery_example_from_another_service(redis_url: str, store: Store, tmp_path: Path) -> None:
+    env = env_for(redis_url)
+    group = ProcessGroup()
+    try:
+        group.start("worker", worker_command("ex", concurrency=2), env, tmp_path / "worker.log")
+        out = subprocess.run(
+            [sys.executable, "examples/trigger_celery.py", str(EVENTS)],
+            env=env,
+            capture_output=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert wait_for(lambda: store.r.llen(store.key("default", "pending")) == 3, 60, group=group)
+    finally:
+        group.stop()
+    log = (tmp_path / "worker.log").read_text()
+    assert "clevertap.ingest" in log and "jane.doe@example.com" not in log
