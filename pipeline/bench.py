@@ -49,7 +49,7 @@ def redis_for_bench(url: str | None) -> Iterator[str]:
 
 def _lines(n: int) -> list[bytes]:
     events = generate(n, seed=11)
-    # A third of purchases are the spec's example verbatim (fresh messageIds), the rest vary.
+    # Every 30th event is the spec's purchase example verbatim (with a fresh messageId); the rest vary.
     for i in range(0, n, 30):
         events[i] = {**SPEC_PURCHASE, "messageId": f"spec-{i}"}
     return [orjson.dumps(e) for e in events]

@@ -178,30 +178,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def status_of(settings: Settings, names: list[str]) -> dict[str, Any]:
-    from pipeline.deadletters import summarise
-    from pipeline.ingest import store_for
-
-    store = store_for(settings)
-    out: dict[str, Any] = {}
-    for name in names:
-        integ = settings.integration(name)
-        out[name] = {
-            "account_id": integ.account_id,
-            "queues": store.depth(name),
-            "counters": store.stats(name),
-            "auth": store.auth_state(name) or "ok",
-            "in_flight": store.tokens_in_flight(integ.account_key),
-            "peak_in_flight": store.peak_in_flight(integ.account_key),
-            "dead_letters": summarise(store, name),
-        }
-    return out
-
-
 def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.ingest import store_for
+    from pipeline.status import integration_status
+
     settings = _settings()
     names = [args.integration] if args.integration else sorted(settings.integrations)
-    status = status_of(settings, names)
+    store = store_for(settings)
+    status = {name: integration_status(settings, store, name) for name in names}
     if args.json:
         print(orjson.dumps(status).decode())
         return EXIT_OK

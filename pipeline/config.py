@@ -348,6 +348,13 @@ _INTEGRATION_ENV = {
 _KNOWN_ENV = set(_GLOBAL_ENV.values()) | set(_INTEGRATION_ENV.values()) | {ENV_CONFIG_FILE}
 
 
+# Schema fields copied to IntegrationConfig as they are.
+_PLAIN_INTEGRATION_FIELDS = (
+    "account_id", "region", "api_url", "batch_size", "max_concurrency", "flush_interval", "unmapped",
+    "send_profiles", "nested", "max_event_properties", "dedup_window", "give_up_age",
+)  # fmt: skip
+
+
 def _flatten(messages: Any, path: str = "") -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if isinstance(messages, dict):
@@ -461,23 +468,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             passcode = Secret(spec["passcode"])
         integrations[name] = IntegrationConfig(
             name=name,
-            account_id=spec["account_id"],
             passcode=passcode,
-            region=spec["region"],
             preset=load_preset(spec["preset"]),
             consent_categories=tuple(spec["consent_categories"]),
-            api_url=spec["api_url"],
-            batch_size=spec["batch_size"],
-            max_concurrency=spec["max_concurrency"],
-            flush_interval=spec["flush_interval"],
-            unmapped=spec["unmapped"],
-            send_profiles=spec["send_profiles"],
-            nested=spec["nested"],
-            max_event_properties=spec["max_event_properties"],
-            dedup_window=spec["dedup_window"],
-            give_up_age=spec["give_up_age"],
             event_renames=dict(spec["events"]),
             property_renames={k: dict(v) for k, v in spec["properties"].items()},
+            **{k: spec[k] for k in _PLAIN_INTEGRATION_FIELDS},
         )
     # One CleverTap account has one in-flight limit: integrations sharing it must agree on it.
     limits: dict[str, tuple[str, int]] = {}
@@ -493,14 +489,4 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             )
     if errors:
         raise ConfigError(errors)
-    return Settings(
-        integrations=integrations,
-        redis_url=data["redis_url"],
-        key_prefix=data["key_prefix"],
-        connect_timeout=data["connect_timeout"],
-        read_timeout=data["read_timeout"],
-        token_lease=data["token_lease"],
-        auth_probe_interval=data["auth_probe_interval"],
-        sweep_grace=data["sweep_grace"],
-        source=source,
-    )
+    return Settings(integrations=integrations, source=source, **{k: data[k] for k in _GLOBAL_ENV})

@@ -14,13 +14,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import orjson
-
 from pipeline.client import UploadClient, join_records
 from pipeline.config import IntegrationConfig, Settings
 from pipeline.limiter import Limiter, RedisTokens
 from pipeline.outcomes import Action, BatchHistory, Classified, Decision, Kind, RowRejection, classify, decide
-from pipeline.store import Store, new_id
+from pipeline.store import Store, dead_letter
 
 log = logging.getLogger("pipeline.delivery")
 
@@ -72,21 +70,17 @@ class SendReport:
 def api_dead_letter(
     integ: str, batch_id: str, rejection: RowRejection, attempts: int, http_status: int | None
 ) -> tuple[str, bytes]:
-    did = new_id()
-    entry = {
-        "id": did,
-        "integration": integ,
-        "stage": "api",
-        "time": round(time.time(), 3),
-        "code": rejection.code,
-        "error": rejection.error,
-        "row": None if rejection.row is None else rejection.row + 1,
-        "batch_id": batch_id,
-        "attempts": attempts,
-        "http_status": http_status,
-        "record": rejection.record,
-    }
-    return did, orjson.dumps(entry, default=str)
+    return dead_letter(
+        integ,
+        "api",
+        code=rejection.code,
+        error=rejection.error,
+        row=None if rejection.row is None else rejection.row + 1,
+        batch_id=batch_id,
+        attempts=attempts,
+        http_status=http_status,
+        record=rejection.record,
+    )
 
 
 class Deliverer:

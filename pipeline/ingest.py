@@ -17,7 +17,7 @@ import orjson
 from pipeline.config import IntegrationConfig, Settings, load_settings
 from pipeline.events import Event, validate_event
 from pipeline.mapping import DUPLICATE, FILTERED, MAPPED, REJECTED, Mapper, MapResult
-from pipeline.store import Store, new_id
+from pipeline.store import Store, dead_letter
 
 #: Events per Redis round trip: big enough to amortise the round trip, small enough that one script
 #: call stays well under a millisecond or two of Redis time.
@@ -67,16 +67,7 @@ class Outcome:
 
 
 def mapping_dead_letter(integ: str, event: Any, reasons: list[str]) -> tuple[str, bytes]:
-    did = new_id()
-    entry = {
-        "id": did,
-        "integration": integ,
-        "stage": "mapping",
-        "time": round(time.time(), 3),
-        "reasons": reasons,
-        "event": event,
-    }
-    return did, orjson.dumps(entry, default=str)
+    return dead_letter(integ, "mapping", reasons=reasons, event=event)
 
 
 class Ingestor:
@@ -182,14 +173,14 @@ class Ingestor:
         for chunk in chunked(numbered, CHUNK):
             items = self._validated(chunk)
             known = self._lookup(items) if check_store else {}
-            mids = [e.message_id for _, _, e, _ in items if e is not None and e.message_id]
+            mids = [str(e.message_id) for _, _, e, _ in items if e is not None and e.message_id]
             dup_store = (
                 self.store.seen_message_ids(self.integ.name, mids, self.integ.dedup_window)
                 if check_store
                 else set()
             )
             for index, raw, result in self._map_chunk(items, known, int(time.time())):
-                mid = raw.get("messageId") if isinstance(raw, dict) else None
+                mid = str(raw.get("messageId") or "") if isinstance(raw, dict) else ""
                 if result.outcome == MAPPED and mid and self.integ.dedup_window > 0:
                     if mid in seen or mid in dup_store:
                         yield Outcome(index, DUPLICATE, [], ["duplicate messageId within the window"])

@@ -344,6 +344,13 @@ def new_id() -> str:
     return f"{int(time.time() * 1000):013d}-{seq:06d}-{os.getpid() % 100000:05d}{secrets.token_hex(3)}"
 
 
+def dead_letter(integ: str, stage: str, **fields: Any) -> tuple[str, bytes]:
+    """A dead-letter entry (``stage`` mapping or api) and its id, ready for the scripts that store it."""
+    did = new_id()
+    entry = {"id": did, "integration": integ, "stage": stage, "time": round(time.time(), 3), **fields}
+    return did, orjson.dumps(entry, default=str)
+
+
 @dataclass(frozen=True)
 class LeaseResult:
     status: str  # ok | gone | leased | held

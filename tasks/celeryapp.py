@@ -17,7 +17,7 @@ from celery.signals import worker_init
 from kombu.entity import Queue
 
 from pipeline import constants as C
-from pipeline.config import load_settings
+from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -25,15 +25,23 @@ log = logging.getLogger(__name__)
 app = Celery("clevertap_pipeline", include=["tasks.pipeline_tasks"])
 
 
-def _flush_interval() -> float:
+def _settings_or_none() -> Settings | None:
     try:
-        return load_settings().min_flush_interval
+        return load_settings()
     except ConfigError:
-        return 1.0  # the worker refuses to start with bad settings (below); beat just keeps ticking
+        return None  # the worker refuses to start with bad settings (below), with every error
+
+
+_settings = _settings_or_none()
 
 
 app.conf.update(
-    broker_url=os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL") or C.DEFAULT_REDIS_URL,
+    # The broker is the pipeline's Redis (REDIS_URL, or redis_url in the config file) unless
+    # CELERY_BROKER_URL says otherwise.
+    broker_url=os.environ.get("CELERY_BROKER_URL")
+    or (_settings.redis_url if _settings else None)
+    or os.environ.get("REDIS_URL")
+    or C.DEFAULT_REDIS_URL,
     broker_connection_retry_on_startup=True,
     broker_transport_options={"visibility_timeout": C.VISIBILITY_TIMEOUT_S},
     task_serializer="json",
@@ -54,7 +62,7 @@ app.conf.update(
     beat_schedule={
         "clevertap.assemble": {
             "task": "clevertap.assemble",
-            "schedule": _flush_interval(),
+            "schedule": _settings.min_flush_interval if _settings else 1.0,
             "options": {"expires": 30},
         },
         "clevertap.sweep": {"task": "clevertap.sweep", "schedule": 5.0, "options": {"expires": 60}},

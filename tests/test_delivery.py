@@ -77,6 +77,19 @@ def dead_letters(store: Store) -> list[dict[str, Any]]:
     return [orjson.loads(x) for x in store.dead_letters("default", ids) if x]
 
 
+def with_batches(
+    redis_url: str, emu: Emulator, store: Store, n: int = 3, **extra: str
+) -> tuple[Deliverer, Dispatched, Settings]:
+    """Settings against ``emu``, ``n`` events ingested and assembled into batches (dispatched, not sent)."""
+    settings = make(redis_url, emu, **{"CLEVERTAP_FLUSH_INTERVAL": "0.05", **extra})
+    dispatched = Dispatched()
+    d = Deliverer(settings, store, dispatched)
+    ingest(events(n), settings=settings, store=store)
+    time.sleep(0.06)
+    d.assemble()
+    return d, dispatched, settings
+
+
 def drain(d: Deliverer, dispatched: Dispatched, rounds: int = 50) -> list[SendReport]:
     """Send everything dispatched (ignoring countdowns), as a worker would, until nothing is left."""
     reports = []
@@ -162,12 +175,7 @@ def test_partial_delivers_accepted_rows_and_dead_letters_each_rejected_row_with_
 
 def test_429s_are_retried_with_retry_after_and_then_deliver(redis_url: str, store: Store) -> None:
     with Emulator({ACC: PASS}, Faults(throttle_rate=1.0, retry_after=1.5)) as emu:
-        settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05")
-        dispatched = Dispatched()
-        d = Deliverer(settings, store, dispatched)
-        ingest(events(5), settings=settings, store=store)
-        time.sleep(0.06)
-        d.assemble()
+        d, dispatched, _ = with_batches(redis_url, emu, store, 5)
         (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
         assert first.outcome == "retry" and first.delay_s == 1.5
         assert [c for _, _, c in dispatched] == [1.5]
@@ -179,12 +187,7 @@ def test_429s_are_retried_with_retry_after_and_then_deliver(redis_url: str, stor
 
 def test_5xx_is_retried_with_backoff_then_given_up_with_the_last_error(redis_url: str, store: Store) -> None:
     with Emulator({ACC: PASS}, Faults(error_rate=1.0)) as emu:
-        settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05", CLEVERTAP_GIVE_UP_AGE="1")
-        dispatched = Dispatched()
-        d = Deliverer(settings, store, dispatched)
-        ingest(events(4), settings=settings, store=store)
-        time.sleep(0.06)
-        d.assemble()
+        d, dispatched, _ = with_batches(redis_url, emu, store, 4, CLEVERTAP_GIVE_UP_AGE="1")
         (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
         assert first.outcome == "retry" and 0 <= first.delay_s <= 1
         time.sleep(1.1)
@@ -268,12 +271,7 @@ def test_a_400_dead_letters_every_row_with_the_request_error(redis_url: str, sto
 def test_no_free_token_gives_the_batch_back_with_a_short_countdown(
     redis_url: str, emu: Emulator, store: Store
 ) -> None:
-    settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05", CLEVERTAP_MAX_CONCURRENCY="1")
-    dispatched = Dispatched()
-    d = Deliverer(settings, store, dispatched)
-    ingest(events(2), settings=settings, store=store)
-    time.sleep(0.06)
-    d.assemble()
+    d, dispatched, _ = with_batches(redis_url, emu, store, 2, CLEVERTAP_MAX_CONCURRENCY="1")
     assert store.acquire_token(ACC, 1, 30, "someone-else")[0]
     (report,) = [d.send(i, b) for i, b, _ in dispatched.take()]
     assert report.outcome == "no_token" and 0.1 <= report.delay_s <= 0.5
@@ -286,12 +284,7 @@ def test_no_free_token_gives_the_batch_back_with_a_short_countdown(
 def test_the_sweep_republishes_batches_whose_message_was_lost(
     redis_url: str, emu: Emulator, store: Store
 ) -> None:
-    settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05", CLEVERTAP_SWEEP_GRACE="1")
-    dispatched = Dispatched()
-    d = Deliverer(settings, store, dispatched)
-    ingest(events(3), settings=settings, store=store)
-    time.sleep(0.06)
-    d.assemble()
+    d, dispatched, _ = with_batches(redis_url, emu, store, 3, CLEVERTAP_SWEEP_GRACE="1")
     dispatched.take()  # the message is lost
     assert d.sweep()["default"]["redispatched"] == 0  # not overdue yet
     time.sleep(1.1)
@@ -302,12 +295,7 @@ def test_the_sweep_republishes_batches_whose_message_was_lost(
 def test_a_batch_being_sent_is_neither_swept_nor_sent_twice(
     redis_url: str, emu: Emulator, store: Store
 ) -> None:
-    settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05", CLEVERTAP_SWEEP_GRACE="1")
-    dispatched = Dispatched()
-    d = Deliverer(settings, store, dispatched)
-    ingest(events(3), settings=settings, store=store)
-    time.sleep(0.06)
-    d.assemble()
+    d, dispatched, _ = with_batches(redis_url, emu, store, 3, CLEVERTAP_SWEEP_GRACE="1")
     (_, bid, _) = dispatched.take()[0]
     assert store.lease("default", bid, "another-worker", 60).status == "ok"
     assert d.send("default", bid).outcome == "skipped:leased"
@@ -317,12 +305,7 @@ def test_a_batch_being_sent_is_neither_swept_nor_sent_twice(
 
 def test_a_cut_connection_is_retried_so_nothing_is_lost(redis_url: str, store: Store) -> None:
     with Emulator({ACC: PASS}, Faults(cut_rate=1.0)) as emu:
-        settings = make(redis_url, emu, CLEVERTAP_FLUSH_INTERVAL="0.05")
-        dispatched = Dispatched()
-        d = Deliverer(settings, store, dispatched)
-        ingest(events(3), settings=settings, store=store)
-        time.sleep(0.06)
-        d.assemble()
+        d, dispatched, _ = with_batches(redis_url, emu, store, 3)
         (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
         assert first.outcome == "retry" and "network" in first.detail
         requests.post(emu.url + "/_emulator/faults", json={"cut_rate": 0}, timeout=5)

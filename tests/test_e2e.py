@@ -183,3 +183,19 @@ def test_a_worker_killed_mid_request_loses_nothing(stacks: Any, store: Store) ->
     assert {orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in queued} <= arrived  # nothing lost
     assert stack.stats()["records_stored"] >= result.records  # at least once: in-flight ones may repeat
     assert store.stats("default")["swept"] > 0
+
+
+def test_the_default_prefork_pool_delivers_too(stacks: Any, store: Store, tmp_path: Path) -> None:
+    stack = stacks(CLEVERTAP_BATCH_SIZE="100")
+    stack.group.start(
+        "prefork",
+        worker_command("prefork", pool="prefork", concurrency=2),
+        stack.env,
+        tmp_path / "prefork.log",
+    )
+    stack.beat()
+    result = ingest(generate(800, seed=12), settings=stack.settings, store=store)
+    assert wait_for(lambda: stack.stats()["records_stored"] == result.records, 90, group=stack.group), (
+        stack.logs()
+    )
+    assert store.stats("default")["delivered"] == result.records

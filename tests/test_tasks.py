@@ -41,3 +41,34 @@ def test_celery_app_is_configured_for_at_least_once_delivery() -> None:
     assert conf.broker_transport_options["visibility_timeout"] > C.MAX_COUNTDOWN_S
     assert {q.name for q in conf.task_queues} == {"clevertap", C.SEND_QUEUE}
     assert "clevertap.ingest" in app.tasks
+
+
+def test_the_broker_is_the_configured_redis_wherever_it_is_configured(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, cli_env
+
+    path = tmp_path / "c.toml"
+    path.write_text(
+        'redis_url = "redis://from-file:6379/3"\n'
+        '[integrations.a]\naccount_id="A"\npasscode="p"\nregion="us1"\n'
+    )
+    code = "from tasks import app; print(app.conf.broker_url)"
+
+    def broker(**env: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env=cli_env(**env),
+            capture_output=True,
+            cwd=ROOT,
+            timeout=60,
+            check=True,
+        )
+        return out.stdout.decode().strip()
+
+    assert broker(CLEVERTAP_PIPELINE_CONFIG=str(path)) == "redis://from-file:6379/3"
+    assert broker(REDIS_URL="redis://from-env:6379/1") == "redis://from-env:6379/1"
+    assert broker(CLEVERTAP_PIPELINE_CONFIG=str(path), CELERY_BROKER_URL="redis://broker:6379/0") == (
+        "redis://broker:6379/0"
+    )

@@ -1,0 +1,22 @@
+"""What ``clevertap-pipeline status`` reports, per integration, read from Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import Settings
+from pipeline.deadletters import summarise
+from pipeline.store import Store
+
+
+def integration_status(settings: Settings, store: Store, name: str) -> dict[str, Any]:
+    integ = settings.integration(name)
+    return {
+        "account_id": integ.account_id,
+        "queues": store.depth(name),
+        "counters": store.stats(name),
+        "auth": store.auth_state(name) or "ok",
+        "in_flight": store.tokens_in_flight(integ.account_key),
+        "peak_in_flight": store.peak_in_flight(integ.account_key),
+        "dead_letters": summarise(store, name),
+    }
