@@ -89,6 +89,14 @@ class Progress:
         self.stream.write(f"\r{self.label} {bar}{text}\x1b[K")
         self.stream.flush()
 
+    def message(self, text: str) -> None:
+        """A line of its own (a bad input line), never glued onto the bar."""
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.last = 0.0  # redraw the bar on the next update
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
         if self.enabled:
             self.stream.write("\n")
@@ -119,19 +127,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     total_bytes = os.fstat(stream.fileno()).st_size if args.file != "-" else None
     progress = Progress("ingest", total_bytes or None)
     total = IngestResult()
+
+    def show(force: bool = False) -> None:
+        progress.update(
+            f"{total.accepted:,} accepted  {total.filtered:,} filtered  {total.duplicate:,} duplicate  "
+            f"{total.rejected:,} rejected",
+            stream.tell() if args.file != "-" else None,
+            force,
+        )
+
     try:
         for chunk in chunked(read_events(stream), CHUNK):
             res = ingestor.ingest_chunk(chunk)
             for rej in res.rejections:
-                _err(f"line {rej.index}: rejected: {'; '.join(rej.reasons)}")
+                progress.message(f"line {rej.index}: rejected: {'; '.join(rej.reasons)}")
             res.rejections.clear()  # reported; keep memory flat on big inputs
             total.add(res)
-            done = stream.tell() if args.file != "-" else None
-            progress.update(
-                f"{total.accepted:,} accepted  {total.filtered:,} filtered  {total.duplicate:,} duplicate  "
-                f"{total.rejected:,} rejected",
-                done,
-            )
+            show()
+        show(force=True)  # the final state, whatever the throttle skipped
     finally:
         progress.close()
         if args.file != "-":

@@ -234,7 +234,7 @@ class Deliverer:
             d.delivered,
             len(d.dead),
             dict(codes),
-            detail=d.reason if outcome != "delivered" else "",
+            detail="" if outcome == "delivered" or d.reason == "partial" else d.reason,
         )
 
     # -------------------------------------------------------------------------------------------- sweep

@@ -101,3 +101,42 @@ def test_every_verb_has_help() -> None:
     for verb in verbs:
         out = run_cli(verb, "--help", env=cli_env())
         assert out.returncode == 0 and b"usage: clevertap-pipeline " + verb.encode() in out.stdout
+
+
+def test_ingest_shows_a_progress_bar_on_a_terminal(env: dict[str, str], tmp_path: Any) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from pipeline.sample import generate
+    from tests.conftest import ROOT
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in generate(2000)))
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline", "ingest", "--json", str(path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"ingest [" in shown and b"100%" in shown and b"accepted" in shown
+    assert orjson.loads(proc.stdout.splitlines()[-1])["accepted"] > 1800

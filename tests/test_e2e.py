@@ -199,3 +199,16 @@ def test_the_default_prefork_pool_delivers_too(stacks: Any, store: Store, tmp_pa
         stack.logs()
     )
     assert store.stats("default")["delivered"] == result.records
+
+
+def test_a_worker_with_invalid_settings_refuses_to_start_and_says_why(redis_url: str) -> None:
+    import subprocess
+
+    env = cli_env(
+        REDIS_URL=redis_url, CLEVERTAP_ACCOUNT_ID="A", CLEVERTAP_PASSCODE=PASS, CLEVERTAP_REGION="eu9"
+    )
+    out = subprocess.run(worker_command("bad"), env=env, capture_output=True, timeout=60, check=False)
+    assert out.returncode == 2
+    text = (out.stdout + out.stderr).decode()
+    assert "configuration error: CLEVERTAP_REGION: must be one of us1, in1, eu1, sg1, aps3, mec1" in text
+    assert PASS not in text
