@@ -169,6 +169,7 @@ class Deliverer:
             lease.failures,
             lease.throttles,
             lease.first_failure_ms,
+            lease.first_throttle_ms,
         )
         decision = decide(classified, records, history, integ.give_up_age, self.rng)
         report = self._apply(integ, batch_id, records, classified, decision, lease.attempts + 1)

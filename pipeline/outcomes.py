@@ -187,6 +187,7 @@ class BatchHistory:
     failures: int  # transient failures before this one
     throttles: int
     first_failure_ms: int  # 0 when none yet
+    first_throttle_ms: int = 0  # 0 when none yet
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,9 @@ def decide(
     c: Classified, sent: Sequence[bytes], history: BatchHistory, give_up_age_s: float, rng: random.Random
 ) -> Decision:
     """The policy table. Throttling never uses up the failure budget; transient failures do, counted from
-    the batch's first failure, and after ``give_up_age_s`` its rows are dead-lettered with the last error."""
+    the batch's first failure, and after ``give_up_age_s`` its rows are dead-lettered with the last error.
+    Throttling has a clock of its own, so nothing retries forever: a batch still throttled ``give_up_age_s``
+    after its first 429 (another client saturating the account all that time) is dead-lettered too."""
     if c.kind is Kind.SUCCESS:
         return Decision(Action.FINISH, delivered=len(sent))
     if c.kind is Kind.REJECTED:
@@ -216,6 +219,14 @@ def decide(
     if c.kind is Kind.BAD_REQUEST:
         return Decision(Action.FINISH, dead=_all_rows(sent, c.http_status, c.detail), reason=c.detail)
     if c.kind is Kind.THROTTLED:
+        if history.first_throttle_ms and history.now_ms - history.first_throttle_ms >= give_up_age_s * 1000:
+            reason = (
+                f"gave up after being throttled {history.throttles + 1} times over "
+                f"{(history.now_ms - history.first_throttle_ms) / 1000:.0f} s; last answer: {c.detail}"
+            )
+            return Decision(
+                Action.FINISH, dead=_all_rows(sent, c.http_status, reason), reason=reason, gave_up=True
+            )
         delay = (
             c.retry_after
             if c.retry_after is not None

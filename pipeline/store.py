@@ -13,7 +13,7 @@ key                                   type    holds
 ``P:{I}:batch:<bid>``                 string  the records of one assembled batch, in send order, joined by
                                               newlines
 ``P:{I}:meta:<bid>``                  hash    created, attempts, failures, throttles, first_failure,
-                                              last_error
+                                              first_throttle, last_error
 ``P:{I}:open``                        zset    bid -> ms when the batch is next due to be sent
 ``P:{I}:held``                        zset    bid -> ms held, while the integration fails authentication
 ``P:{I}:lease:<bid>``                 string  the worker currently sending the batch (expires, PX)
@@ -170,8 +170,8 @@ if not redis.call('SET', base .. 'lease:' .. bid, ARGV[3], 'NX', 'PX', ARGV[4]) 
   return {'leased', now}
 end
 local m = redis.call('HMGET', base .. 'meta:' .. bid, 'created', 'attempts', 'failures', 'throttles',
-                     'first_failure')
-return {'ok', now, m[1] or now, m[2] or 0, m[3] or 0, m[4] or 0, m[5] or 0}
+                     'first_failure', 'first_throttle')
+return {'ok', now, m[1] or now, m[2] or 0, m[3] or 0, m[4] or 0, m[5] or 0, m[6] or 0}
 """
 )
 
@@ -232,7 +232,7 @@ elseif mode == 'retry' then
   redis.call('HINCRBY', meta, 'attempts', 1)
   redis.call('HINCRBY', meta, kind, 1)
   redis.call('HSET', meta, 'last_error', ARGV[7])
-  if kind == 'failures' then redis.call('HSETNX', meta, 'first_failure', now) end
+  redis.call('HSETNX', meta, kind == 'failures' and 'first_failure' or 'first_throttle', now)
   redis.call('HINCRBY', KEYS[6], 'retries_' .. kind, 1)
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), bid)
 elseif mode == 'hold' then
@@ -360,6 +360,7 @@ class LeaseResult:
     failures: int = 0
     throttles: int = 0
     first_failure_ms: int = 0
+    first_throttle_ms: int = 0
 
 
 @dataclass(frozen=True)

@@ -322,3 +322,39 @@ def test_assemble_runs_never_overlap(redis_url: str, emu: Emulator, store: Store
     assert d.assemble_exclusive() is None
     store.unlock("assemble", token)
     assert d.assemble_exclusive() == {}
+
+
+def test_a_batch_throttled_past_its_give_up_age_is_dead_lettered(redis_url: str, store: Store) -> None:
+    with Emulator({ACC: PASS}, Faults(throttle_rate=1.0)) as emu:
+        d, dispatched, _ = with_batches(redis_url, emu, store, 2, CLEVERTAP_GIVE_UP_AGE="1")
+        (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+        assert first.outcome == "retry"
+        time.sleep(1.1)
+        (last,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+    assert last.outcome == "gave_up" and last.dead_lettered == 2
+    assert all("throttled 2 times" in x["error"] for x in dead_letters(store))
+
+
+def test_two_integrations_with_two_accounts_deliver_each_to_its_own_account(
+    redis_url: str, store: Store, tmp_path: Any
+) -> None:
+    with Emulator({"ACC-A": "pass-a", "ACC-B": "pass-b"}) as emu:
+        path = tmp_path / "two.toml"
+        common = f'api_url = "{emu.url}"\nflush_interval = 0.05\n'
+        path.write_text(
+            f'redis_url = "{redis_url}"\n'
+            f'[integrations.a]\naccount_id = "ACC-A"\npasscode = "pass-a"\nregion = "us1"\n{common}'
+            f'[integrations.b]\naccount_id = "ACC-B"\npasscode = "pass-b"\nregion = "in1"\n{common}'
+            "batch_size = 7\n"
+        )
+        settings = load_settings({"CLEVERTAP_PIPELINE_CONFIG": str(path)})
+        dispatched = Dispatched()
+        d = Deliverer(settings, store, dispatched)
+        ingest(events(10), "a", settings=settings, store=store)
+        ingest(events(20), "b", settings=settings, store=store)
+        time.sleep(0.06)
+        assert d.assemble() == {"a": 1, "b": 3}
+        assert {r.outcome for r in drain(d, dispatched)} == {"delivered"}
+        stats: dict[str, Any] = requests.get(emu.url + "/_emulator/stats", timeout=5).json()
+    assert stats["stored_by_account"] == {"ACC-A": 10, "ACC-B": 20}
+    assert store.peak_in_flight("ACC-A") >= 1 and store.peak_in_flight("ACC-B") >= 1

@@ -202,3 +202,24 @@ def test_auth_holds_and_bad_requests_dead_letter_every_row() -> None:
         random.Random(0),
     )
     assert bad.action is Action.FINISH and len(bad.dead) == 5 and bad.dead[0].code == 400
+
+
+def test_throttling_has_a_clock_of_its_own_so_nothing_retries_forever() -> None:
+    c = classify(Attempt(429, b""), ROWS)
+    recent = decide(
+        c, ROWS, history(throttles=30, first_throttle_ms=10 * HOUR_MS - 60_000), 3600, random.Random(0)
+    )
+    assert recent.action is Action.RETRY
+    # Throttled since an hour ago with a one-hour give-up age: dead-lettered with the reason.
+    stuck = decide(c, ROWS, history(throttles=300, first_throttle_ms=9 * HOUR_MS), 3600, random.Random(0))
+    assert stuck.action is Action.FINISH and stuck.gave_up and len(stuck.dead) == 5
+    assert "throttled 301 times" in stuck.dead[0].error
+    # Failures and throttles keep separate clocks: a long throttle does not shorten the failure budget.
+    fail = decide(
+        classify(Attempt(503, b""), ROWS),
+        ROWS,
+        history(first_throttle_ms=9 * HOUR_MS, first_failure_ms=10 * HOUR_MS - 1000),
+        3600,
+        random.Random(0),
+    )
+    assert fail.action is Action.RETRY
