@@ -101,8 +101,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _header_safe(value: str) -> None:
-    if not value or any(ch in value for ch in "\r\n\0") or value != value.strip():
-        raise ValidationError("must be a non-empty value without surrounding spaces or line breaks")
+    # Sent as an HTTP header: printable ASCII only, or every send would fail inside the HTTP library.
+    if not value or not value.isascii() or not value.isprintable() or value != value.strip():
+        raise ValidationError("must be printable ASCII without surrounding spaces or line breaks")
 
 
 def _http_url(value: str) -> None:

@@ -17,7 +17,17 @@ from dataclasses import dataclass, field
 from pipeline.client import UploadClient, join_records
 from pipeline.config import IntegrationConfig, Settings
 from pipeline.limiter import Limiter, RedisTokens
-from pipeline.outcomes import Action, BatchHistory, Classified, Decision, Kind, RowRejection, classify, decide
+from pipeline.outcomes import (
+    Action,
+    Attempt,
+    BatchHistory,
+    Classified,
+    Decision,
+    Kind,
+    RowRejection,
+    classify,
+    decide,
+)
 from pipeline.store import Store, dead_letter
 
 log = logging.getLogger("pipeline.delivery")
@@ -146,7 +156,9 @@ class Deliverer:
 
     def send(self, name: str, batch_id: str) -> SendReport:
         integ = self.settings.integration(name)
-        lease = self.store.lease(name, batch_id, self.owner, self.batch_lease_s)
+        # One owner per send (not per process): threads of one worker never release each other's lease.
+        owner = f"{self.owner}-{secrets.token_hex(4)}"
+        lease = self.store.lease(name, batch_id, owner, self.batch_lease_s)
         if lease.status != "ok":
             return SendReport(name, batch_id, f"skipped:{lease.status}")
         started = time.perf_counter()
@@ -155,12 +167,18 @@ class Deliverer:
         ) as got:
             if not got:
                 delay = self.rng.uniform(0.1, 0.5)
-                self.store.unlease(name, batch_id, self.owner, delay)
+                self.store.unlease(name, batch_id, owner, delay)
                 self.store.incr(name, "token_waits")
                 self.dispatch(name, batch_id, delay)
                 return SendReport(name, batch_id, "no_token", delay_s=delay)
             records = self.store.batch_records(name, batch_id)
-            attempt = self.client.upload(integ, join_records(records))
+            try:
+                attempt = self.client.upload(integ, join_records(records))
+            except Exception as exc:
+                # Not an HTTP outcome but a bug or an unexpected library error: a transient failure, so it
+                # backs off and gives up like any other instead of failing the task on every sweep.
+                log.exception("batch %s [%s]: unexpected error while sending", batch_id, name)
+                attempt = Attempt(None, error=f"internal error: {type(exc).__name__}")
         classified = classify(attempt, records)
         history = BatchHistory(
             lease.now_ms,
@@ -172,7 +190,7 @@ class Deliverer:
             lease.first_throttle_ms,
         )
         decision = decide(classified, records, history, integ.give_up_age, self.rng)
-        report = self._apply(integ, batch_id, records, classified, decision, lease.attempts + 1)
+        report = self._apply(integ, batch_id, owner, records, classified, decision, lease.attempts + 1)
         report.elapsed_s = time.perf_counter() - started
         return report
 
@@ -180,6 +198,7 @@ class Deliverer:
         self,
         integ: IntegrationConfig,
         batch_id: str,
+        owner: str,
         records: list[bytes],
         c: Classified,
         d: Decision,
@@ -187,11 +206,11 @@ class Deliverer:
     ) -> SendReport:
         name = integ.name
         if d.action is Action.RETRY:
-            self.store.retry_later(name, batch_id, self.owner, d.delay_s, d.retry_kind, d.reason)
+            self.store.retry_later(name, batch_id, owner, d.delay_s, d.retry_kind, d.reason)
             self.dispatch(name, batch_id, d.delay_s)
             return SendReport(name, batch_id, "retry", len(records), delay_s=d.delay_s, detail=d.reason)
         if d.action is Action.HOLD:
-            self.store.hold(name, batch_id, self.owner, d.reason, self.settings.auth_probe_interval)
+            self.store.hold(name, batch_id, owner, d.reason, self.settings.auth_probe_interval)
             log.error("integration %s: authentication failing, sends paused: %s", name, d.reason)
             return SendReport(name, batch_id, "held", len(records), detail=d.reason)
         dead = [api_dead_letter(name, batch_id, r, attempts, c.http_status) for r in d.dead]
@@ -211,7 +230,7 @@ class Deliverer:
             "batches_given_up": int(outcome == "gave_up"),
             "batches_bad_request": int(outcome == "bad_request"),
         }
-        applied, released = self.store.finish(name, batch_id, self.owner, d.delivered, dead, counters)
+        applied, released = self.store.finish(name, batch_id, owner, d.delivered, dead, counters)
         if not applied:
             return SendReport(name, batch_id, "skipped:finished-elsewhere", len(records))
         for bid in released:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
+
 from pipeline import runtime
 from pipeline.delivery import Deliverer
 from pipeline.errors import PartialDelivery
@@ -22,7 +24,15 @@ def _deliverer() -> Deliverer:
     return runtime.deliverer(_dispatch)
 
 
-@app.task(name="clevertap.ingest")
+# The message is acked late, but a failed task is acked too: a Redis blip must retry, not drop the events.
+# Re-ingesting is safe for events with a messageId (de-duplicated).
+@app.task(
+    name="clevertap.ingest",
+    autoretry_for=(redis.RedisError,),
+    retry_backoff=True,
+    retry_backoff_max=300,
+    max_retries=12,
+)
 def ingest(events: list[Any], integration: str = "default") -> dict[str, int]:
     """Ingest events sent by an upstream service. Returns counts only: rejections are dead letters."""
     return runtime.ingest(events, integration).counts()

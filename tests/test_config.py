@@ -176,3 +176,7 @@ def test_check_config_prints_masked_settings_or_errors_with_exit_2() -> None:
     assert bad.returncode == 2
     assert b"CLEVERTAP_REGION: must be one of us1, in1, eu1, sg1, aps3, mec1" in bad.stderr
     assert PASSCODE.encode() not in bad.stdout + bad.stderr
+
+
+def test_a_passcode_that_cannot_be_an_http_header_is_rejected() -> None:
+    assert "CLEVERTAP_PASSCODE" in errors_of(base_env(CLEVERTAP_PASSCODE="pässcode"))

@@ -358,3 +358,18 @@ def test_two_integrations_with_two_accounts_deliver_each_to_its_own_account(
         stats: dict[str, Any] = requests.get(emu.url + "/_emulator/stats", timeout=5).json()
     assert stats["stored_by_account"] == {"ACC-A": 10, "ACC-B": 20}
     assert store.peak_in_flight("ACC-A") >= 1 and store.peak_in_flight("ACC-B") >= 1
+
+
+def test_an_unexpected_error_while_sending_is_a_transient_failure_not_a_crash(
+    redis_url: str, emu: Emulator, store: Store
+) -> None:
+    d, dispatched, _ = with_batches(redis_url, emu, store, 2)
+
+    def broken(*_: Any) -> Any:
+        raise UnicodeEncodeError("latin-1", "x", 0, 1, "simulated library bug")
+
+    d.client.upload = broken  # type: ignore[method-assign]
+    (report,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+    assert report.outcome == "retry" and "internal error: UnicodeEncodeError" in report.detail
+    assert store.tokens_in_flight(ACC) == 0  # the token was released all the same
+    assert store.depth("default")["open_batches"] == 1 and len(dispatched) == 1
