@@ -1,0 +1,53 @@
+"""The HTTP client: one attempt, the spec's headers, environment proxies read once."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import responses
+
+from pipeline.client import UploadClient, join_records
+from pipeline.config import load_settings
+from tests.conftest import PASSCODE, base_env
+
+
+def test_proxies_come_from_the_environment_and_honour_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "in1.api.clevertap.com")
+    client = UploadClient(1, 1)
+    assert (
+        client.proxies_for("https://eu1.api.clevertap.com/1/upload")["https"] == "http://proxy.internal:3128"
+    )
+    assert "https" not in client.proxies_for("https://in1.api.clevertap.com/1/upload")
+
+
+def test_a_custom_ca_bundle_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corp.pem")
+    assert UploadClient(1, 1).session.verify == "/etc/ssl/corp.pem"
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    assert os.environ.get("CURL_CA_BUNDLE") or UploadClient(1, 1).session.verify is True
+
+
+@responses.activate
+def test_one_attempt_sends_the_body_unchanged_with_the_specs_headers() -> None:
+    integ = load_settings(base_env(CLEVERTAP_REGION="sg1")).integration("default")
+    responses.post("https://sg1.api.clevertap.com/1/upload", json={"status": "success"})
+    body = join_records([b'{"a":1}', b'{"b":2}'])
+    attempt = UploadClient(1, 1).upload(integ, body)
+    assert attempt.status == 200 and attempt.error is None
+    sent = responses.calls[0].request
+    assert sent.body == b'{"d":[{"a":1},{"b":2}]}'
+    assert sent.headers["X-CleverTap-Account-Id"] == "TEST-ACC-1"
+    assert sent.headers["X-CleverTap-Passcode"] == PASSCODE
+    assert sent.headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+@responses.activate
+def test_network_errors_become_an_attempt_without_status_and_without_details() -> None:
+    import requests
+
+    integ = load_settings(base_env()).integration("default")
+    responses.post(integ.upload_url, body=requests.ConnectTimeout("connect timed out to host"))
+    attempt = UploadClient(1, 1).upload(integ, b'{"d":[]}')
+    assert attempt.status is None and attempt.error == "ConnectTimeout"
