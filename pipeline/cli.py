@@ -251,7 +251,15 @@ def cmd_dead_replay(args: argparse.Namespace) -> int:
 
     settings = _settings()
     ids = _selection(args)
-    res = replay(store_for(settings), settings.integration(args.integration), ids, args.stage, args.code)
+    renames = {}
+    for pair in args.rename_event:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            raise InputError(f"--rename-event must be OLD=NEW, got {pair!r}")
+        renames[old] = new
+    res = replay(
+        store_for(settings), settings.integration(args.integration), ids, args.stage, args.code, renames
+    )
     print(
         orjson.dumps(
             {
@@ -518,6 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--id", action="append", default=[], help="a dead letter id (repeatable)")
     q.add_argument("--all", action="store_true", help="every dead letter matching --stage/--code")
+    q.add_argument(
+        "--rename-event",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="rename the event of refused records as they are queued again (after renaming it in the "
+        "mappings; repeatable)",
+    )
     q = dl_verb("drop", "Delete dead letters for good.", cmd_dead_drop)
     q.add_argument("--id", action="append", default=[], help="a dead letter id (repeatable)")
     q.add_argument("--all", action="store_true", help="every dead letter matching --stage/--code")

@@ -8,7 +8,7 @@ error); replaying queues the record again as it is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,16 +61,27 @@ class ReplayResult:
     missing: list[str] = field(default_factory=list)
 
 
+def _renamed(record: Any, renames: dict[str, str]) -> Any:
+    if renames and isinstance(record, dict) and record.get("evtName") in renames:
+        return {**record, "evtName": renames[record["evtName"]]}
+    return record
+
+
 def replay(
     store: Store,
     integ: IntegrationConfig,
     ids: Sequence[str] | None = None,
     stage: str | None = None,
     code: int | None = None,
+    rename_events: Mapping[str, str] | None = None,
 ) -> ReplayResult:
     """Replay the given dead letters (or all that match ``stage``/``code``). Each moves atomically: its
     records are queued and the dead letter removed in one script; an event that still does not map gets a
-    new dead letter with its new reasons, in that same step."""
+    new dead letter with its new reasons, in that same step.
+
+    ``rename_events`` ({old: new}) renames the event of refused records as they are queued again: after
+    renaming an event in the mappings (an account that restricts "Web Page Viewed", say), the rows already
+    refused carry the old name and would be refused again as they are."""
     result = ReplayResult()
     if ids is not None:
         raws = store.dead_letters(integ.name, list(ids))
@@ -82,7 +93,10 @@ def replay(
                 entries.append(orjson.loads(raw))
     else:
         entries = list(iter_dead_letters(store, integ.name, stage, code))
-    api = [(e["id"], orjson.dumps(e["record"])) for e in entries if e.get("stage") == "api"]
+    renames = dict(rename_events or {})
+    api = [
+        (e["id"], orjson.dumps(_renamed(e["record"], renames))) for e in entries if e.get("stage") == "api"
+    ]
     for start in range(0, len(api), PAGE):
         result.replayed_records += len(store.replay_records(integ.name, api[start : start + PAGE]))
     ingestor = Ingestor(store, integ)

@@ -98,3 +98,40 @@ def test_cli_lists_replays_drops_and_shows_status(redis_url: str, store: Store) 
     replayed = run_cli("dead-letters", "replay", "--all", env=env)
     assert orjson.loads(replayed.stdout)["rejected_again"] == 2
     assert store.dead_letter_count("default") == 2
+
+
+def test_refused_rows_can_be_replayed_under_a_renamed_event(redis_url: str, store: Store) -> None:
+    with Emulator({ACC: PASS}, Faults(restricted_events=frozenset({"webpageviewed"}))) as emu:
+        env = base_env(
+            redis_url,
+            CLEVERTAP_ACCOUNT_ID=ACC,
+            CLEVERTAP_PASSCODE=PASS,
+            CLEVERTAP_API_URL=emu.url,
+            CLEVERTAP_FLUSH_INTERVAL="0.05",
+        )
+        settings = load_settings(env)
+        dispatched = Dispatched()
+        d = Deliverer(settings, store, dispatched)
+        ingest(page_events(2), settings=settings, store=store)
+        time.sleep(0.06)
+        d.assemble()
+        drain(d, dispatched)
+        assert store.dead_letter_count("default") == 2
+        out = run_cli(
+            "dead-letters",
+            "replay",
+            "--all",
+            "--code",
+            "513",
+            "--rename-event",
+            "Web Page Viewed=Page Viewed",
+            env=cli_env(**env),
+        )
+        assert orjson.loads(out.stdout)["replayed_records"] == 2
+        time.sleep(0.06)
+        d.assemble()
+        drain(d, dispatched)
+        assert [r["evtName"] for r in stored(emu)] == ["Page Viewed", "Page Viewed"]
+    assert store.dead_letter_count("default") == 0
+    bad = run_cli("dead-letters", "replay", "--all", "--rename-event", "nope", env=cli_env(**env))
+    assert bad.returncode == 1 and b"OLD=NEW" in bad.stderr
