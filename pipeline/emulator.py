@@ -209,6 +209,10 @@ class EmulatorState:
             self.peak.clear()
 
 
+#: An answer (status, body, headers), or None: cut the connection without one.
+Reply = tuple[int, dict[str, Any], dict[str, str]] | None
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the pipeline's pooled session reuses connections
     server: EmulatorServer
@@ -280,25 +284,34 @@ class Handler(BaseHTTPRequestHandler):
         if not state.enter(account):
             return self._send(429, {"status": "fail", "error": "Too many concurrent requests", "code": 429})
         try:
-            faults = state.faults
-            if faults.latency_ms or faults.jitter_ms:
-                time.sleep((faults.latency_ms + state.rng.uniform(0, faults.jitter_ms)) / 1000)
-            if state.in_outage():
-                state.counters["outage"] += 1
-                return self._send(503, {"status": "fail", "error": "Service Unavailable", "code": 503})
-            if state.roll(faults.throttle_rate):
-                state.counters["throttled"] += 1
-                headers = {"Retry-After": f"{faults.retry_after:g}"} if faults.retry_after is not None else {}
-                return self._send(429, {"status": "fail", "error": "Too Many Requests", "code": 429}, headers)
-            if state.roll(faults.error_rate):
-                state.counters["errors"] += 1
-                code = 500 if state.roll(0.5) else 503
-                return self._send(code, {"status": "fail", "error": "Server Error", "code": code})
-            self._process(account, body, dry_run)
+            reply = self._answer(account, body, dry_run)
         finally:
+            # The request leaves the in-flight count *before* its answer is written: a client that has read
+            # the answer may start its next request at once, and must not find its own old one still counted.
             state.leave(account)
+        if reply is None:
+            return self._cut()
+        return self._send(*reply)
 
-    def _process(self, account: str, body: bytes, dry_run: bool) -> None:
+    def _answer(self, account: str, body: bytes, dry_run: bool) -> Reply:
+        state = self.server.state
+        faults = state.faults
+        if faults.latency_ms or faults.jitter_ms:
+            time.sleep((faults.latency_ms + state.rng.uniform(0, faults.jitter_ms)) / 1000)
+        if state.in_outage():
+            state.counters["outage"] += 1
+            return 503, {"status": "fail", "error": "Service Unavailable", "code": 503}, {}
+        if state.roll(faults.throttle_rate):
+            state.counters["throttled"] += 1
+            headers = {"Retry-After": f"{faults.retry_after:g}"} if faults.retry_after is not None else {}
+            return 429, {"status": "fail", "error": "Too Many Requests", "code": 429}, headers
+        if state.roll(faults.error_rate):
+            state.counters["errors"] += 1
+            code = 500 if state.roll(0.5) else 503
+            return code, {"status": "fail", "error": "Server Error", "code": code}, {}
+        return self._process(account, body, dry_run)
+
+    def _process(self, account: str, body: bytes, dry_run: bool) -> Reply:
         state = self.server.state
         try:
             payload = orjson.loads(body)
@@ -306,16 +319,10 @@ class Handler(BaseHTTPRequestHandler):
             payload = None
         records = payload.get("d") if isinstance(payload, dict) else None
         if not isinstance(records, list):
-            return self._send(400, {"status": "fail", "error": "Malformed request", "code": 400})
+            return 400, {"status": "fail", "error": "Malformed request", "code": 400}, {}
         if len(records) > C.MAX_BATCH_SIZE:
-            return self._send(
-                400,
-                {
-                    "status": "fail",
-                    "error": f"Malformed request: at most {C.MAX_BATCH_SIZE} records",
-                    "code": 400,
-                },
-            )
+            error = f"Malformed request: at most {C.MAX_BATCH_SIZE} records"
+            return 400, {"status": "fail", "error": error, "code": 400}, {}
         accepted: list[Any] = []
         unprocessed: list[dict[str, Any]] = []
         faults = state.faults
@@ -338,14 +345,16 @@ class Handler(BaseHTTPRequestHandler):
             state.store(account, stored, len(accepted), len(unprocessed))
         if accepted and state.roll(faults.cut_rate):
             state.counters["cut"] += 1
-            with state.lock:
-                state.by_status["cut"] += 1
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
-            return None
+            return None  # stored, and the client never hears
         status = "success" if not unprocessed else ("partial" if accepted else "fail")
-        return self._send(200, {"status": status, "processed": len(accepted), "unprocessed": unprocessed})
+        return 200, {"status": status, "processed": len(accepted), "unprocessed": unprocessed}, {}
+
+    def _cut(self) -> None:
+        with self.server.state.lock:
+            self.server.state.by_status["cut"] += 1
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
 
 def _split(stored: bytes | list[bytes]) -> list[bytes]:

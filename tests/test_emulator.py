@@ -259,3 +259,25 @@ def test_cli_rejects_bad_flag_values() -> None:
         check=False,
     )
     assert out.returncode == 1 and b"ID:PASSCODE" in out.stderr
+
+
+def test_a_request_leaves_the_in_flight_count_before_its_answer_is_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client that has read its answer may send again at once; its old request must no longer count,
+    # or a client holding exactly 15 slots would meet spurious 429s.
+    from pipeline.emulator import Handler
+
+    seen: list[int] = []
+    original = Handler._send
+
+    def spy(self: Handler, *args: Any, **kwargs: Any) -> None:
+        seen.append(self.server.state.in_flight[ACCOUNT])
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Handler, "_send", spy)
+    with Emulator({ACCOUNT: PASSCODE}, Faults(throttle_rate=0.5), seed=3) as emu:
+        for _ in range(6):
+            upload(emu, [event()])
+        upload(emu, None, raw=b"not json")
+    assert len(seen) == 7 and set(seen) == {0}
