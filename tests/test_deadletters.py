@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import requests
 
-from pipeline.config import load_settings
+from pipeline.config import Settings, load_settings
 from pipeline.deadletters import iter_dead_letters, replay, summarise
 from pipeline.delivery import Deliverer
 from pipeline.emulator import Emulator, Faults
@@ -18,24 +18,32 @@ from tests.conftest import base_env, cli_env, run_cli
 from tests.test_delivery import ACC, PASS, Dispatched, drain, events, page_events, stored
 
 
+def deliver_through(
+    emu: Emulator, redis_url: str, store: Store, to_send: list[dict[str, Any]]
+) -> tuple[dict[str, str], Settings, Deliverer, Dispatched]:
+    """Ingest ``to_send`` and deliver it all to ``emu``; returns what the test needs to go on."""
+    env = base_env(
+        redis_url,
+        CLEVERTAP_ACCOUNT_ID=ACC,
+        CLEVERTAP_PASSCODE=PASS,
+        CLEVERTAP_API_URL=emu.url,
+        CLEVERTAP_FLUSH_INTERVAL="0.05",
+    )
+    settings = load_settings(env)
+    dispatched = Dispatched()
+    d = Deliverer(settings, store, dispatched)
+    ingest(to_send, settings=settings, store=store)
+    time.sleep(0.06)
+    d.assemble()
+    drain(d, dispatched)
+    return env, settings, d, dispatched
+
+
 def test_rows_clevertap_refused_deliver_when_replayed_after_the_cause_is_fixed(
     redis_url: str, store: Store
 ) -> None:
     with Emulator({ACC: PASS}, Faults(restricted_events=frozenset({"webpageviewed"}))) as emu:
-        env = base_env(
-            redis_url,
-            CLEVERTAP_ACCOUNT_ID=ACC,
-            CLEVERTAP_PASSCODE=PASS,
-            CLEVERTAP_API_URL=emu.url,
-            CLEVERTAP_FLUSH_INTERVAL="0.05",
-        )
-        settings = load_settings(env)
-        dispatched = Dispatched()
-        d = Deliverer(settings, store, dispatched)
-        ingest(events(2) + page_events(3), settings=settings, store=store)
-        time.sleep(0.06)
-        d.assemble()
-        drain(d, dispatched)
+        _, settings, d, dispatched = deliver_through(emu, redis_url, store, events(2) + page_events(3))
         assert summarise(store, "default")["api:513"]["count"] == 3
         # The account's restriction is lifted (or the preset changed); replay the refused rows.
         requests.post(emu.url + "/_emulator/faults", json={"restricted_events": []}, timeout=5)
@@ -102,20 +110,7 @@ def test_cli_lists_replays_drops_and_shows_status(redis_url: str, store: Store) 
 
 def test_refused_rows_can_be_replayed_under_a_renamed_event(redis_url: str, store: Store) -> None:
     with Emulator({ACC: PASS}, Faults(restricted_events=frozenset({"webpageviewed"}))) as emu:
-        env = base_env(
-            redis_url,
-            CLEVERTAP_ACCOUNT_ID=ACC,
-            CLEVERTAP_PASSCODE=PASS,
-            CLEVERTAP_API_URL=emu.url,
-            CLEVERTAP_FLUSH_INTERVAL="0.05",
-        )
-        settings = load_settings(env)
-        dispatched = Dispatched()
-        d = Deliverer(settings, store, dispatched)
-        ingest(page_events(2), settings=settings, store=store)
-        time.sleep(0.06)
-        d.assemble()
-        drain(d, dispatched)
+        env, _, d, dispatched = deliver_through(emu, redis_url, store, page_events(2))
         assert store.dead_letter_count("default") == 2
         out = run_cli(
             "dead-letters",
