@@ -10,6 +10,7 @@ import logging
 import random
 import secrets
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -177,7 +178,12 @@ class Deliverer:
             except Exception as exc:
                 # Not an HTTP outcome but a bug or an unexpected library error: a transient failure, so it
                 # backs off and gives up like any other instead of failing the task on every sweep.
-                log.exception("batch %s [%s]: unexpected error while sending", batch_id, name)
+                # Type and place only: an HTTP library's message can quote header values (the passcode).
+                where = traceback.extract_tb(exc.__traceback__)[-1]
+                log.error(
+                    "batch %s [%s]: unexpected %s while sending, at %s:%s",
+                    batch_id, name, type(exc).__name__, where.filename, where.lineno,
+                )  # fmt: skip
                 attempt = Attempt(None, error=f"internal error: {type(exc).__name__}")
         classified = classify(attempt, records)
         history = BatchHistory(

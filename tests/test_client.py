@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import responses
 
@@ -26,7 +24,8 @@ def test_a_custom_ca_bundle_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corp.pem")
     assert UploadClient(1, 1).session.verify == "/etc/ssl/corp.pem"
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")
-    assert os.environ.get("CURL_CA_BUNDLE") or UploadClient(1, 1).session.verify is True
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    assert UploadClient(1, 1).session.verify is True
 
 
 @responses.activate

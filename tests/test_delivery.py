@@ -361,15 +361,16 @@ def test_two_integrations_with_two_accounts_deliver_each_to_its_own_account(
 
 
 def test_an_unexpected_error_while_sending_is_a_transient_failure_not_a_crash(
-    redis_url: str, emu: Emulator, store: Store
+    redis_url: str, emu: Emulator, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     d, dispatched, _ = with_batches(redis_url, emu, store, 2)
 
     def broken(*_: Any) -> Any:
-        raise UnicodeEncodeError("latin-1", "x", 0, 1, "simulated library bug")
+        raise ValueError(f"Invalid header value {PASS!r}")  # as http.client words it
 
     d.client.upload = broken  # type: ignore[method-assign]
     (report,) = [d.send(i, b) for i, b, _ in dispatched.take()]
-    assert report.outcome == "retry" and "internal error: UnicodeEncodeError" in report.detail
+    assert report.outcome == "retry" and "internal error: ValueError" in report.detail
     assert store.tokens_in_flight(ACC) == 0  # the token was released all the same
     assert store.depth("default")["open_batches"] == 1 and len(dispatched) == 1
+    assert "unexpected ValueError" in caplog.text and PASS not in caplog.text
