@@ -14,7 +14,7 @@ from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
 
 from pipeline.config import IntegrationConfig
-from pipeline.outcomes import Attempt
+from pipeline.policy import Attempt
 
 USER_AGENT = "clevertap-pipeline/0.1"
 
@@ -54,16 +54,16 @@ class UploadClient:
             proxies = self._proxies[url] = dict(get_environ_proxies(url))
         return proxies
 
-    def upload(self, integ: IntegrationConfig, body: bytes) -> Attempt:
+    def upload(self, config: IntegrationConfig, body: bytes) -> Attempt:
         headers = {
-            "X-CleverTap-Account-Id": integ.account_id,
-            "X-CleverTap-Passcode": integ.passcode.reveal(),
+            "X-CleverTap-Account-Id": config.account_id,
+            "X-CleverTap-Passcode": config.passcode.reveal(),
             "Content-Type": "application/json; charset=utf-8",
         }
         started = time.perf_counter()
         try:
             session = self.session
-            url = integ.upload_url
+            url = config.upload_url
             resp = session.post(
                 url, data=body, headers=headers, timeout=self.timeout, proxies=self.proxies_for(url)
             )

@@ -17,13 +17,14 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field
+from dataclasses import fields as dataclass_fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate, validates_schema
 
 from pipeline import constants as C
 from pipeline.errors import ConfigError, UnknownIntegration
@@ -123,72 +124,233 @@ def _range(lo: float, hi: float, unit: str = "") -> validate.Range:
     return validate.Range(min=lo, max=hi, error=f"must be between {lo:g} and {hi:g}{unit}")
 
 
-class IntegrationSchema(Schema):
+# --------------------------------------------------------------------------------------------- settings
+#
+# Each setting is declared once, as a dataclass field whose metadata holds its marshmallow field (type,
+# default, validation), its environment variable and, where the stored value differs from the validated
+# one, the conversion. The schemas, the environment tables and ``public_dict`` are derived from these
+# declarations, so adding a setting is a one-line change.
+
+
+def setting(
+    schema: fields.Field[Any],
+    *,
+    env: str | None = "",
+    from_env: Callable[[str], Any] | None = None,
+    convert: Callable[[Any], Any] | None = None,
+    repr: bool = True,
+) -> Any:
+    """A configured field: ``schema`` validates it (and gives its default, ``load_default``), ``env`` names
+    its environment variable ("" for ``CLEVERTAP_<NAME>``, None for none), ``from_env`` parses that
+    variable's text, and ``convert`` turns the validated value into the stored one."""
+    conv: Callable[[Any], Any] = convert or (lambda value: value)
+    meta = {"schema": schema, "env": env, "from_env": from_env, "convert": conv}
+    default = schema.load_default
+    if default is missing:
+        return field(metadata=meta, repr=repr)
+    if callable(default):
+        return field(default_factory=lambda: conv(default()), metadata=meta, repr=repr)
+    return field(default=conv(default), metadata=meta, repr=repr)
+
+
+def _comma_list(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+@dataclass(frozen=True)
+class IntegrationConfig:
+    """One integration: a CleverTap account to send to, and how its events are mapped and delivered."""
+
+    name: str
+    account_id: str = setting(
+        fields.String(
+            required=True,
+            validate=validate.Regexp(_ACCOUNT_ID, error="must be 1-64 letters, digits, '-' or '_'"),
+        )
+    )
+    passcode: Secret = setting(fields.String(validate=_header_safe), convert=Secret, repr=False)
+    region: str = setting(
+        fields.String(
+            required=True, validate=validate.OneOf(C.REGIONS, error="must be one of " + ", ".join(C.REGIONS))
+        )
+    )
+    passcode_env: str | None = setting(
+        fields.String(
+            load_default=None,
+            validate=validate.Regexp(_ENV_NAME, error="must be an environment variable name"),
+        ),
+        env=None,
+    )
+    preset: Preset = setting(fields.String(load_default="default"), convert=load_preset, repr=False)
+    consent_categories: tuple[str, ...] = setting(
+        fields.List(fields.String(validate=validate.Length(min=1)), load_default=()),
+        from_env=_comma_list,
+        convert=tuple,
+    )
+    api_url: str | None = setting(fields.String(load_default=None, allow_none=True, validate=_http_url))
+    batch_size: int = setting(
+        fields.Integer(load_default=C.MAX_BATCH_SIZE, validate=_range(1, C.MAX_BATCH_SIZE))
+    )
+    max_concurrency: int = setting(
+        fields.Integer(load_default=C.MAX_CONCURRENCY, validate=_range(1, C.MAX_CONCURRENCY))
+    )
+    flush_interval: float = setting(fields.Float(load_default=1.0, validate=_range(0.05, 3600, " seconds")))
+    unmapped: str = setting(
+        fields.String(
+            load_default="pass", validate=validate.OneOf(("pass", "drop"), error="must be pass or drop")
+        )
+    )
+    send_profiles: bool = setting(fields.Boolean(load_default=True))
+    nested: str = setting(
+        fields.String(
+            load_default="stringify",
+            validate=validate.OneOf(("stringify", "reject"), error="must be stringify or reject"),
+        )
+    )
+    max_event_properties: int = setting(
+        fields.Integer(load_default=C.DEFAULT_MAX_EVENT_PROPERTIES, validate=_range(1, 1024))
+    )
+    dedup_window: float = setting(
+        fields.Float(load_default=C.DEFAULT_DEDUP_WINDOW_S, validate=_range(0, 30 * 86400, " s"))
+    )
+    give_up_age: float = setting(
+        fields.Float(load_default=C.DEFAULT_GIVE_UP_AGE_S, validate=_range(1, 30 * 86400, " s"))
+    )
+    event_renames: Mapping[str, str] = setting(
+        fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict, data_key="events"),
+        env=None,
+        convert=dict,
+    )
+    property_renames: Mapping[str, Mapping[str, str]] = setting(
+        fields.Dict(
+            keys=fields.String(),
+            values=fields.Dict(keys=fields.String(), values=fields.String()),
+            load_default=dict,
+            data_key="properties",
+        ),
+        env=None,
+        convert=lambda renames: {event: dict(props) for event, props in renames.items()},
+    )
+
+    @property
+    def upload_url(self) -> str:
+        if self.api_url:
+            return self.api_url.rstrip("/") + "/1/upload"
+        assert self.region in C.REGIONS  # validated; never interpolate anything else into a host
+        return f"https://{self.region}.api.clevertap.com/1/upload"
+
+    @property
+    def account_key(self) -> str:
+        """The CleverTap account this integration sends as: the token counter is shared per account."""
+        return self.account_id
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective configuration with the passcode masked, for ``check-config``."""
+        return {**_public(self), "upload_url": self.upload_url}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide settings and every integration."""
+
+    integrations: Mapping[str, IntegrationConfig]
+    redis_url: str = setting(
+        fields.String(load_default=C.DEFAULT_REDIS_URL, validate=_redis_url), env="REDIS_URL"
+    )
+    key_prefix: str = setting(
+        fields.String(
+            load_default=C.DEFAULT_KEY_PREFIX,
+            validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,32}$", error="must be 1-32 letters, digits, . _ -"),
+        )
+    )
+    connect_timeout: float = setting(
+        fields.Float(load_default=C.DEFAULT_CONNECT_TIMEOUT_S, validate=_range(0.1, 60, " s"))
+    )
+    read_timeout: float = setting(
+        fields.Float(load_default=C.DEFAULT_READ_TIMEOUT_S, validate=_range(0.1, 600, " s"))
+    )
+    token_lease: float = setting(
+        fields.Float(load_default=C.DEFAULT_TOKEN_LEASE_S, validate=_range(1, 3600, " s"))
+    )
+    auth_probe_interval: float = setting(
+        fields.Float(load_default=C.DEFAULT_AUTH_PROBE_INTERVAL_S, validate=_range(0.1, 86400, " s"))
+    )
+    sweep_grace: float = setting(
+        fields.Float(load_default=C.DEFAULT_SWEEP_GRACE_S, validate=_range(1, 3600, " s"))
+    )
+    source: str = "environment"
+
+    def integration(self, name: str) -> IntegrationConfig:
+        try:
+            return self.integrations[name]
+        except KeyError:
+            known = ", ".join(sorted(self.integrations)) or "none"
+            raise UnknownIntegration(f"no integration named {name!r} (configured: {known})") from None
+
+    @property
+    def min_flush_interval(self) -> float:
+        return min(i.flush_interval for i in self.integrations.values())
+
+    def public_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            **_public(self),
+            "redis_url": _mask_url(self.redis_url),
+            "integrations": {n: i.public_dict() for n, i in sorted(self.integrations.items())},
+        }
+
+
+def _settings_of(cls: type) -> list[Field[Any]]:
+    return [f for f in dataclass_fields(cls) if "schema" in f.metadata]
+
+
+def _key(f: Field[Any]) -> str:
+    """The name a setting has in the TOML file (and in error messages)."""
+    return str(f.metadata["schema"].data_key or f.name)
+
+
+def _env_var(f: Field[Any]) -> str | None:
+    env = f.metadata["env"]
+    return None if env is None else (env or ENV_PREFIX + f.name.upper())
+
+
+def _public_value(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return "********"
+    if isinstance(value, Preset):
+        return value.name
+    if isinstance(value, Mapping):
+        return {k: _public_value(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _public(obj: Any) -> dict[str, Any]:
+    return {_key(f): _public_value(getattr(obj, f.name)) for f in _settings_of(type(obj))}
+
+
+def _schema_from(cls: type, name: str) -> type[Schema]:
+    """A marshmallow schema class with one field per declared setting of ``cls``."""
+    return Schema.from_dict({f.name: f.metadata["schema"] for f in _settings_of(cls)}, name=name)
+
+
+class IntegrationSchema(_schema_from(IntegrationConfig, "IntegrationFields")):  # type: ignore[misc]
     class Meta:
         unknown = RAISE
 
-    account_id = fields.String(
-        required=True,
-        validate=validate.Regexp(_ACCOUNT_ID, error="must be 1-64 letters, digits, '-' or '_'"),
-    )
-    passcode = fields.String(validate=_header_safe)
-    passcode_env = fields.String(
-        validate=validate.Regexp(_ENV_NAME, error="must be an environment variable name")
-    )
-    region = fields.String(
-        required=True,
-        validate=validate.OneOf(C.REGIONS, error="must be one of " + ", ".join(C.REGIONS)),
-    )
-    preset = fields.String(load_default="default")
-    consent_categories = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
-    api_url = fields.String(load_default=None, allow_none=True, validate=_http_url)
-    batch_size = fields.Integer(load_default=C.MAX_BATCH_SIZE, validate=_range(1, C.MAX_BATCH_SIZE))
-    max_concurrency = fields.Integer(load_default=C.MAX_CONCURRENCY, validate=_range(1, C.MAX_CONCURRENCY))
-    flush_interval = fields.Float(load_default=1.0, validate=_range(0.05, 3600, " seconds"))
-    unmapped = fields.String(
-        load_default="pass", validate=validate.OneOf(("pass", "drop"), error="must be pass or drop")
-    )
-    send_profiles = fields.Boolean(load_default=True)
-    nested = fields.String(
-        load_default="stringify",
-        validate=validate.OneOf(("stringify", "reject"), error="must be stringify or reject"),
-    )
-    max_event_properties = fields.Integer(
-        load_default=C.DEFAULT_MAX_EVENT_PROPERTIES, validate=_range(1, 1024)
-    )
-    dedup_window = fields.Float(load_default=C.DEFAULT_DEDUP_WINDOW_S, validate=_range(0, 30 * 86400, " s"))
-    give_up_age = fields.Float(load_default=C.DEFAULT_GIVE_UP_AGE_S, validate=_range(1, 30 * 86400, " s"))
-    events = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
-    properties = fields.Dict(
-        keys=fields.String(),
-        values=fields.Dict(keys=fields.String(), values=fields.String()),
-        load_default=dict,
-    )
-
     @validates_schema
     def _one_passcode(self, data: dict[str, Any], **_: Any) -> None:
-        if ("passcode" in data) == ("passcode_env" in data):
+        if ("passcode" in data) == (data.get("passcode_env") is not None):
             raise ValidationError("give exactly one of passcode or passcode_env", "passcode")
         if data.get("preset", "default") not in available_presets():
             raise ValidationError("must be one of " + ", ".join(available_presets()), "preset")
 
 
-class SettingsSchema(Schema):
+class SettingsSchema(_schema_from(Settings, "SettingsFields")):  # type: ignore[misc]
     class Meta:
         unknown = RAISE
 
-    redis_url = fields.String(load_default=C.DEFAULT_REDIS_URL, validate=_redis_url)
-    key_prefix = fields.String(
-        load_default=C.DEFAULT_KEY_PREFIX,
-        validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,32}$", error="must be 1-32 letters, digits, . _ -"),
-    )
-    connect_timeout = fields.Float(load_default=C.DEFAULT_CONNECT_TIMEOUT_S, validate=_range(0.1, 60, " s"))
-    read_timeout = fields.Float(load_default=C.DEFAULT_READ_TIMEOUT_S, validate=_range(0.1, 600, " s"))
-    token_lease = fields.Float(load_default=C.DEFAULT_TOKEN_LEASE_S, validate=_range(1, 3600, " s"))
-    auth_probe_interval = fields.Float(
-        load_default=C.DEFAULT_AUTH_PROBE_INTERVAL_S, validate=_range(0.1, 86400, " s")
-    )
-    sweep_grace = fields.Float(load_default=C.DEFAULT_SWEEP_GRACE_S, validate=_range(1, 3600, " s"))
     integrations = fields.Dict(
         keys=fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$")),
         values=fields.Nested(IntegrationSchema),
@@ -209,102 +371,6 @@ class SettingsSchema(Schema):
             )
 
 
-# --------------------------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class IntegrationConfig:
-    name: str
-    account_id: str
-    passcode: Secret = field(repr=False)
-    region: str
-    preset: Preset = field(repr=False)
-    consent_categories: tuple[str, ...] = ()
-    api_url: str | None = None
-    batch_size: int = C.MAX_BATCH_SIZE
-    max_concurrency: int = C.MAX_CONCURRENCY
-    flush_interval: float = 1.0
-    unmapped: str = "pass"
-    send_profiles: bool = True
-    nested: str = "stringify"
-    max_event_properties: int = C.DEFAULT_MAX_EVENT_PROPERTIES
-    dedup_window: float = C.DEFAULT_DEDUP_WINDOW_S
-    give_up_age: float = C.DEFAULT_GIVE_UP_AGE_S
-    event_renames: Mapping[str, str] = field(default_factory=dict)
-    property_renames: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-
-    @property
-    def upload_url(self) -> str:
-        if self.api_url:
-            return self.api_url.rstrip("/") + "/1/upload"
-        assert self.region in C.REGIONS  # validated; never interpolate anything else into a host
-        return f"https://{self.region}.api.clevertap.com/1/upload"
-
-    @property
-    def account_key(self) -> str:
-        """The CleverTap account this integration sends as: the token counter is shared per account."""
-        return self.account_id
-
-    def public_dict(self) -> dict[str, Any]:
-        """The effective configuration with the passcode masked, for ``check-config``."""
-        return {
-            "account_id": self.account_id,
-            "passcode": "********",
-            "region": self.region,
-            "upload_url": self.upload_url,
-            "preset": self.preset.name,
-            "consent_categories": list(self.consent_categories),
-            "batch_size": self.batch_size,
-            "max_concurrency": self.max_concurrency,
-            "flush_interval": self.flush_interval,
-            "unmapped": self.unmapped,
-            "send_profiles": self.send_profiles,
-            "nested": self.nested,
-            "max_event_properties": self.max_event_properties,
-            "dedup_window": self.dedup_window,
-            "give_up_age": self.give_up_age,
-            "events": dict(self.event_renames),
-            "properties": {k: dict(v) for k, v in self.property_renames.items()},
-        }
-
-
-@dataclass(frozen=True)
-class Settings:
-    integrations: Mapping[str, IntegrationConfig]
-    redis_url: str = C.DEFAULT_REDIS_URL
-    key_prefix: str = C.DEFAULT_KEY_PREFIX
-    connect_timeout: float = C.DEFAULT_CONNECT_TIMEOUT_S
-    read_timeout: float = C.DEFAULT_READ_TIMEOUT_S
-    token_lease: float = C.DEFAULT_TOKEN_LEASE_S
-    auth_probe_interval: float = C.DEFAULT_AUTH_PROBE_INTERVAL_S
-    sweep_grace: float = C.DEFAULT_SWEEP_GRACE_S
-    source: str = "environment"
-
-    def integration(self, name: str) -> IntegrationConfig:
-        try:
-            return self.integrations[name]
-        except KeyError:
-            known = ", ".join(sorted(self.integrations)) or "none"
-            raise UnknownIntegration(f"no integration named {name!r} (configured: {known})") from None
-
-    @property
-    def min_flush_interval(self) -> float:
-        return min(i.flush_interval for i in self.integrations.values())
-
-    def public_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "redis_url": _mask_url(self.redis_url),
-            "key_prefix": self.key_prefix,
-            "connect_timeout": self.connect_timeout,
-            "read_timeout": self.read_timeout,
-            "token_lease": self.token_lease,
-            "auth_probe_interval": self.auth_probe_interval,
-            "sweep_grace": self.sweep_grace,
-            "integrations": {n: i.public_dict() for n, i in sorted(self.integrations.items())},
-        }
-
-
 def _mask_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:
@@ -315,45 +381,14 @@ def _mask_url(url: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- loading
 
-# Settings-level keys and the environment variables that set them.
-_GLOBAL_ENV = {
-    "redis_url": "REDIS_URL",
-    "key_prefix": "CLEVERTAP_KEY_PREFIX",
-    "connect_timeout": "CLEVERTAP_CONNECT_TIMEOUT",
-    "read_timeout": "CLEVERTAP_READ_TIMEOUT",
-    "token_lease": "CLEVERTAP_TOKEN_LEASE",
-    "auth_probe_interval": "CLEVERTAP_AUTH_PROBE_INTERVAL",
-    "sweep_grace": "CLEVERTAP_SWEEP_GRACE",
-}
-# Integration keys settable from the environment (the ``default`` integration).
-_INTEGRATION_ENV = {
-    name: ENV_PREFIX + name.upper()
-    for name in (
-        "account_id",
-        "passcode",
-        "region",
-        "preset",
-        "consent_categories",
-        "api_url",
-        "batch_size",
-        "max_concurrency",
-        "flush_interval",
-        "unmapped",
-        "send_profiles",
-        "nested",
-        "max_event_properties",
-        "dedup_window",
-        "give_up_age",
-    )
+#: Settings-level keys and the environment variables that set them.
+_GLOBAL_ENV = {f.name: var for f in _settings_of(Settings) if (var := _env_var(f))}
+#: Integration keys settable from the environment (the ``default`` integration), and their parsers.
+_INTEGRATION_ENV = {_key(f): var for f in _settings_of(IntegrationConfig) if (var := _env_var(f))}
+_FROM_ENV = {
+    _key(f): f.metadata["from_env"] for f in _settings_of(IntegrationConfig) if f.metadata["from_env"]
 }
 _KNOWN_ENV = set(_GLOBAL_ENV.values()) | set(_INTEGRATION_ENV.values()) | {ENV_CONFIG_FILE}
-
-
-# Schema fields copied to IntegrationConfig as they are.
-_PLAIN_INTEGRATION_FIELDS = (
-    "account_id", "region", "api_url", "batch_size", "max_concurrency", "flush_interval", "unmapped",
-    "send_profiles", "nested", "max_event_properties", "dedup_window", "give_up_age",
-)  # fmt: skip
 
 
 def _flatten(messages: Any, path: str = "") -> list[tuple[str, str]]:
@@ -389,17 +424,14 @@ def _env_raw(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[tuple[str
     for key, var in _GLOBAL_ENV.items():
         if environ.get(var, "") != "":
             raw[key] = environ[var]
-    integ: dict[str, Any] = {}
+    default_integration: dict[str, Any] = {}
     for key, var in _INTEGRATION_ENV.items():
         value = environ.get(var, "")
         if value == "":
             continue
-        if key == "consent_categories":
-            integ[key] = [c.strip() for c in value.split(",") if c.strip()]
-        else:
-            integ[key] = value
-    if integ:
-        raw["integrations"] = {"default": integ}
+        default_integration[key] = _FROM_ENV[key](value) if key in _FROM_ENV else value
+    if default_integration:
+        raw["integrations"] = {"default": default_integration}
     return raw, errors
 
 
@@ -458,36 +490,34 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(errors) from None
     integrations: dict[str, IntegrationConfig] = {}
     for name, spec in data["integrations"].items():
-        if "passcode_env" in spec:
-            var = spec["passcode_env"]
-            value = env.get(var, "")
-            if not value:
-                errors.append((f"integrations.{name}.passcode_env", f"environment variable {var} is not set"))
+        if spec.get("passcode_env") is not None:
+            spec["passcode"] = env.get(spec["passcode_env"], "")
+            if not spec["passcode"]:
+                errors.append(
+                    (
+                        f"integrations.{name}.passcode_env",
+                        f"environment variable {spec['passcode_env']} is not set",
+                    )
+                )
                 continue
-            passcode = Secret(value)
-        else:
-            passcode = Secret(spec["passcode"])
         integrations[name] = IntegrationConfig(
             name=name,
-            passcode=passcode,
-            preset=load_preset(spec["preset"]),
-            consent_categories=tuple(spec["consent_categories"]),
-            event_renames=dict(spec["events"]),
-            property_renames={k: dict(v) for k, v in spec["properties"].items()},
-            **{k: spec[k] for k in _PLAIN_INTEGRATION_FIELDS},
+            **{f.name: f.metadata["convert"](spec[f.name]) for f in _settings_of(IntegrationConfig)},
         )
     # One CleverTap account has one in-flight limit: integrations sharing it must agree on it.
     limits: dict[str, tuple[str, int]] = {}
-    for name, integ in sorted(integrations.items()):
-        seen = limits.setdefault(integ.account_id, (name, integ.max_concurrency))
-        if seen[1] != integ.max_concurrency:
+    for name, config in sorted(integrations.items()):
+        seen = limits.setdefault(config.account_id, (name, config.max_concurrency))
+        if seen[1] != config.max_concurrency:
             errors.append(
                 (
                     f"integrations.{name}.max_concurrency",
                     f"must equal integrations.{seen[0]}.max_concurrency ({seen[1]}): both send as account "
-                    f"{integ.account_id}, which has one in-flight limit",
+                    f"{config.account_id}, which has one in-flight limit",
                 )
             )
     if errors:
         raise ConfigError(errors)
-    return Settings(integrations=integrations, source=source, **{k: data[k] for k in _GLOBAL_ENV})
+    return Settings(
+        integrations=integrations, source=source, **{f.name: data[f.name] for f in _settings_of(Settings)}
+    )

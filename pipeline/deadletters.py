@@ -22,14 +22,14 @@ PAGE = 500
 
 
 def iter_dead_letters(
-    store: Store, integ: str, stage: str | None = None, code: int | None = None
+    store: Store, integration: str, stage: str | None = None, code: int | None = None
 ) -> Iterator[dict[str, Any]]:
     offset = 0
     while True:
-        ids = store.dead_letter_ids(integ, offset, PAGE)
+        ids = store.dead_letter_ids(integration, offset, PAGE)
         if not ids:
             return
-        for raw in store.dead_letters(integ, ids):
+        for raw in store.dead_letters(integration, ids):
             if raw is None:
                 continue
             entry: dict[str, Any] = orjson.loads(raw)
@@ -38,10 +38,10 @@ def iter_dead_letters(
         offset += len(ids)
 
 
-def summarise(store: Store, integ: str) -> dict[str, dict[str, Any]]:
+def summarise(store: Store, integration: str) -> dict[str, dict[str, Any]]:
     """Dead letters by stage and code, with one example reason each."""
     out: dict[str, dict[str, Any]] = {}
-    for entry in iter_dead_letters(store, integ):
+    for entry in iter_dead_letters(store, integration):
         if entry["stage"] == "api":
             key = f"api:{entry.get('code')}"
             reason = entry.get("error", "")
@@ -69,7 +69,7 @@ def _renamed(record: Any, renames: dict[str, str]) -> Any:
 
 def replay(
     store: Store,
-    integ: IntegrationConfig,
+    config: IntegrationConfig,
     ids: Sequence[str] | None = None,
     stage: str | None = None,
     code: int | None = None,
@@ -84,7 +84,7 @@ def replay(
     refused carry the old name and would be refused again as they are."""
     result = ReplayResult()
     if ids is not None:
-        raws = store.dead_letters(integ.name, list(ids))
+        raws = store.dead_letters(config.name, list(ids))
         entries = []
         for did, raw in zip(ids, raws, strict=True):
             if raw is None:
@@ -92,14 +92,14 @@ def replay(
             else:
                 entries.append(orjson.loads(raw))
     else:
-        entries = list(iter_dead_letters(store, integ.name, stage, code))
+        entries = list(iter_dead_letters(store, config.name, stage, code))
     renames = dict(rename_events or {})
     api = [
         (e["id"], orjson.dumps(_renamed(e["record"], renames))) for e in entries if e.get("stage") == "api"
     ]
     for start in range(0, len(api), PAGE):
-        result.replayed_records += len(store.replay_records(integ.name, api[start : start + PAGE]))
-    ingestor = Ingestor(store, integ)
+        result.replayed_records += len(store.replay_records(config.name, api[start : start + PAGE]))
+    ingestor = Ingestor(store, config)
     mapping = [e for e in entries if e.get("stage") == "mapping"]
     for start in range(0, len(mapping), PAGE):
         part = mapping[start : start + PAGE]

@@ -6,6 +6,7 @@ it asks for a send to be (re)scheduled, so everything here runs and is tested wi
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import secrets
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pipeline.client import UploadClient, join_records
 from pipeline.config import IntegrationConfig, Settings
 from pipeline.limiter import Limiter, RedisTokens
-from pipeline.outcomes import (
+from pipeline.policy import (
     Action,
     Attempt,
     BatchHistory,
@@ -29,7 +30,7 @@ from pipeline.outcomes import (
     classify,
     decide,
 )
-from pipeline.store import Store, dead_letter
+from pipeline.store import LeaseStatus, Store, dead_letter
 
 log = logging.getLogger("pipeline.delivery")
 
@@ -41,13 +42,41 @@ ASSEMBLE_STEP = 20
 TOKEN_WAIT_S = 0.5
 
 
+class SendResult(enum.StrEnum):
+    """What one send of a batch came to (the ``clevertap.send_batch`` task returns it)."""
+
+    DELIVERED = "delivered"  # every row stored
+    PARTIAL = "partial"  # some rows refused by CleverTap: dead letters
+    BAD_REQUEST = "bad_request"  # the whole request refused (4xx): every row a dead letter
+    GAVE_UP = "gave_up"  # failing past give_up_age: every row a dead letter
+    RETRY = "retry"  # sent again later (429, 5xx, network)
+    HELD = "held"  # authentication failing: held until a probe succeeds
+    NO_TOKEN = "no_token"  # noqa: S105 - the account's slots were all busy: given back with a short countdown
+    SKIPPED_GONE = "skipped:gone"  # not open any more (finished or held): a stale message
+    SKIPPED_LEASED = "skipped:leased"  # another worker is sending it
+    SKIPPED_HELD = "skipped:held"  # the integration fails authentication: moved to the held set
+    SKIPPED_FINISHED = "skipped:finished-elsewhere"  # finished by another worker while this one sent it
+
+    @property
+    def is_error(self) -> bool:
+        """Per the spec only a clean success is a delivery: partial and failed rows surface as errors."""
+        return self in (SendResult.PARTIAL, SendResult.GAVE_UP, SendResult.BAD_REQUEST)
+
+
+_SKIPPED = {
+    LeaseStatus.GONE: SendResult.SKIPPED_GONE,
+    LeaseStatus.LEASED: SendResult.SKIPPED_LEASED,
+    LeaseStatus.HELD: SendResult.SKIPPED_HELD,
+}
+
+
 @dataclass
 class SendReport:
     """What one send_batch run did; its ``summary`` is the log line (counts only, no records)."""
 
     integration: str
     batch_id: str
-    outcome: str  # delivered | partial | retry | held | gave_up | bad_request | no_token | skipped:<why>
+    result: SendResult
     records: int = 0
     delivered: int = 0
     dead_lettered: int = 0
@@ -58,13 +87,13 @@ class SendReport:
 
     @property
     def summary(self) -> str:
-        text = f"batch {self.batch_id} [{self.integration}]: {self.outcome}"
+        text = f"batch {self.batch_id} [{self.integration}]: {self.result}"
         if self.records:
             text += f", {self.records} records"
-        if self.outcome in ("partial", "gave_up", "bad_request"):
+        if self.result.is_error:
             codes = ", ".join(f"{code}x{n}" for code, n in sorted(self.codes.items()))
             text += f", {self.delivered} delivered, {self.dead_lettered} dead-lettered ({codes})"
-        if self.outcome in ("retry", "no_token"):
+        if self.result in (SendResult.RETRY, SendResult.NO_TOKEN):
             text += f", again in {self.delay_s:.2f} s"
         if self.detail:
             text += f": {self.detail}"
@@ -74,15 +103,14 @@ class SendReport:
 
     @property
     def is_error(self) -> bool:
-        """Per the spec only a clean success is a delivery: partial and failed rows surface as errors."""
-        return self.outcome in ("partial", "gave_up", "bad_request")
+        return self.result.is_error
 
 
 def api_dead_letter(
-    integ: str, batch_id: str, rejection: RowRejection, attempts: int, http_status: int | None
+    integration: str, batch_id: str, rejection: RowRejection, attempts: int, http_status: int | None
 ) -> tuple[str, bytes]:
     return dead_letter(
-        integ,
+        integration,
         "api",
         code=rejection.code,
         error=rejection.error,
@@ -124,13 +152,13 @@ class Deliverer:
         """Turn waiting records into batches for every integration that has any; dispatch each batch."""
         made: dict[str, int] = {}
         for name in sorted(self.store.ready_integrations()):
-            integ = self.settings.integrations.get(name)
-            if integ is None:
+            config = self.settings.integrations.get(name)
+            if config is None:
                 log.warning("records are queued for integration %r, which is not configured", name)
                 continue
             count = 0
             while True:
-                ids = self.store.assemble(name, integ.batch_size, integ.flush_interval, ASSEMBLE_STEP)
+                ids = self.store.assemble(name, config.batch_size, config.flush_interval, ASSEMBLE_STEP)
                 for bid in ids:
                     self.dispatch(name, bid, 0.0)
                 count += len(ids)
@@ -156,25 +184,25 @@ class Deliverer:
     # --------------------------------------------------------------------------------------------- send
 
     def send(self, name: str, batch_id: str) -> SendReport:
-        integ = self.settings.integration(name)
+        config = self.settings.integration(name)
         # One owner per send (not per process): threads of one worker never release each other's lease.
         owner = f"{self.owner}-{secrets.token_hex(4)}"
         lease = self.store.lease(name, batch_id, owner, self.batch_lease_s)
-        if lease.status != "ok":
-            return SendReport(name, batch_id, f"skipped:{lease.status}")
+        if lease.status is not LeaseStatus.OK:
+            return SendReport(name, batch_id, _SKIPPED[lease.status])
         started = time.perf_counter()
         with self.limiter.token(
-            integ.account_key, integ.max_concurrency, self.settings.token_lease, TOKEN_WAIT_S
+            config.account_key, config.max_concurrency, self.settings.token_lease, TOKEN_WAIT_S
         ) as got:
             if not got:
                 delay = self.rng.uniform(0.1, 0.5)
                 self.store.unlease(name, batch_id, owner, delay)
                 self.store.incr(name, "token_waits")
                 self.dispatch(name, batch_id, delay)
-                return SendReport(name, batch_id, "no_token", delay_s=delay)
+                return SendReport(name, batch_id, SendResult.NO_TOKEN, delay_s=delay)
             records = self.store.batch_records(name, batch_id)
             try:
-                attempt = self.client.upload(integ, join_records(records))
+                attempt = self.client.upload(config, join_records(records))
             except Exception as exc:
                 # Not an HTTP outcome but a bug or an unexpected library error: a transient failure, so it
                 # backs off and gives up like any other instead of failing the task on every sweep.
@@ -195,14 +223,14 @@ class Deliverer:
             lease.first_failure_ms,
             lease.first_throttle_ms,
         )
-        decision = decide(classified, records, history, integ.give_up_age, self.rng)
-        report = self._apply(integ, batch_id, owner, records, classified, decision, lease.attempts + 1)
+        decision = decide(classified, records, history, config.give_up_age, self.rng)
+        report = self._apply(config, batch_id, owner, records, classified, decision, lease.attempts + 1)
         report.elapsed_s = time.perf_counter() - started
         return report
 
     def _apply(
         self,
-        integ: IntegrationConfig,
+        config: IntegrationConfig,
         batch_id: str,
         owner: str,
         records: list[bytes],
@@ -210,35 +238,38 @@ class Deliverer:
         d: Decision,
         attempts: int,
     ) -> SendReport:
-        name = integ.name
+        name = config.name
         if d.action is Action.RETRY:
+            assert d.retry_kind is not None
             self.store.retry_later(name, batch_id, owner, d.delay_s, d.retry_kind, d.reason)
             self.dispatch(name, batch_id, d.delay_s)
-            return SendReport(name, batch_id, "retry", len(records), delay_s=d.delay_s, detail=d.reason)
+            return SendReport(
+                name, batch_id, SendResult.RETRY, len(records), delay_s=d.delay_s, detail=d.reason
+            )
         if d.action is Action.HOLD:
             self.store.hold(name, batch_id, owner, d.reason, self.settings.auth_probe_interval)
             log.error("integration %s: authentication failing, sends paused: %s", name, d.reason)
-            return SendReport(name, batch_id, "held", len(records), detail=d.reason)
+            return SendReport(name, batch_id, SendResult.HELD, len(records), detail=d.reason)
         dead = [api_dead_letter(name, batch_id, r, attempts, c.http_status) for r in d.dead]
         codes = Counter(str(r.code) for r in d.dead)
         if d.gave_up:
-            outcome = "gave_up"
+            result = SendResult.GAVE_UP
         elif c.kind is Kind.BAD_REQUEST:
-            outcome = "bad_request"
+            result = SendResult.BAD_REQUEST
         elif d.dead:
-            outcome = "partial"
+            result = SendResult.PARTIAL
         else:
-            outcome = "delivered"
+            result = SendResult.DELIVERED
         counters = {
             "batches_sent": 1,
             "rejected_api": len(d.dead),
-            "batches_partial": int(outcome == "partial"),
-            "batches_given_up": int(outcome == "gave_up"),
-            "batches_bad_request": int(outcome == "bad_request"),
+            "batches_partial": int(result is SendResult.PARTIAL),
+            "batches_given_up": int(result is SendResult.GAVE_UP),
+            "batches_bad_request": int(result is SendResult.BAD_REQUEST),
         }
         applied, released = self.store.finish(name, batch_id, owner, d.delivered, dead, counters)
         if not applied:
-            return SendReport(name, batch_id, "skipped:finished-elsewhere", len(records))
+            return SendReport(name, batch_id, SendResult.SKIPPED_FINISHED, len(records))
         for bid in released:
             self.dispatch(name, bid, 0.0)
         if released:
@@ -255,12 +286,12 @@ class Deliverer:
         return SendReport(
             name,
             batch_id,
-            outcome,
+            result,
             len(records),
             d.delivered,
             len(d.dead),
             dict(codes),
-            detail="" if outcome == "delivered" or d.reason == "partial" else d.reason,
+            detail="" if result is SendResult.DELIVERED or d.reason == "partial" else d.reason,
         )
 
     # -------------------------------------------------------------------------------------------- sweep
@@ -284,6 +315,6 @@ class Deliverer:
                 "redispatched": len(res.redispatch),
                 "probe": int(bool(res.probe)),
             }
-        for account in {i.account_key for i in self.settings.integrations.values()}:
+        for account in {c.account_key for c in self.settings.integrations.values()}:
             self.store.expire_tokens(account)
         return found

@@ -1,4 +1,4 @@
-"""One small exception tree. Retry signals are not errors and live in :mod:`pipeline.outcomes`."""
+"""One small exception tree. Retry signals are not errors and live in :mod:`pipeline.policy`."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import orjson
 
 from pipeline.config import IntegrationConfig, Settings, load_settings
 from pipeline.events import Event, validate_event
-from pipeline.mapping import DUPLICATE, FILTERED, MAPPED, REJECTED, Mapper, MapResult
+from pipeline.mapping import DUPLICATE, FILTERED, MAPPED, REJECTED, Mapper, MapResult, MapStatus
 from pipeline.store import Store, dead_letter
 
 #: Events per Redis round trip: big enough to amortise the round trip, small enough that one script
@@ -57,26 +57,26 @@ class IngestResult:
 
 
 @dataclass
-class Outcome:
-    """What became of one input, for preview and per-line reporting."""
+class LineResult:
+    """What became of one input line, for preview and per-line reporting."""
 
     index: int
-    outcome: str
+    status: MapStatus
     records: list[dict[str, Any]]
     reasons: list[str]
 
 
-def mapping_dead_letter(integ: str, event: Any, reasons: list[str]) -> tuple[str, bytes]:
-    return dead_letter(integ, "mapping", reasons=reasons, event=event)
+def mapping_dead_letter(integration: str, event: Any, reasons: list[str]) -> tuple[str, bytes]:
+    return dead_letter(integration, "mapping", reasons=reasons, event=event)
 
 
 class Ingestor:
     """Ingest for one integration, reusing its compiled mapper across calls."""
 
-    def __init__(self, store: Store, integ: IntegrationConfig) -> None:
+    def __init__(self, store: Store, config: IntegrationConfig) -> None:
         self.store = store
-        self.integ = integ
-        self.mapper = Mapper(integ)
+        self.config = config
+        self.mapper = Mapper(config)
 
     def _map_chunk(
         self, items: list[tuple[int, Any, Event | None, list[str]]], known: dict[str, str], now: int
@@ -106,12 +106,12 @@ class Ingestor:
 
     def _lookup(self, items: list[tuple[int, Any, Event | None, list[str]]]) -> dict[str, str]:
         need = {e.user_id for _, _, e, _ in items if e is not None and e.user_id and not e.email}
-        return self.store.known_emails(self.integ.name, sorted(need)) if need else {}
+        return self.store.known_emails(self.config.name, sorted(need)) if need else {}
 
     def ingest_chunk(
         self,
         chunk: list[tuple[int, Any]],
-        outcomes: list[Outcome] | None = None,
+        lines: list[LineResult] | None = None,
         replaces: Sequence[str] = (),
     ) -> IngestResult:
         items = self._validated(chunk)
@@ -124,48 +124,48 @@ class Ingestor:
         identities: list[tuple[str, str]] = []
         dead: list[tuple[str, bytes]] = []
         filtered = rejected = 0
-        per_line: dict[int, Outcome] = {}
+        per_line: dict[int, LineResult] = {}
         dumps = orjson.dumps
         for index, raw, result in mapped:
-            if result.outcome == MAPPED:
+            if result.status == MAPPED:
                 if result.identity_update is not None:
                     identities.append(result.identity_update)
                 groups.append((raw.get("messageId") or "", [dumps(r) for r in result.records]))
                 group_index.append(index)
-            elif result.outcome == FILTERED:
+            elif result.status == FILTERED:
                 filtered += 1
             else:
                 rejected += 1
                 res.rejections.append(Rejection(index, result.reasons))
-                dead.append(mapping_dead_letter(self.integ.name, raw, result.reasons))
-            if outcomes is not None:
-                per_line[index] = Outcome(index, result.outcome, result.records, result.reasons)
+                dead.append(mapping_dead_letter(self.config.name, raw, result.reasons))
+            if lines is not None:
+                per_line[index] = LineResult(index, result.status, result.records, result.reasons)
         pushed, dups = self.store.enqueue(
-            self.integ.name,
+            self.config.name,
             [(str(m), recs) for m, recs in groups],
             identities,
             dead,
             {"filtered": filtered, "rejected_mapping": rejected},
-            self.integ.dedup_window,
+            self.config.dedup_window,
             replaces,
         )
         res.filtered, res.rejected, res.duplicate = filtered, rejected, len(dups)
         res.accepted = len(groups) - len(dups)
         res.records = pushed
-        if outcomes is not None:
+        if lines is not None:
             for g in dups:
                 o = per_line[group_index[g]]
-                o.outcome, o.records, o.reasons = DUPLICATE, [], ["duplicate messageId within the window"]
-            outcomes.extend(per_line[i] for i in sorted(per_line))
+                o.status, o.records, o.reasons = DUPLICATE, [], ["duplicate messageId within the window"]
+            lines.extend(per_line[i] for i in sorted(per_line))
         return res
 
-    def ingest(self, events: Iterable[Any], outcomes: list[Outcome] | None = None) -> IngestResult:
+    def ingest(self, events: Iterable[Any], lines: list[LineResult] | None = None) -> IngestResult:
         total = IngestResult()
         for chunk in chunked(enumerate(events), CHUNK):
-            total.add(self.ingest_chunk(chunk, outcomes))
+            total.add(self.ingest_chunk(chunk, lines))
         return total
 
-    def preview(self, numbered: Iterable[tuple[int, Any]], check_store: bool = True) -> Iterator[Outcome]:
+    def preview(self, numbered: Iterable[tuple[int, Any]], check_store: bool = True) -> Iterator[LineResult]:
         """Map ``(line number, event)`` pairs without queueing. Uses remembered identities and the
         de-duplication window when the store is reachable (``check_store``), read-only; a messageId
         repeated in the input is a duplicate too."""
@@ -175,18 +175,18 @@ class Ingestor:
             known = self._lookup(items) if check_store else {}
             mids = [str(e.message_id) for _, _, e, _ in items if e is not None and e.message_id]
             dup_store = (
-                self.store.seen_message_ids(self.integ.name, mids, self.integ.dedup_window)
+                self.store.seen_message_ids(self.config.name, mids, self.config.dedup_window)
                 if check_store
                 else set()
             )
             for index, raw, result in self._map_chunk(items, known, int(time.time())):
                 mid = str(raw.get("messageId") or "") if isinstance(raw, dict) else ""
-                if result.outcome == MAPPED and mid and self.integ.dedup_window > 0:
+                if result.status == MAPPED and mid and self.config.dedup_window > 0:
                     if mid in seen or mid in dup_store:
-                        yield Outcome(index, DUPLICATE, [], ["duplicate messageId within the window"])
+                        yield LineResult(index, DUPLICATE, [], ["duplicate messageId within the window"])
                         continue
                     seen.add(mid)
-                yield Outcome(index, result.outcome, result.records, result.reasons)
+                yield LineResult(index, result.status, result.records, result.reasons)
 
 
 class _BadInput:
@@ -216,17 +216,6 @@ def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 # ------------------------------------------------------------------------------------------ public API
 
-_default_store: dict[str, Store] = {}
-
-
-def store_for(settings: Settings) -> Store:
-    """One store (one connection pool) per process and Redis URL, made lazily (never at import)."""
-    key = f"{settings.redis_url}|{settings.key_prefix}"
-    store = _default_store.get(key)
-    if store is None:
-        store = _default_store[key] = Store.from_url(settings.redis_url, settings.key_prefix)
-    return store
-
 
 def ingest(
     events: Iterable[Any],
@@ -242,5 +231,5 @@ def ingest(
     """
     if settings is None:
         settings = load_settings()
-    integ = settings.integration(integration)
-    return Ingestor(store or store_for(settings), integ).ingest(events)
+    config = settings.integration(integration)
+    return Ingestor(store or Store.shared(settings.redis_url, settings.key_prefix), config).ingest(events)

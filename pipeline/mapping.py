@@ -6,6 +6,7 @@ an integration's ``events`` and ``properties`` overrides are merged on top of it
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +17,17 @@ from pipeline import constants as C
 from pipeline.config import IntegrationConfig
 from pipeline.events import Event
 
-MAPPED, FILTERED, REJECTED, DUPLICATE = "mapped", "filtered", "rejected", "duplicate"
+
+class MapStatus(enum.StrEnum):
+    """What became of one event."""
+
+    MAPPED = "mapped"  # records to queue (none for an identify with send_profiles = false)
+    FILTERED = "filtered"  # not meant for CleverTap (no consent, unmapped with unmapped = drop): counted
+    REJECTED = "rejected"  # cannot be sent: a mapping dead letter with its reasons
+    DUPLICATE = "duplicate"  # its messageId was accepted within the de-duplication window
+
+
+MAPPED, FILTERED, REJECTED, DUPLICATE = MapStatus
 MISSING_IDENTITY = (
     "missing identity: no email (context.traits.email, traits.email, or an earlier identify for this "
     "userId) and no userId"
@@ -30,18 +41,18 @@ _NUMERIC = (int, float, bool)
 
 
 class MapResult:
-    """What one event became: an outcome, the records to queue, and reasons when filtered or rejected."""
+    """What one event became: a status, the records to queue, and reasons when filtered or rejected."""
 
-    __slots__ = ("identity_update", "outcome", "reasons", "records")
+    __slots__ = ("identity_update", "reasons", "records", "status")
 
     def __init__(
         self,
-        outcome: str,
+        status: MapStatus,
         records: list[dict[str, Any]] | None = None,
         reasons: list[str] | None = None,
         identity_update: tuple[str, str] | None = None,
     ) -> None:
-        self.outcome = outcome
+        self.status = status
         self.records = records or []
         self.reasons = reasons or []
         self.identity_update = identity_update
@@ -97,16 +108,16 @@ def _scalar_problem(value: Any) -> str | None:
 class Mapper:
     """The mapping rules of one integration, compiled once from its preset and overrides."""
 
-    def __init__(self, integ: IntegrationConfig) -> None:
-        self.integ = integ
-        self.event_names: dict[str, str] = {**integ.preset.events, **integ.event_renames}
-        self.required_consent = frozenset(integ.consent_categories)
-        self.stringify = integ.nested == "stringify"
-        self.max_props = integ.max_event_properties
+    def __init__(self, config: IntegrationConfig) -> None:
+        self.config = config
+        self.event_names: dict[str, str] = {**config.preset.events, **config.event_renames}
+        self.required_consent = frozenset(config.consent_categories)
+        self.stringify = config.nested == "stringify"
+        self.max_props = config.max_event_properties
         props: dict[str, dict[str, tuple[str, ...]]] = {
-            ev: dict(targets) for ev, targets in integ.preset.properties.items()
+            ev: dict(targets) for ev, targets in config.preset.properties.items()
         }
-        for ev, renames in integ.property_renames.items():
+        for ev, renames in config.property_renames.items():
             targets = props.setdefault(ev, {})
             for source, target in renames.items():
                 for tgt, sources in list(targets.items()):  # a source feeds one target only
@@ -136,7 +147,7 @@ class Mapper:
 
         if event.type == "identify":
             update = (event.user_id, event.email) if event.user_id and event.email else None
-            if not self.integ.send_profiles:
+            if not self.config.send_profiles:
                 return MapResult(MAPPED, identity_update=update)
             reasons: list[str] = []
             profile = self._profile_data(event.traits, reasons)
@@ -155,7 +166,7 @@ class Mapper:
             source_name = event.name or ""
             mapped_name = self.event_names.get(source_name)
             if mapped_name is None:
-                if self.integ.unmapped == "drop":
+                if self.config.unmapped == "drop":
                     return MapResult(FILTERED, reasons=[f"unmapped event {source_name!r} (unmapped = drop)"])
                 mapped_name = source_name
             evt_name = mapped_name

@@ -28,8 +28,7 @@ def settings() -> Settings:
 
 def store() -> Store:
     s = settings()
-    value: Store = _per_process("store", lambda: Store.from_url(s.redis_url, s.key_prefix))
-    return value
+    return Store.shared(s.redis_url, s.key_prefix)
 
 
 def ingest(events: list[Any], integration: str = "default") -> IngestResult:
@@ -47,8 +46,6 @@ def deliverer(dispatch: Dispatch) -> Deliverer:
 
 
 def reset() -> None:
-    """Forget this process's settings, store and ingestors (tests; a worker never needs it)."""
-    for value in list(_state.values()):
-        if isinstance(value, Store):
-            value.r.close()
+    """Forget this process's settings, stores and ingestors (tests; a worker never needs it)."""
+    Store.forget_shared()
     _state.clear()

@@ -10,13 +10,13 @@ from pipeline.store import Store
 
 
 def integration_status(settings: Settings, store: Store, name: str) -> dict[str, Any]:
-    integ = settings.integration(name)
+    config = settings.integration(name)
     return {
-        "account_id": integ.account_id,
+        "account_id": config.account_id,
         "queues": store.depth(name),
         "counters": store.stats(name),
         "auth": store.auth_state(name) or "ok",
-        "in_flight": store.tokens_in_flight(integ.account_key),
-        "peak_in_flight": store.peak_in_flight(integ.account_key),
+        "in_flight": store.tokens_in_flight(config.account_key),
+        "peak_in_flight": store.peak_in_flight(config.account_key),
         "dead_letters": summarise(store, name),
     }

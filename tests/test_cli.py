@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.cli import build_parser
-from pipeline.sample import SPEC_PAYLOAD, SPEC_PURCHASE
-from tests.conftest import PASSCODE, base_env, cli_env, run_cli
+from pipeline.cli import verbs
+from pipeline.local.sample import SPEC_PAYLOAD, SPEC_PURCHASE
+from tests.helpers import PASSCODE, ROOT, environment, run_cli
 
 LINES = (
     b"\n".join(
@@ -35,7 +35,7 @@ LINES = (
 
 @pytest.fixture
 def env(redis_url: str) -> dict[str, str]:
-    return cli_env(**base_env(redis_url, CLEVERTAP_CONSENT_CATEGORIES="marketing"))
+    return environment(redis_url, process=True, CLEVERTAP_CONSENT_CATEGORIES="marketing")
 
 
 def test_ingest_reports_every_bad_line_by_number_and_ends_with_a_json_summary(env: dict[str, str]) -> None:
@@ -95,26 +95,44 @@ def test_preview_works_without_redis(env: dict[str, str]) -> None:
 
 
 def test_every_verb_has_help() -> None:
-    parser = build_parser()
-    verbs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert verbs
-    for verb in verbs:
-        out = run_cli(verb, "--help", env=cli_env())
-        assert out.returncode == 0 and b"usage: clevertap-pipeline " + verb.encode() in out.stdout
+    registered = verbs()
+    # The product's verbs, and the local tooling's, registered through its entry point.
+    assert {"ingest", "status", "dead-letters replay", "emulator", "demo", "bench-deliver"} <= set(registered)
+    for name in registered:
+        out = run_cli(*name.split(), "--help", env=environment(None, process=True, credentials=False))
+        assert out.returncode == 0 and b"usage: clevertap-pipeline " + name.encode() in out.stdout
+
+
+def test_the_product_never_imports_the_local_tooling() -> None:
+    import ast
+
+    for path in (ROOT / "pipeline").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not [n for n in names if n.startswith("pipeline.local")], f"{path.name} imports {names}"
 
 
 def test_ingest_shows_a_progress_bar_on_a_terminal(env: dict[str, str], tmp_path: Any) -> None:
     import os
+    import fcntl
     import pty
+    import struct
+    import termios
     import subprocess
     import sys
 
-    from pipeline.sample import generate
-    from tests.conftest import ROOT
+    from pipeline.local.sample import generate
 
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(orjson.dumps(e) for e in generate(2000)))
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # a terminal 160 wide
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "pipeline", "ingest", "--json", str(path)],
@@ -138,5 +156,5 @@ def test_ingest_shows_a_progress_bar_on_a_terminal(env: dict[str, str], tmp_path
     finally:
         os.close(master)
     assert proc.returncode == 0
-    assert b"ingest [" in shown and b"100%" in shown and b"accepted" in shown
+    assert b"ingest: 100%" in shown and b"accepted" in shown  # tqdm's bar, with the counts
     assert orjson.loads(proc.stdout.splitlines()[-1])["accepted"] > 1800

@@ -7,7 +7,7 @@ import responses
 
 from pipeline.client import UploadClient, join_records
 from pipeline.config import load_settings
-from tests.conftest import PASSCODE, base_env
+from tests.helpers import PASSCODE, environment
 
 
 def test_proxies_come_from_the_environment_and_honour_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,7 +30,7 @@ def test_a_custom_ca_bundle_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @responses.activate
 def test_one_attempt_sends_the_body_unchanged_with_the_specs_headers() -> None:
-    integ = load_settings(base_env(CLEVERTAP_REGION="sg1")).integration("default")
+    integ = load_settings(environment(CLEVERTAP_REGION="sg1")).integration("default")
     responses.post("https://sg1.api.clevertap.com/1/upload", json={"status": "success"})
     body = join_records([b'{"a":1}', b'{"b":2}'])
     attempt = UploadClient(1, 1).upload(integ, body)
@@ -46,7 +46,7 @@ def test_one_attempt_sends_the_body_unchanged_with_the_specs_headers() -> None:
 def test_network_errors_become_an_attempt_without_status_and_without_details() -> None:
     import requests
 
-    integ = load_settings(base_env()).integration("default")
+    integ = load_settings(environment()).integration("default")
     responses.post(integ.upload_url, body=requests.ConnectTimeout("connect timed out to host"))
     attempt = UploadClient(1, 1).upload(integ, b'{"d":[]}')
     assert attempt.status is None and attempt.error == "ConnectTimeout"

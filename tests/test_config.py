@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.config import Secret, load_settings
 from pipeline.errors import ConfigError
-from tests.conftest import PASSCODE, base_env, cli_env, run_cli
+from tests.helpers import PASSCODE, environment, run_cli
 
 
 def errors_of(env: dict[str, str]) -> dict[str, str]:
@@ -15,7 +15,7 @@ def errors_of(env: dict[str, str]) -> dict[str, str]:
 
 
 def test_environment_defines_the_default_integration_with_documented_defaults() -> None:
-    settings = load_settings(base_env())
+    settings = load_settings(environment())
     integ = settings.integration("default")
     assert integ.account_id == "TEST-ACC-1"
     assert integ.upload_url == "https://eu1.api.clevertap.com/1/upload"
@@ -25,7 +25,7 @@ def test_environment_defines_the_default_integration_with_documented_defaults() 
 
 
 def test_passcode_never_appears_in_repr_str_or_public_dict() -> None:
-    settings = load_settings(base_env())
+    settings = load_settings(environment())
     for text in (
         repr(settings),
         str(settings),
@@ -41,13 +41,13 @@ def test_passcode_never_appears_in_repr_str_or_public_dict() -> None:
 
 
 def test_region_error_names_the_variable_and_the_allowed_values() -> None:
-    errs = errors_of(base_env(CLEVERTAP_REGION="eu2"))
+    errs = errors_of(environment(CLEVERTAP_REGION="eu2"))
     assert errs == {"CLEVERTAP_REGION": "must be one of us1, in1, eu1, sg1, aps3, mec1"}
 
 
 def test_every_error_is_reported_at_once() -> None:
     errs = errors_of(
-        base_env(
+        environment(
             CLEVERTAP_REGION="moon",
             CLEVERTAP_BATCH_SIZE="1001",
             CLEVERTAP_MAX_CONCURRENCY="16",
@@ -76,7 +76,7 @@ def test_missing_credentials_are_named() -> None:
 
 def test_consent_categories_are_a_comma_list_and_api_url_overrides_the_host() -> None:
     integ = load_settings(
-        base_env(
+        environment(
             CLEVERTAP_CONSENT_CATEGORIES="marketing, analytics", CLEVERTAP_API_URL="http://127.0.0.1:9000/"
         )
     ).integration("default")
@@ -85,7 +85,7 @@ def test_consent_categories_are_a_comma_list_and_api_url_overrides_the_host() ->
 
 
 def test_passcode_with_a_line_break_is_rejected_without_echoing_it() -> None:
-    errs = errors_of(base_env(CLEVERTAP_PASSCODE=PASSCODE + "\r\nX-Evil: 1"))
+    errs = errors_of(environment(CLEVERTAP_PASSCODE=PASSCODE + "\r\nX-Evil: 1"))
     assert "CLEVERTAP_PASSCODE" in errs
 
 
@@ -163,20 +163,20 @@ def test_unset_passcode_env_and_unreadable_file_are_errors(tmp_path: pytest.Temp
 
 
 def test_token_lease_must_outlive_the_http_timeouts() -> None:
-    errs = errors_of(base_env(CLEVERTAP_READ_TIMEOUT="100", CLEVERTAP_TOKEN_LEASE="50"))
+    errs = errors_of(environment(CLEVERTAP_READ_TIMEOUT="100", CLEVERTAP_TOKEN_LEASE="50"))
     assert "CLEVERTAP_TOKEN_LEASE" in errs
 
 
 def test_check_config_prints_masked_settings_or_errors_with_exit_2() -> None:
-    ok = run_cli("check-config", env=cli_env(**base_env()))
+    ok = run_cli("check-config", env=environment(process=True))
     assert ok.returncode == 0, ok.stderr
     assert b'"passcode": "********"' in ok.stdout
     assert PASSCODE.encode() not in ok.stdout + ok.stderr
-    bad = run_cli("check-config", env=cli_env(**base_env(CLEVERTAP_REGION="xx1")))
+    bad = run_cli("check-config", env=environment(process=True, CLEVERTAP_REGION="xx1"))
     assert bad.returncode == 2
     assert b"CLEVERTAP_REGION: must be one of us1, in1, eu1, sg1, aps3, mec1" in bad.stderr
     assert PASSCODE.encode() not in bad.stdout + bad.stderr
 
 
 def test_a_passcode_that_cannot_be_an_http_header_is_rejected() -> None:
-    assert "CLEVERTAP_PASSCODE" in errors_of(base_env(CLEVERTAP_PASSCODE="pässcode"))
+    assert "CLEVERTAP_PASSCODE" in errors_of(environment(CLEVERTAP_PASSCODE="pässcode"))

@@ -8,42 +8,34 @@ from typing import Any
 import orjson
 import requests
 
-from pipeline.config import Settings, load_settings
+from pipeline.config import load_settings
 from pipeline.deadletters import iter_dead_letters, replay, summarise
-from pipeline.delivery import Deliverer
-from pipeline.emulator import Emulator, Faults
 from pipeline.ingest import ingest
+from pipeline.local.emulator import Emulator, Faults
 from pipeline.store import Store
-from tests.conftest import base_env, cli_env, run_cli
-from tests.test_delivery import ACC, PASS, Dispatched, drain, events, page_events, stored
+from tests.helpers import (
+    ACC,
+    PASS,
+    deliver_through,
+    drain,
+    emulator_records,
+    environment,
+    events,
+    page_events,
+    run_cli,
+)
 
 
-def deliver_through(
-    emu: Emulator, redis_url: str, store: Store, to_send: list[dict[str, Any]]
-) -> tuple[dict[str, str], Settings, Deliverer, Dispatched]:
-    """Ingest ``to_send`` and deliver it all to ``emu``; returns what the test needs to go on."""
-    env = base_env(
-        redis_url,
-        CLEVERTAP_ACCOUNT_ID=ACC,
-        CLEVERTAP_PASSCODE=PASS,
-        CLEVERTAP_API_URL=emu.url,
-        CLEVERTAP_FLUSH_INTERVAL="0.05",
-    )
-    settings = load_settings(env)
-    dispatched = Dispatched()
-    d = Deliverer(settings, store, dispatched)
-    ingest(to_send, settings=settings, store=store)
-    time.sleep(0.06)
-    d.assemble()
-    drain(d, dispatched)
-    return env, settings, d, dispatched
+def stored(emu: Emulator) -> list[dict[str, Any]]:
+    return emulator_records(emu.url)
 
 
 def test_rows_clevertap_refused_deliver_when_replayed_after_the_cause_is_fixed(
     redis_url: str, store: Store
 ) -> None:
     with Emulator({ACC: PASS}, Faults(restricted_events=frozenset({"webpageviewed"}))) as emu:
-        _, settings, d, dispatched = deliver_through(emu, redis_url, store, events(2) + page_events(3))
+        delivery = deliver_through(emu.url, redis_url, store, events(2) + page_events(3))
+        settings, d, dispatched = delivery.settings, delivery.deliverer, delivery.dispatched
         assert summarise(store, "default")["api:513"]["count"] == 3
         # The account's restriction is lifted (or the preset changed); replay the refused rows.
         requests.post(emu.url + "/_emulator/faults", json={"restricted_events": []}, timeout=5)
@@ -57,7 +49,7 @@ def test_rows_clevertap_refused_deliver_when_replayed_after_the_cause_is_fixed(
 
 
 def test_mapping_dead_letters_replay_through_the_current_mappings(redis_url: str, store: Store) -> None:
-    strict = load_settings(base_env(redis_url, CLEVERTAP_NESTED="reject"))
+    strict = load_settings(environment(redis_url, CLEVERTAP_NESTED="reject"))
     nested = {
         "type": "track",
         "event": "X",
@@ -67,7 +59,7 @@ def test_mapping_dead_letters_replay_through_the_current_mappings(redis_url: str
     }
     hopeless = {"type": "track", "event": "X", "messageId": "n2"}  # no identity, whatever the config
     assert ingest([nested, hopeless], settings=strict, store=store).rejected == 2
-    lenient = load_settings(base_env(redis_url, CLEVERTAP_NESTED="stringify"))
+    lenient = load_settings(environment(redis_url, CLEVERTAP_NESTED="stringify"))
     result = replay(store, lenient.integration("default"), stage="mapping")
     assert (result.remapped_events, result.rejected_again) == (1, 1)
     (left,) = list(iter_dead_letters(store, "default"))
@@ -77,13 +69,13 @@ def test_mapping_dead_letters_replay_through_the_current_mappings(redis_url: str
 
 
 def test_replaying_an_unknown_id_reports_it(redis_url: str, store: Store) -> None:
-    settings = load_settings(base_env(redis_url))
+    settings = load_settings(environment(redis_url))
     assert replay(store, settings.integration("default"), ids=["nope"]).missing == ["nope"]
 
 
 def test_cli_lists_replays_drops_and_shows_status(redis_url: str, store: Store) -> None:
-    env = cli_env(**base_env(redis_url))
-    settings = load_settings(base_env(redis_url))
+    env = environment(redis_url, process=True)
+    settings = load_settings(environment(redis_url))
     ingest(
         [{"type": "track", "event": "X", "messageId": f"bad{i}"} for i in range(3)],
         settings=settings,
@@ -110,7 +102,8 @@ def test_cli_lists_replays_drops_and_shows_status(redis_url: str, store: Store) 
 
 def test_refused_rows_can_be_replayed_under_a_renamed_event(redis_url: str, store: Store) -> None:
     with Emulator({ACC: PASS}, Faults(restricted_events=frozenset({"webpageviewed"}))) as emu:
-        env, _, d, dispatched = deliver_through(emu, redis_url, store, page_events(2))
+        delivery = deliver_through(emu.url, redis_url, store, page_events(2))
+        env, d, dispatched = delivery.env, delivery.deliverer, delivery.dispatched
         assert store.dead_letter_count("default") == 2
         out = run_cli(
             "dead-letters",
@@ -120,7 +113,7 @@ def test_refused_rows_can_be_replayed_under_a_renamed_event(redis_url: str, stor
             "513",
             "--rename-event",
             "Web Page Viewed=Page Viewed",
-            env=cli_env(**env),
+            env=environment(None, process=True, credentials=False, **env),
         )
         assert orjson.loads(out.stdout)["replayed_records"] == 2
         time.sleep(0.06)
@@ -128,5 +121,12 @@ def test_refused_rows_can_be_replayed_under_a_renamed_event(redis_url: str, stor
         drain(d, dispatched)
         assert [r["evtName"] for r in stored(emu)] == ["Page Viewed", "Page Viewed"]
     assert store.dead_letter_count("default") == 0
-    bad = run_cli("dead-letters", "replay", "--all", "--rename-event", "nope", env=cli_env(**env))
+    bad = run_cli(
+        "dead-letters",
+        "replay",
+        "--all",
+        "--rename-event",
+        "nope",
+        env=environment(None, process=True, credentials=False, **env),
+    )
     assert bad.returncode == 1 and b"OLD=NEW" in bad.stderr

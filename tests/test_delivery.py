@@ -12,23 +12,23 @@ import requests
 import responses
 
 from pipeline.config import Settings, load_settings
-from pipeline.delivery import Deliverer, SendReport
-from pipeline.emulator import Emulator, Faults
+from pipeline.delivery import Deliverer
 from pipeline.ingest import ingest
+from pipeline.local.emulator import Emulator, Faults
 from pipeline.store import Store
-from tests.conftest import base_env
-
-ACC, PASS = "DLV-ACC", "dlv-pass"
-
-
-class Dispatched(list[tuple[str, str, float]]):
-    def __call__(self, integ: str, bid: str, countdown: float) -> None:
-        self.append((integ, bid, countdown))
-
-    def take(self) -> list[tuple[str, str, float]]:
-        items = list(self)
-        self.clear()
-        return items
+from tests.helpers import (
+    ACC,
+    PASS,
+    Dispatched,
+    dead_letters,
+    deliver_through,
+    drain,
+    emulator_records,
+    emulator_settings,
+    environment,
+    events,
+    page_events,
+)
 
 
 @pytest.fixture
@@ -38,67 +38,19 @@ def emu() -> Iterator[Emulator]:
 
 
 def make(redis_url: str, emu: Emulator, **extra: Any) -> Settings:
-    env = base_env(redis_url, CLEVERTAP_ACCOUNT_ID=ACC, CLEVERTAP_API_URL=emu.url, **extra)
-    env.setdefault("CLEVERTAP_PASSCODE", PASS)
-    if "CLEVERTAP_PASSCODE" not in extra:
-        env["CLEVERTAP_PASSCODE"] = PASS
-    return load_settings(env)
-
-
-def events(n: int, start: int = 0, **props: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "track",
-            "event": "Product Viewed",
-            "userId": f"u{i}",
-            "messageId": f"m{i}",
-            "timestamp": 1706540000 + i,
-            "properties": {"i": i, **props},
-        }
-        for i in range(start, start + n)
-    ]
-
-
-def page_events(n: int) -> list[dict[str, Any]]:
-    return [
-        {"type": "page", "name": "Home", "userId": f"p{i}", "messageId": f"p{i}", "timestamp": 1706540000}
-        for i in range(n)
-    ]
+    return emulator_settings(redis_url, emu.url, **extra)
 
 
 def stored(emu: Emulator) -> list[dict[str, Any]]:
-    return [
-        orjson.loads(x) for x in requests.get(emu.url + "/_emulator/records", timeout=5).content.splitlines()
-    ]
-
-
-def dead_letters(store: Store) -> list[dict[str, Any]]:
-    ids = store.dead_letter_ids("default", 0, 10_000)
-    return [orjson.loads(x) for x in store.dead_letters("default", ids) if x]
+    return emulator_records(emu.url)
 
 
 def with_batches(
     redis_url: str, emu: Emulator, store: Store, n: int = 3, **extra: str
 ) -> tuple[Deliverer, Dispatched, Settings]:
     """Settings against ``emu``, ``n`` events ingested and assembled into batches (dispatched, not sent)."""
-    settings = make(redis_url, emu, **{"CLEVERTAP_FLUSH_INTERVAL": "0.05", **extra})
-    dispatched = Dispatched()
-    d = Deliverer(settings, store, dispatched)
-    ingest(events(n), settings=settings, store=store)
-    time.sleep(0.06)
-    d.assemble()
-    return d, dispatched, settings
-
-
-def drain(d: Deliverer, dispatched: Dispatched, rounds: int = 50) -> list[SendReport]:
-    """Send everything dispatched (ignoring countdowns), as a worker would, until nothing is left."""
-    reports = []
-    for _ in range(rounds):
-        work = dispatched.take()
-        if not work:
-            break
-        reports += [d.send(i, b) for i, b, _ in work]
-    return reports
+    d = deliver_through(emu.url, redis_url, store, events(n), send=False, **extra)
+    return d.deliverer, d.dispatched, d.settings
 
 
 def test_full_batches_go_at_once_and_a_partial_one_after_the_flush_interval(
@@ -137,7 +89,7 @@ def test_delivered_records_are_exactly_those_queued(redis_url: str, emu: Emulato
     time.sleep(0.06)
     d.assemble()
     reports = drain(d, dispatched)
-    assert [r.outcome for r in reports] == ["delivered"] * 3
+    assert [r.result for r in reports] == ["delivered"] * 3
     assert stored(emu) == queued
     assert store.stats("default")["delivered"] == 250
     assert store.depth("default") == {"pending": 0, "open_batches": 0, "held_batches": 0, "dead_letters": 0}
@@ -157,7 +109,7 @@ def test_partial_delivers_accepted_rows_and_dead_letters_each_rejected_row_with_
         time.sleep(0.06)
         d.assemble()
         (report,) = drain(d, dispatched)
-        assert (report.outcome, report.delivered, report.dead_lettered, report.codes) == (
+        assert (report.result, report.delivered, report.dead_lettered, report.codes) == (
             "partial",
             3,
             1,
@@ -177,10 +129,10 @@ def test_429s_are_retried_with_retry_after_and_then_deliver(redis_url: str, stor
     with Emulator({ACC: PASS}, Faults(throttle_rate=1.0, retry_after=1.5)) as emu:
         d, dispatched, _ = with_batches(redis_url, emu, store, 5)
         (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
-        assert first.outcome == "retry" and first.delay_s == 1.5
+        assert first.result == "retry" and first.delay_s == 1.5
         assert [c for _, _, c in dispatched] == [1.5]
         requests.post(emu.url + "/_emulator/faults", json={"throttle_rate": 0}, timeout=5)
-        assert [r.outcome for r in drain(d, dispatched)] == ["delivered"]
+        assert [r.result for r in drain(d, dispatched)] == ["delivered"]
         assert len(stored(emu)) == 5
     assert store.stats("default")["retries_throttles"] == 1
 
@@ -189,10 +141,10 @@ def test_5xx_is_retried_with_backoff_then_given_up_with_the_last_error(redis_url
     with Emulator({ACC: PASS}, Faults(error_rate=1.0)) as emu:
         d, dispatched, _ = with_batches(redis_url, emu, store, 4, CLEVERTAP_GIVE_UP_AGE="1")
         (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
-        assert first.outcome == "retry" and 0 <= first.delay_s <= 1
+        assert first.result == "retry" and 0 <= first.delay_s <= 1
         time.sleep(1.1)
         (last,) = [d.send(i, b) for i, b, _ in dispatched.take()]
-    assert last.outcome == "gave_up" and last.dead_lettered == 4
+    assert last.result == "gave_up" and last.dead_lettered == 4
     letters = dead_letters(store)
     assert len(letters) == 4 and all("gave up after 2 failed attempts" in x["error"] for x in letters)
     assert {x["code"] for x in letters} <= {500, 503} and letters[0]["attempts"] == 2
@@ -214,7 +166,7 @@ def test_401_holds_the_batch_pauses_the_integration_and_releases_everything_once
     ingest(events(10), settings=wrong, store=store)
     bad.assemble()
     reports = drain(bad, dispatched)
-    assert [r.outcome for r in reports] == ["held", "skipped:held"]  # the second is never even sent
+    assert [r.result for r in reports] == ["held", "skipped:held"]  # the second is never even sent
     assert "a wrong region looks like bad credentials" in store.auth_state("default")["reason"]
     assert dead_letters(store) == []
     # While authentication fails, new records stay queued.
@@ -224,7 +176,7 @@ def test_401_holds_the_batch_pauses_the_integration_and_releases_everything_once
     # The probe with the wrong passcode fails again: still held.
     time.sleep(0.25)
     bad.sweep()
-    assert [r.outcome for r in drain(bad, dispatched)] == ["held"]
+    assert [r.result for r in drain(bad, dispatched)] == ["held"]
     # Credentials fixed (a redeploy with the right passcode): the next probe delivers and releases the rest.
     fixed = make(
         redis_url,
@@ -236,8 +188,8 @@ def test_401_holds_the_batch_pauses_the_integration_and_releases_everything_once
     good = Deliverer(fixed, store, dispatched)
     time.sleep(0.25)
     good.sweep()
-    outcomes = [r.outcome for r in drain(good, dispatched)]
-    assert outcomes == ["delivered", "delivered"]
+    results = [r.result for r in drain(good, dispatched)]
+    assert results == ["delivered", "delivered"]
     assert store.auth_state("default") == {}
     assert good.assemble() == {"default": 1}
     drain(good, dispatched)
@@ -247,7 +199,7 @@ def test_401_holds_the_batch_pauses_the_integration_and_releases_everything_once
 @responses.activate
 def test_a_400_dead_letters_every_row_with_the_request_error(redis_url: str, store: Store) -> None:
     settings = load_settings(
-        base_env(redis_url, CLEVERTAP_API_URL="http://ct.test", CLEVERTAP_FLUSH_INTERVAL="0.05")
+        environment(redis_url, CLEVERTAP_API_URL="http://ct.test", CLEVERTAP_FLUSH_INTERVAL="0.05")
     )
     responses.post(
         "http://ct.test/1/upload",
@@ -260,11 +212,12 @@ def test_a_400_dead_letters_every_row_with_the_request_error(redis_url: str, sto
     time.sleep(0.06)
     d.assemble()
     (report,) = drain(d, dispatched)
-    assert report.outcome == "bad_request" and report.dead_lettered == 3
+    assert report.result == "bad_request" and report.dead_lettered == 3
     assert {(x["code"], x["error"]) for x in dead_letters(store)} == {(400, "HTTP 400 Malformed request")}
     sent = responses.calls[0].request
     assert sent.headers["X-CleverTap-Passcode"] == settings.integration("default").passcode.reveal()
     assert sent.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert isinstance(sent.body, bytes)
     assert orjson.loads(sent.body)["d"][0]["evtName"] == "Product Viewed"
 
 
@@ -274,11 +227,11 @@ def test_no_free_token_gives_the_batch_back_with_a_short_countdown(
     d, dispatched, _ = with_batches(redis_url, emu, store, 2, CLEVERTAP_MAX_CONCURRENCY="1")
     assert store.acquire_token(ACC, 1, 30, "someone-else")[0]
     (report,) = [d.send(i, b) for i, b, _ in dispatched.take()]
-    assert report.outcome == "no_token" and 0.1 <= report.delay_s <= 0.5
+    assert report.result == "no_token" and 0.1 <= report.delay_s <= 0.5
     assert len(dispatched) == 1 and store.depth("default")["open_batches"] == 1
     assert store.r.keys(store.key("default", "lease:*")) == []
     store.release_token(ACC, "someone-else")
-    assert [r.outcome for r in drain(d, dispatched)] == ["delivered"]
+    assert [r.result for r in drain(d, dispatched)] == ["delivered"]
 
 
 def test_the_sweep_republishes_batches_whose_message_was_lost(
@@ -289,7 +242,7 @@ def test_the_sweep_republishes_batches_whose_message_was_lost(
     assert d.sweep()["default"]["redispatched"] == 0  # not overdue yet
     time.sleep(1.1)
     assert d.sweep()["default"]["redispatched"] == 1
-    assert [r.outcome for r in drain(d, dispatched)] == ["delivered"]
+    assert [r.result for r in drain(d, dispatched)] == ["delivered"]
 
 
 def test_a_batch_being_sent_is_neither_swept_nor_sent_twice(
@@ -298,7 +251,7 @@ def test_a_batch_being_sent_is_neither_swept_nor_sent_twice(
     d, dispatched, _ = with_batches(redis_url, emu, store, 3, CLEVERTAP_SWEEP_GRACE="1")
     (_, bid, _) = dispatched.take()[0]
     assert store.lease("default", bid, "another-worker", 60).status == "ok"
-    assert d.send("default", bid).outcome == "skipped:leased"
+    assert d.send("default", bid).result == "skipped:leased"
     time.sleep(1.1)
     assert d.sweep()["default"]["redispatched"] == 0
 
@@ -307,9 +260,9 @@ def test_a_cut_connection_is_retried_so_nothing_is_lost(redis_url: str, store: S
     with Emulator({ACC: PASS}, Faults(cut_rate=1.0)) as emu:
         d, dispatched, _ = with_batches(redis_url, emu, store, 3)
         (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
-        assert first.outcome == "retry" and "network" in first.detail
+        assert first.result == "retry" and "network" in first.detail
         requests.post(emu.url + "/_emulator/faults", json={"cut_rate": 0}, timeout=5)
-        assert [r.outcome for r in drain(d, dispatched)] == ["delivered"]
+        assert [r.result for r in drain(d, dispatched)] == ["delivered"]
         # At least once: the cut upload was stored and the retry stored it again (no idempotency key).
         assert len(stored(emu)) == 6
 
@@ -328,10 +281,10 @@ def test_a_batch_throttled_past_its_give_up_age_is_dead_lettered(redis_url: str,
     with Emulator({ACC: PASS}, Faults(throttle_rate=1.0)) as emu:
         d, dispatched, _ = with_batches(redis_url, emu, store, 2, CLEVERTAP_GIVE_UP_AGE="1")
         (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
-        assert first.outcome == "retry"
+        assert first.result == "retry"
         time.sleep(1.1)
         (last,) = [d.send(i, b) for i, b, _ in dispatched.take()]
-    assert last.outcome == "gave_up" and last.dead_lettered == 2
+    assert last.result == "gave_up" and last.dead_lettered == 2
     assert all("throttled 2 times" in x["error"] for x in dead_letters(store))
 
 
@@ -354,7 +307,7 @@ def test_two_integrations_with_two_accounts_deliver_each_to_its_own_account(
         ingest(events(20), "b", settings=settings, store=store)
         time.sleep(0.06)
         assert d.assemble() == {"a": 1, "b": 3}
-        assert {r.outcome for r in drain(d, dispatched)} == {"delivered"}
+        assert {r.result for r in drain(d, dispatched)} == {"delivered"}
         stats: dict[str, Any] = requests.get(emu.url + "/_emulator/stats", timeout=5).json()
     assert stats["stored_by_account"] == {"ACC-A": 10, "ACC-B": 20}
     assert store.peak_in_flight("ACC-A") >= 1 and store.peak_in_flight("ACC-B") >= 1
@@ -368,9 +321,9 @@ def test_an_unexpected_error_while_sending_is_a_transient_failure_not_a_crash(
     def broken(*_: Any) -> Any:
         raise ValueError(f"Invalid header value {PASS!r}")  # as http.client words it
 
-    d.client.upload = broken  # type: ignore[method-assign]
+    d.client.upload = broken  # type: ignore[method-assign,assignment]
     (report,) = [d.send(i, b) for i, b, _ in dispatched.take()]
-    assert report.outcome == "retry" and "internal error: ValueError" in report.detail
+    assert report.result == "retry" and "internal error: ValueError" in report.detail
     assert store.tokens_in_flight(ACC) == 0  # the token was released all the same
     assert store.depth("default")["open_batches"] == 1 and len(dispatched) == 1
     assert "unexpected ValueError" in caplog.text and PASS not in caplog.text

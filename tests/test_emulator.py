@@ -13,8 +13,8 @@ import orjson
 import pytest
 import requests
 
-from pipeline.emulator import Emulator, Faults
-from tests.conftest import ROOT
+from pipeline.local.emulator import Emulator, Faults
+from tests.helpers import ROOT
 
 ACCOUNT, PASSCODE = "EMU-ACC", "emu-pass"
 HEADERS = {
@@ -266,7 +266,7 @@ def test_a_request_leaves_the_in_flight_count_before_its_answer_is_written(
 ) -> None:
     # A client that has read its answer may send again at once; its old request must no longer count,
     # or a client holding exactly 15 slots would meet spurious 429s.
-    from pipeline.emulator import Handler
+    from pipeline.local.emulator import Handler
 
     seen: list[int] = []
     original = Handler._send

@@ -9,15 +9,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.procs import ProcessGroup, wait_for, worker_command
+from pipeline.local.procs import ProcessGroup, wait_for, worker_command
 from pipeline.store import Store
-from tests.conftest import ROOT, base_env, cli_env
+from tests.helpers import ROOT, environment
 
 EVENTS = ROOT / "examples" / "events.jsonl"
 
 
 def env_for(redis_url: str) -> dict[str, str]:
-    env = cli_env(**base_env(redis_url, CLEVERTAP_CONSENT_CATEGORIES="marketing"))
+    env = environment(redis_url, process=True, CLEVERTAP_CONSENT_CATEGORIES="marketing")
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     return env
 

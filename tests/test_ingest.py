@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 
 from pipeline.ingest import ingest
-from pipeline.sample import SPEC_PAYLOAD, SPEC_PURCHASE
+from pipeline.local.sample import SPEC_PAYLOAD, SPEC_PURCHASE
 from pipeline.store import Store
-from tests.conftest import ROOT, base_env
+from tests.helpers import ROOT, environment
 
 
 def pending(store: Store, integ: str = "default") -> list[dict[str, Any]]:
@@ -28,7 +28,7 @@ def test_queued_records_are_the_mapped_json_joinable_into_a_request_body(
 ) -> None:
     result = ingest([SPEC_PURCHASE], settings=make_settings(), store=store)
     assert result.counts() == {"accepted": 1, "filtered": 0, "duplicate": 0, "rejected": 0}
-    raw = store.r.lrange(store.key("default", "pending"), 0, -1)
+    raw: list[bytes] = store.r.lrange(store.key("default", "pending"), 0, -1)  # type: ignore[assignment]
     assert orjson.loads(b'{"d":[' + b",".join(raw) + b"]}") == SPEC_PAYLOAD
     assert store.ready_integrations() == {"default"}
     assert store.stats("default")["accepted"] == 1
@@ -100,7 +100,7 @@ def test_identify_email_is_used_for_later_events_of_the_same_user(make_settings:
 
 
 def test_identity_is_shared_across_processes(redis_url: str, make_settings: Any, store: Store) -> None:
-    env = base_env(redis_url)
+    env = environment(redis_url)
     identify = {"type": "identify", "userId": "p1", "traits": {"email": "p1@example.com"}}
     code = f"import os, pipeline; os.environ.update({env!r}); print(pipeline.ingest([{identify!r}]).accepted)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT, check=True, timeout=60)

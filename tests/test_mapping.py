@@ -10,15 +10,15 @@ import pytest
 
 from pipeline.config import IntegrationConfig, load_settings
 from pipeline.events import parse_timestamp, validate_event
+from pipeline.local.sample import SPEC_PAYLOAD, SPEC_PURCHASE
 from pipeline.mapping import FILTERED, MAPPED, MISSING_IDENTITY, REJECTED, Mapper, MapResult
-from pipeline.sample import SPEC_PAYLOAD, SPEC_PURCHASE
-from tests.conftest import base_env
+from tests.helpers import environment
 
 NOW = 1_800_000_000
 
 
 def integration(**extra: Any) -> IntegrationConfig:
-    return load_settings(base_env(**extra)).integration("default")
+    return load_settings(environment(**extra)).integration("default")
 
 
 def map_one(event: dict[str, Any], known_email: str | None = None, **extra: Any) -> MapResult:
@@ -40,7 +40,7 @@ def track(name: str, props: dict[str, Any] | None = None, **fields: Any) -> dict
 
 def test_spec_purchase_example_maps_to_exactly_the_spec_payload() -> None:
     result = map_one(SPEC_PURCHASE, CLEVERTAP_CONSENT_CATEGORIES="marketing")
-    assert result.outcome == MAPPED
+    assert result.status == MAPPED
     body = b'{"d":[' + b",".join(orjson.dumps(r) for r in result.records) + b"]}"
     assert orjson.loads(body) == SPEC_PAYLOAD
     # Same key order as the spec's payload, so the bytes read the same.
@@ -81,7 +81,7 @@ def test_page_maps_to_web_page_viewed_with_its_name() -> None:
 def test_unmapped_track_events_pass_through_or_are_dropped() -> None:
     assert map_one(track("Video Played")).records[0]["evtName"] == "Video Played"
     dropped = map_one(track("Video Played"), CLEVERTAP_UNMAPPED="drop")
-    assert dropped.outcome == FILTERED and "unmapped" in dropped.reasons[0]
+    assert dropped.status == FILTERED and "unmapped" in dropped.reasons[0]
 
 
 def test_charged_falls_back_to_total_and_passes_other_properties_through() -> None:
@@ -126,16 +126,16 @@ def test_consent_gate(consent: dict[str, Any] | None, outcome: str) -> None:
     event = track("Product Viewed")
     if consent is not None:
         event["context"]["consent"] = consent
-    assert map_one(event, CLEVERTAP_CONSENT_CATEGORIES="marketing").outcome == outcome
+    assert map_one(event, CLEVERTAP_CONSENT_CATEGORIES="marketing").status == outcome
     # Without configured categories there is no gate.
-    assert map_one(event).outcome == MAPPED
+    assert map_one(event).status == MAPPED
 
 
 def test_every_listed_category_must_be_granted() -> None:
     event = track("Product Viewed")
     event["context"]["consent"] = {"categories": ["marketing"]}
     result = map_one(event, CLEVERTAP_CONSENT_CATEGORIES="marketing,analytics")
-    assert result.outcome == FILTERED and result.reasons == ["consent not granted for analytics"]
+    assert result.status == FILTERED and result.reasons == ["consent not granted for analytics"]
 
 
 def test_identity_resolution_order() -> None:
@@ -146,7 +146,7 @@ def test_identity_resolution_order() -> None:
     object_only = map_one(bare).records[0]
     assert object_only["objectId"] == "u9" and "identity" not in object_only
     nobody = map_one({"type": "track", "event": "X", "anonymousId": "anon"})
-    assert nobody.outcome == REJECTED and nobody.reasons == [MISSING_IDENTITY]
+    assert nobody.status == REJECTED and nobody.reasons == [MISSING_IDENTITY]
 
 
 def test_identity_is_not_hashed() -> None:
@@ -212,9 +212,7 @@ def test_identify_remembers_the_email_and_sends_a_profile() -> None:
     ]
     quiet = map_one(event, CLEVERTAP_SEND_PROFILES="false")
     assert (
-        quiet.outcome == MAPPED
-        and quiet.records == []
-        and quiet.identity_update == ("u1", "jane@example.com")
+        quiet.status == MAPPED and quiet.records == [] and quiet.identity_update == ("u1", "jane@example.com")
     )
 
 
@@ -222,23 +220,23 @@ def test_phone_without_country_code_is_a_rejection_naming_the_field() -> None:
     result = map_one(
         {"type": "identify", "userId": "u1", "traits": {"email": "j@x.com", "phone": "555-1234"}}
     )
-    assert result.outcome == REJECTED and result.reasons[0].startswith("traits.phone:")
+    assert result.status == REJECTED and result.reasons[0].startswith("traits.phone:")
 
 
 def test_nested_properties_are_stringified_or_rejected() -> None:
     event = track("X", {"dims": {"w": 1}, "tags": ["a", "b"]})
     assert map_one(event).records[0]["evtData"] == {"dims": '{"w":1}', "tags": '["a","b"]'}
     rejected = map_one(event, CLEVERTAP_NESTED="reject")
-    assert rejected.outcome == REJECTED
+    assert rejected.status == REJECTED
     assert [r.split(":")[0] for r in rejected.reasons] == ["properties.dims", "properties.tags"]
 
 
 def test_limits_are_rejections_naming_the_field() -> None:
     long_value = map_one(track("X", {"description": "é" * 300}))
     assert long_value.reasons == ["properties.description: value is 600 bytes, CleverTap allows at most 512"]
-    assert map_one(track("X", {"ok": "é" * 256})).outcome == MAPPED  # exactly 512 bytes
+    assert map_one(track("X", {"ok": "é" * 256})).status == MAPPED  # exactly 512 bytes
     long_key = map_one(track("X", {"k" * 121: 1}))
-    assert long_key.outcome == REJECTED and "121 characters" in long_key.reasons[0]
+    assert long_key.status == REJECTED and "121 characters" in long_key.reasons[0]
     many = map_one(track("X", {f"p{i}": i for i in range(11)}), CLEVERTAP_MAX_EVENT_PROPERTIES="10")
     assert many.reasons == ["properties: 11 properties, CleverTap allows at most 10 (max_event_properties)"]
     stringified_too_long = map_one(track("X", {"blob": {"k": "v" * 600}}))
@@ -248,12 +246,12 @@ def test_limits_are_rejections_naming_the_field() -> None:
 @pytest.mark.parametrize("name", ["App Launched", "notification  viewed", "UTM Visited"])
 def test_reserved_system_event_names_are_rejected(name: str) -> None:
     result = map_one(track(name))
-    assert result.outcome == REJECTED and "reserved" in result.reasons[0]
+    assert result.status == REJECTED and "reserved" in result.reasons[0]
 
 
 def test_forbidden_characters_in_event_names_are_rejected() -> None:
     result = map_one(track("video.played: now"))
-    assert result.outcome == REJECTED and "'.'" in result.reasons[0] and "':'" in result.reasons[0]
+    assert result.status == REJECTED and "'.'" in result.reasons[0] and "':'" in result.reasons[0]
 
 
 def test_items_must_be_a_list_of_objects_and_nested_item_values_follow_the_nested_rule() -> None:

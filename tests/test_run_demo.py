@@ -16,10 +16,10 @@ import requests
 
 from pipeline.config import load_settings
 from pipeline.ingest import ingest
-from pipeline.procs import wait_for
-from pipeline.sample import generate
+from pipeline.local.procs import wait_for
+from pipeline.local.sample import generate
 from pipeline.store import Store
-from tests.conftest import ROOT, cli_env
+from tests.helpers import ROOT, environment
 
 pytestmark = pytest.mark.e2e
 CREDS = {
@@ -43,7 +43,7 @@ class Run:
     def __init__(self, data_dir: Path, *flags: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "run", "--emulator", "--data-dir", str(data_dir), *flags],
-            env=cli_env(**CREDS),
+            env=environment(None, process=True, credentials=False, **CREDS),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -116,7 +116,7 @@ def test_what_was_in_flight_at_shutdown_is_sent_on_the_next_start(tmp_path: Path
 def test_demo_runs_end_to_end_and_accounts_for_every_event() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "pipeline", "demo", "--events", "1000"],
-        env=cli_env(),
+        env=environment(None, process=True, credentials=False),
         capture_output=True,
         cwd=ROOT,
         timeout=180,

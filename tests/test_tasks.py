@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 
 from pipeline import runtime
-from pipeline.sample import SPEC_PURCHASE
+from pipeline.local.sample import SPEC_PURCHASE
 from pipeline.store import Store
-from tests.conftest import base_env
+from tests.helpers import environment
 
 
 @pytest.fixture
 def task_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in base_env(redis_url).items():
+    for key, value in environment(redis_url).items():
         monkeypatch.setenv(key, value)
     runtime.reset()
     yield
@@ -47,7 +47,7 @@ def test_the_broker_is_the_configured_redis_wherever_it_is_configured(tmp_path: 
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, cli_env
+    from tests.helpers import ROOT, environment
 
     path = tmp_path / "c.toml"
     path.write_text(
@@ -59,7 +59,7 @@ def test_the_broker_is_the_configured_redis_wherever_it_is_configured(tmp_path: 
     def broker(**env: str) -> str:
         out = subprocess.run(
             [sys.executable, "-c", code],
-            env=cli_env(**env),
+            env=environment(None, process=True, credentials=False, **env),
             capture_output=True,
             cwd=ROOT,
             timeout=60,

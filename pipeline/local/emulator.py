@@ -1,6 +1,6 @@
 """A CleverTap Upload API emulator: a real HTTP server for demos, tests and benchmarks.
 
-It answers ``POST /1/upload`` as ``shared/spec/clevertap-api.md`` describes the real service: credentials per
+It answers ``POST /1/upload`` as ``docs/clevertap-api.md`` describes the real service: credentials per
 account (401), malformed bodies and over-size batches (400), per-record checks with CleverTap's codes and
 "Skipped record number : N" (partial / fail), and 429 past the account's concurrency limit. Faults can be
 injected: latency, 500/503s, 429s (with or without Retry-After), connections cut after the records were
@@ -12,6 +12,7 @@ pre-flight and the emulator can disagree, and the tests notice when they do.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import random
@@ -19,7 +20,8 @@ import socket
 import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import Field, dataclass, field, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
@@ -41,20 +43,83 @@ RESTRICTED_EVENTS = frozenset(
 )  # fmt: skip
 
 
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, got {text}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def normalise_name(name: str) -> str:
+    return name.replace(" ", "").lower()
+
+
+def parse_outage(text: str) -> tuple[float, float]:
+    start, sep, length = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        value = (float(start), float(length))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--outage must be START:DURATION in seconds, got {text!r}"
+        ) from None
+    if value[0] < 0 or value[1] <= 0:
+        raise argparse.ArgumentTypeError(f"--outage must have START >= 0 and DURATION > 0, got {text!r}")
+    return value
+
+
+def fault(
+    default: Any,
+    help: str,
+    parse: Callable[[str], Any],
+    *,
+    many: Callable[[Any], Any] | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """A fault setting and its command-line flag (``--latency-ms`` for ``latency_ms``): ``parse`` reads one
+    flag value; ``many`` makes the flag repeatable and collects its values."""
+    return field(default=default, metadata={"help": help, "parse": parse, "many": many, "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class Faults:
-    """What the emulator does wrong on purpose. Shares are probabilities per request (0..1)."""
+    """What the emulator does wrong on purpose. Shares are probabilities per request (0..1). Each field is
+    also a flag of ``clevertap-pipeline emulator`` and a key of ``POST /_emulator/faults``."""
 
-    latency_ms: float = 0.0
-    jitter_ms: float = 0.0
-    error_rate: float = 0.0  # answered 500 or 503 (half each), nothing stored
-    throttle_rate: float = 0.0  # answered 429, nothing stored
-    retry_after: float | None = None  # Retry-After seconds on injected 429s; None: no header
-    cut_rate: float = 0.0  # records stored, then the connection is closed without an answer
-    outages: tuple[tuple[float, float], ...] = ()  # (start, duration) seconds after start: 503
-    concurrency: int = C.MAX_CONCURRENCY
-    max_properties: int = C.DEFAULT_MAX_EVENT_PROPERTIES
-    restricted_events: frozenset[str] = frozenset()  # more names answered 513 (normalised)
+    latency_ms: float = fault(0.0, "fixed latency per upload", non_negative)
+    jitter_ms: float = fault(0.0, "random extra latency, 0..N ms", non_negative)
+    error_rate: float = fault(0.0, "share of uploads answered 500/503 (half each), nothing stored", share)
+    throttle_rate: float = fault(0.0, "share of uploads answered 429, nothing stored", share)
+    retry_after: float | None = fault(
+        None, "Retry-After seconds on injected 429s (none: no header)", non_negative
+    )
+    cut_rate: float = fault(
+        0.0, "share of uploads whose records are stored, then the connection is cut without an answer", share
+    )
+    outages: tuple[tuple[float, float], ...] = fault(
+        (), "answer 503 from START to START+DURATION seconds after start (repeatable)", parse_outage,
+        many=tuple, metavar="START:DURATION",
+    )  # fmt: skip
+    concurrency: int = fault(C.MAX_CONCURRENCY, "requests in flight per account before 429", int)
+    max_properties: int = fault(C.DEFAULT_MAX_EVENT_PROPERTIES, "evtData properties before code 522", int)
+    restricted_events: frozenset[str] = fault(
+        frozenset(), "another event name answered 513, e.g. 'Web Page Viewed' as some accounts (repeatable)",
+        normalise_name, many=frozenset, metavar="NAME",
+    )  # fmt: skip
+
+    @staticmethod
+    def flag(f: Field[Any]) -> str:
+        """The command-line flag of a fault setting: repeatable ones are singular."""
+        name = f.name.removesuffix("s") if f.metadata["many"] else f.name
+        return "--" + name.replace("_", "-")
 
     def updated(self, changes: dict[str, Any]) -> Faults:
         known = {f.name for f in fields(self)}
@@ -66,10 +131,6 @@ class Faults:
         if "restricted_events" in changes:
             changes["restricted_events"] = frozenset(normalise_name(n) for n in changes["restricted_events"])
         return replace(self, **changes)
-
-
-def normalise_name(name: str) -> str:
-    return name.replace(" ", "").lower()
 
 
 def _fail(code: int, short: str, detail: str) -> tuple[int, str]:
@@ -415,16 +476,3 @@ def parse_account(text: str) -> tuple[str, str]:
     if not sep or not account or not passcode:
         raise ValueError(f"--account must be ID:PASSCODE, got {account or text!r}:...")
     return account, passcode
-
-
-def parse_outage(text: str) -> tuple[float, float]:
-    start, sep, length = text.partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        value = (float(start), float(length))
-    except ValueError:
-        raise ValueError(f"--outage must be START:DURATION in seconds, got {text!r}") from None
-    if value[0] < 0 or value[1] <= 0:
-        raise ValueError(f"--outage must have START >= 0 and DURATION > 0, got {text!r}")
-    return value

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from pipeline.emulator import DEMO_ACCOUNT
-from pipeline.procs import Child, EmulatorProcess, ProcessGroup, beat_command, worker_command
-from pipeline.redis_server import EmbeddedRedis
+from pipeline.config import Settings, load_settings
+from pipeline.local.emulator import DEMO_ACCOUNT
+from pipeline.local.procs import Child, EmulatorProcess, ProcessGroup, beat_command, worker_command
+from pipeline.local.redis_server import EmbeddedRedis
 
 
 @dataclass
@@ -26,9 +27,49 @@ class Stack:
     workers: list[Child] = field(default_factory=list)
     beat: Child | None = None
 
+    loglevel: str = "INFO"
+
     @property
     def redis_url(self) -> str:
         return self.env["REDIS_URL"]
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the stack's processes run with."""
+        return load_settings(self.env)
+
+    def add_worker(
+        self, concurrency: int = 16, pool: str = "threads", name: str | None = None, **env: str
+    ) -> Child:
+        """Start one more ``celery worker`` process (``env`` on top of the stack's)."""
+        name = name or f"worker{len(self.workers) + 1}"
+        child = self.group.start(
+            name,
+            worker_command(name, pool=pool, concurrency=concurrency, loglevel=self.loglevel),
+            {**self.env, **env},
+            self.workdir / f"{name}.log",
+        )
+        self.workers.append(child)
+        return child
+
+    def start_beat(self, name: str = "beat") -> Child:
+        """Start a ``celery beat`` (there should be one; a second is how a mistake looks)."""
+        child = self.group.start(
+            name,
+            beat_command(self.workdir / f"{name}-schedule", loglevel=self.loglevel),
+            self.env,
+            self.workdir / f"{name}.log",
+        )
+        if self.beat is None:
+            self.beat = child
+        return child
+
+    def logs(self, tail: int = 4000) -> str:
+        """The end of every process log, for a failing test's message."""
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}"
+            for p in sorted(self.workdir.glob("*.log"))
+        )
 
     def check(self) -> None:
         self.group.check()
@@ -59,11 +100,13 @@ def start_stack(
     pool: str = "threads",
     concurrency: int = 16,
     loglevel: str = "INFO",
+    beat: bool = True,
 ) -> Stack:
-    """Start everything; on any failure stop what was started and re-raise."""
+    """Start everything (``workers`` workers, and beat unless ``beat=False``); on any failure stop what was
+    started and re-raise."""
     env = dict(os.environ if base_env is None else base_env)
     workdir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(workdir, env)
+    stack = Stack(workdir, env, loglevel=loglevel)
     try:
         if not env.get("REDIS_URL"):
             redis_dir = workdir / "redis"
@@ -80,18 +123,10 @@ def start_stack(
             env.setdefault("CLEVERTAP_PASSCODE", DEMO_ACCOUNT[1])
             env.setdefault("CLEVERTAP_REGION", "eu1")
             env["CLEVERTAP_API_URL"] = stack.emulator.url
-        for n in range(1, workers + 1):
-            stack.workers.append(
-                stack.group.start(
-                    f"worker{n}",
-                    worker_command(f"worker{n}", pool=pool, concurrency=concurrency, loglevel=loglevel),
-                    env,
-                    workdir / f"worker{n}.log",
-                )
-            )
-        stack.beat = stack.group.start(
-            "beat", beat_command(workdir, loglevel=loglevel), env, workdir / "beat.log"
-        )
+        for _ in range(workers):
+            stack.add_worker(concurrency, pool)
+        if beat:
+            stack.start_beat()
     except BaseException:
         stack.stop()
         raise

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.outcomes import (
+from pipeline.policy import (
     AUTH_HINT,
     Action,
     Attempt,

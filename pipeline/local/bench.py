@@ -19,10 +19,10 @@ import requests
 from pipeline.config import Settings, load_settings
 from pipeline.events import validate_event
 from pipeline.ingest import CHUNK, Ingestor, bad_input, chunked
+from pipeline.local.procs import EmulatorProcess, ProcessGroup, beat_command, wait_for, worker_command
+from pipeline.local.redis_server import EmbeddedRedis
+from pipeline.local.sample import SPEC_PURCHASE, generate
 from pipeline.mapping import Mapper
-from pipeline.procs import EmulatorProcess, ProcessGroup, beat_command, wait_for, worker_command
-from pipeline.redis_server import EmbeddedRedis
-from pipeline.sample import SPEC_PURCHASE, generate
 from pipeline.store import Store
 
 
@@ -219,7 +219,12 @@ def bench_deliver(args: argparse.Namespace) -> int:
             )
             time.sleep(args.warmup)  # let the worker import and connect before the clock starts
             cpu_start = _tree_cpu(worker.pid)
-            group.start("beat", beat_command(Path(tmp), loglevel="WARNING"), env, Path(tmp) / "beat.log")
+            group.start(
+                "beat",
+                beat_command(Path(tmp) / "beat-schedule", loglevel="WARNING"),
+                env,
+                Path(tmp) / "beat.log",
+            )
             first: list[float] = []
 
             def started() -> bool:

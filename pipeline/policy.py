@@ -173,6 +173,13 @@ def full_jitter(attempt: int, base: float, cap: float, rng: random.Random) -> fl
     return rng.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
 
 
+class RetryKind(enum.StrEnum):
+    """Which budget a retry counts against: each has a clock of its own from its first occurrence."""
+
+    FAILURES = "failures"  # 5xx, network errors: dead-lettered give_up_age after the first
+    THROTTLES = "throttles"  # 429: never uses up the failure budget, but does not retry for ever either
+
+
 class Action(enum.StrEnum):
     FINISH = "finish"  # remove the batch: count delivered rows, dead-letter the rest
     RETRY = "retry"
@@ -196,7 +203,7 @@ class Decision:
     delivered: int = 0
     dead: tuple[RowRejection, ...] = ()
     delay_s: float = 0.0
-    retry_kind: str = ""  # "failures" | "throttles"
+    retry_kind: RetryKind | None = None
     reason: str = ""
     gave_up: bool = False
 
@@ -233,7 +240,10 @@ def decide(
             else full_jitter(history.throttles, THROTTLE_BASE_S, THROTTLE_CAP_S, rng)
         )
         return Decision(
-            Action.RETRY, delay_s=min(delay, C.MAX_COUNTDOWN_S), retry_kind="throttles", reason=c.detail
+            Action.RETRY,
+            delay_s=min(delay, C.MAX_COUNTDOWN_S),
+            retry_kind=RetryKind.THROTTLES,
+            reason=c.detail,
         )
     first = history.first_failure_ms or history.now_ms
     if history.now_ms - first >= give_up_age_s * 1000:
@@ -248,7 +258,7 @@ def decide(
     if c.retry_after is not None:
         delay = max(delay, c.retry_after)
     return Decision(
-        Action.RETRY, delay_s=min(delay, C.MAX_COUNTDOWN_S), retry_kind="failures", reason=c.detail
+        Action.RETRY, delay_s=min(delay, C.MAX_COUNTDOWN_S), retry_kind=RetryKind.FAILURES, reason=c.detail
     )
 
 

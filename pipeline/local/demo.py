@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 from pipeline.config import load_settings
 from pipeline.deadletters import summarise
 from pipeline.ingest import Ingestor, IngestResult
-from pipeline.runner import Stack, interrupts_as_keyboard_interrupt, start_stack
-from pipeline.sample import edge_cases, generate
+from pipeline.local.runner import Stack, interrupts_as_keyboard_interrupt, start_stack
+from pipeline.local.sample import edge_cases, generate
 from pipeline.store import Store
 
 EMULATOR_FLAGS = (
@@ -47,27 +49,29 @@ def sample_events(count: int) -> list[dict[str, Any]]:
 
 
 class Printer:
+    """Lines on ``out``; tqdm's bar for the delivery (on a terminal only), written around by ``line``."""
+
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.tty = out.isatty()
-        self.last = 0.0
+        self.bar: tqdm[Any] | None = None
 
     def line(self, text: str = "") -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
-
-    def progress(self, text: str) -> None:
-        now = time.monotonic()
-        if self.tty:
-            self.out.write(f"\r  {text}\x1b[K")
+        if self.bar is not None:
+            self.bar.write(text, file=self.out)
+        else:
+            self.out.write(text + "\n")
             self.out.flush()
-        elif now - self.last >= 2:
-            self.line(f"  {text}")
-            self.last = now
+
+    def start_progress(self, total: int) -> tqdm[Any]:
+        self.bar = tqdm(
+            total=total, desc="  delivered", unit=" records", file=self.out, disable=None, dynamic_ncols=True
+        )
+        return self.bar
 
     def end_progress(self) -> None:
-        if self.tty:
-            self.out.write("\n")
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def run_demo(events_count: int = 3000, timeout_s: float = 120, out: TextIO = sys.stdout) -> int:
@@ -144,18 +148,17 @@ def _print_ingest(p: Printer, r: IngestResult, store: Store) -> None:
 
 def _watch(p: Printer, stack: Stack, store: Store, r: IngestResult, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    peak = 0
+    bar = p.start_progress(r.records)
     while time.monotonic() < deadline:
         stack.check()
         s = store.stats("default")
         depth = store.depth("default")
         in_flight = store.tokens_in_flight(stack.env["CLEVERTAP_ACCOUNT_ID"])
-        peak = max(peak, in_flight)
         done = s.get("delivered", 0) + s.get("rejected_api", 0)
-        p.progress(
-            f"{done:,}/{r.records:,} records done, {in_flight:2d} requests in flight, "
-            f"{depth['open_batches']:3d} batches open, retries {s.get('retries_throttles', 0)} after 429 "
-            f"and {s.get('retries_failures', 0)} after 5xx"
+        bar.update(done - bar.n)
+        bar.set_postfix_str(
+            f"{in_flight:2d} in flight, {depth['open_batches']:3d} batches open, retries "
+            f"{s.get('retries_throttles', 0)} after 429 and {s.get('retries_failures', 0)} after 5xx"
         )
         if done >= r.records and depth["open_batches"] == 0 and depth["pending"] == 0:
             return True
@@ -201,8 +204,8 @@ def _summary(p: Printer, stack: Stack, store: Store, account: str, r: IngestResu
             f"{delivered:,} delivered + {refused:,} refused by CleverTap."
         )
         p.line(
-            "This demo's Redis goes away with it. To look around: clevertap-pipeline run --emulator, "
-            "then ingest, status and dead-letters list with the REDIS_URL it prints."
+            "This demo's Redis goes away with it. To look around: clevertap-pipeline run --emulator, and "
+            "paste the export lines it prints into another shell to ingest, status and dead-letters list."
         )
         return 0
     p.line("MISMATCH: not every event is accounted for (see the counts above)")

@@ -37,10 +37,9 @@ def worker_command(
     )
 
 
-def beat_command(workdir: Path, loglevel: str = "INFO") -> list[str]:
-    return celery_command(
-        "beat", f"--schedule={workdir / 'celerybeat-schedule'}", "--pidfile=", f"--loglevel={loglevel}"
-    )
+def beat_command(schedule: Path, loglevel: str = "INFO") -> list[str]:
+    """``celery beat`` keeping its schedule state in the file ``schedule``."""
+    return celery_command("beat", f"--schedule={schedule}", "--pidfile=", f"--loglevel={loglevel}")
 
 
 class Child:

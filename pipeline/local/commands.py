@@ -1,0 +1,235 @@
+"""The local tooling's verbs: ``demo``, ``run``, ``emulator`` and the benchmarks.
+
+Registered with the product's CLI through the ``clevertap_pipeline.verbs`` entry point (pyproject.toml),
+so ``pipeline`` never imports ``pipeline.local``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli import EXIT_FAILED, EXIT_OK, arg, err, verb
+from pipeline.config import load_settings
+from pipeline.errors import InputError
+from pipeline.local.emulator import DEMO_ACCOUNT, Faults
+
+
+@verb(
+    "demo",
+    "Run the whole pipeline on embedded defaults (its own Redis, the emulator, a real celery worker and "
+    "beat), ingest a bundled sample and print what happened. Stops everything it started.",
+    arg("--events", type=int, default=3000, help="sample events to ingest (plus a few bad ones)"),
+    arg("--timeout", type=float, default=120, help="give up after this many seconds"),
+)
+def demo(args: argparse.Namespace) -> int:
+    from pipeline.local.demo import run_demo
+
+    return run_demo(args.events, args.timeout)
+
+
+@verb(
+    "run",
+    "Run a worker and beat on this machine (and an embedded Redis with AOF when REDIS_URL is unset), "
+    "sending to the configured CleverTap account, or to a local emulator with --emulator.",
+    arg("--emulator", action="store_true", help="start a local emulator and send to it"),
+    arg(
+        "--emulator-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="a flag for the emulator, e.g. --emulator-flag=--latency-ms=200 (repeatable)",
+    ),
+    arg("--data-dir", default=".clevertap-pipeline", help="embedded Redis data, logs, beat schedule"),
+    arg("--workers", type=int, default=1, help="worker processes"),
+    arg("--pool", default="threads", help="celery pool of each worker"),
+    arg("--concurrency", type=int, default=16, help="threads (or processes) per worker"),
+)
+def run(args: argparse.Namespace) -> int:
+    from pipeline.local.runner import interrupts_as_keyboard_interrupt, start_stack
+
+    data_dir = Path(args.data_dir).resolve()
+    env = dict(os.environ)
+    if not args.emulator:
+        load_settings(env)  # fail fast, with every error, before starting anything
+    with interrupts_as_keyboard_interrupt():
+        stack = None
+        try:
+            stack = start_stack(
+                data_dir,
+                base_env=env,
+                persistent_redis=True,
+                emulator_flags=tuple(args.emulator_flag) if args.emulator else None,
+                workers=args.workers,
+                pool=args.pool,
+                concurrency=args.concurrency,
+            )
+            load_settings(stack.env)
+            if stack.redis is not None:
+                print(
+                    f"embedded Redis (AOF in {data_dir / 'redis'}): REDIS_URL={stack.redis_url}", flush=True
+                )
+            if stack.emulator is not None:
+                records = data_dir / "emulator-records.jsonl"
+                print(f"emulator: {stack.emulator.url} (records also in {records})", flush=True)
+            for child in stack.group.children:
+                print(f"started {child.name} pid {child.pid} (log {child.log_path})", flush=True)
+            print(_next_steps(stack.env, data_dir), flush=True)
+            print(
+                "running; Ctrl-C or SIGTERM stops everything "
+                "(in-flight batches are retried on the next start)",
+                flush=True,
+            )
+            while True:
+                stack.check()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("stopping", flush=True)
+            return EXIT_OK
+        except RuntimeError as exc:
+            err(f"error: {exc}")
+            return EXIT_FAILED
+        finally:
+            if stack is not None:
+                stack.stop()
+            print("stopped", flush=True)
+
+
+def _next_steps(env: dict[str, str], data_dir: Path) -> str:
+    """Ready-to-paste ``export`` lines for another shell. The passcode goes to a file only this user can
+    read, never to the terminal."""
+    names = ("REDIS_URL", "CLEVERTAP_ACCOUNT_ID", "CLEVERTAP_REGION", "CLEVERTAP_API_URL")
+    exports = " ".join(f"{n}={shlex.quote(env[n])}" for n in names if env.get(n))
+    lines = ["to use it from another shell, paste:", f"  export {exports}"]
+    if env.get("CLEVERTAP_PASSCODE"):
+        passcode_file = data_dir / "passcode"
+        fd = os.open(passcode_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(env["CLEVERTAP_PASSCODE"])
+        lines.append(f'  export CLEVERTAP_PASSCODE="$(cat {shlex.quote(str(passcode_file))})"')
+    lines.append("  clevertap-pipeline ingest examples/events.jsonl && clevertap-pipeline status")
+    return "\n".join(lines)
+
+
+def _fault_flags() -> tuple[Any, ...]:
+    """One flag per fault setting, from the settings themselves."""
+    out = []
+    for f in fields(Faults):
+        meta = f.metadata
+        options: dict[str, Any] = {"type": meta["parse"], "help": meta["help"]}
+        if meta["many"]:
+            options.update(action="append", default=[], metavar=meta["metavar"])
+        else:
+            options["default"] = f.default
+        out.append(arg(Faults.flag(f), dest=f.name, **options))
+    return tuple(out)
+
+
+@verb(
+    "emulator",
+    "Run a CleverTap Upload API emulator: a real HTTP server answering POST /1/upload as CleverTap does "
+    "(401, 400, per-record codes 509/512/513/522/523/524/525, 429 past the concurrency limit), with fault "
+    "injection. GET /_emulator/stats and /_emulator/records show what arrived; POST /_emulator/faults "
+    "changes faults while it runs; POST /_emulator/reset clears.",
+    arg("--host", default="127.0.0.1", help="address to listen on"),
+    arg("--port", type=int, default=8080, help="port; 0 picks a free one (printed)"),
+    arg(
+        "--account",
+        action="append",
+        default=[],
+        metavar="ID:PASSCODE",
+        help="an account it accepts (repeatable); none: one demo account, printed",
+    ),
+    *_fault_flags(),
+    arg("--record-file", default=None, help="append every stored record here as JSON lines"),
+    arg("--seed", type=int, default=None, help="seed for injected faults"),
+)
+def emulator(args: argparse.Namespace) -> int:
+    from pipeline.local.emulator import Emulator, parse_account
+
+    try:
+        accounts = dict(parse_account(a) for a in args.account) if args.account else dict([DEMO_ACCOUNT])
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    faults = Faults(
+        **{f.name: f.metadata["many"](getattr(args, f.name)) if f.metadata["many"] else getattr(args, f.name)
+           for f in fields(Faults)}
+    )  # fmt: skip
+    record_file = open(args.record_file, "a", encoding="utf-8") if args.record_file else None  # noqa: SIM115
+    emu = Emulator(accounts, faults, args.host, args.port, args.seed, record_file)
+    print(f"emulator listening on {emu.url}", flush=True)
+    if args.account:
+        print(f"accounts: {', '.join(sorted(accounts))}", flush=True)
+    else:
+        print(
+            f"demo account: CLEVERTAP_ACCOUNT_ID={DEMO_ACCOUNT[0]} CLEVERTAP_PASSCODE={DEMO_ACCOUNT[1]} "
+            f"CLEVERTAP_API_URL={emu.url}",
+            flush=True,
+        )
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        emu.server.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        emu.server.server_close()
+        if record_file is not None:
+            record_file.close()
+    return EXIT_OK
+
+
+REDIS_URL_ARG = arg("--redis-url", default=None, help="use this Redis instead of starting one")
+
+
+@verb(
+    "bench-emulator",
+    "Measure the emulator's throughput: concurrent clients sending 1,000-record uploads, zero latency.",
+    arg("--concurrency", type=int, default=15, help="concurrent clients"),
+    arg("--seconds", type=float, default=5.0, help="seconds per run"),
+    arg("--runs", type=int, default=3, help="runs; the median is reported"),
+)
+def bench_emulator(args: argparse.Namespace) -> int:
+    from pipeline.local.bench import bench_emulator
+
+    return bench_emulator(args)
+
+
+@verb(
+    "bench-deliver",
+    "Measure delivery: records/s against an emulator answering in --latency-ms with 15 slots, and worker "
+    "CPU per delivered record, with a real celery worker and beat (an embedded Redis unless --redis-url).",
+    arg("--records", type=int, default=150_000, help="records to queue and deliver"),
+    arg("--latency-ms", type=int, default=1000, help="emulator latency per upload"),
+    arg("--pool", default="threads", help="celery worker pool"),
+    arg("--concurrency", type=int, default=16, help="celery worker concurrency"),
+    arg("--warmup", type=float, default=3.0, help="seconds for the worker to start before measuring"),
+    REDIS_URL_ARG,
+)
+def bench_deliver(args: argparse.Namespace) -> int:
+    from pipeline.local.bench import bench_deliver
+
+    return bench_deliver(args)
+
+
+@verb(
+    "bench-ingest",
+    "Measure ingest (validate + map + queue) events/s on one core against a real Redis (an embedded one "
+    "unless --redis-url).",
+    arg("--events", type=int, default=50_000, help="events per run"),
+    arg("--runs", type=int, default=5, help="runs; the median is reported"),
+    REDIS_URL_ARG,
+)
+def bench_ingest(args: argparse.Namespace) -> int:
+    from pipeline.local.bench import bench_ingest
+
+    return bench_ingest(args)

@@ -1,0 +1,20 @@
+-- Take an in-flight token for a CleverTap account: a lease in a sorted set scored by expiry, so a
+-- holder that dies frees its slot when the lease ends.
+-- Returns {1, in flight} when taken, {0, ms until the earliest lease ends} when the account is full.
+local tokens, account_stats = KEYS[1], KEYS[2]
+local limit, lease_ms, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+redis.call('ZREMRANGEBYSCORE', tokens, '-inf', now)
+local n = redis.call('ZCARD', tokens)
+if n >= limit then
+  local first = redis.call('ZRANGE', tokens, 0, 0, 'WITHSCORES')
+  return {0, tonumber(first[2]) - now}
+end
+redis.call('ZADD', tokens, now + lease_ms, token)
+if n + 1 > tonumber(redis.call('HGET', account_stats, 'peak') or '0') then
+  redis.call('HSET', account_stats, 'peak', n + 1)
+end
+return {1, n + 1}

@@ -1,0 +1,20 @@
+-- CleverTap refused the credentials: move the batch to the held set and mark the integration as
+-- failing authentication (its sends pause; the sweep sends one probe batch every probe_ms).
+-- Returns 1, or 0 when the batch was already finished elsewhere.
+local open, held, auth, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local base, bid, owner, reason, probe_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local meta, lease = base .. 'meta:' .. bid, base .. 'lease:' .. bid
+if redis.call('GET', lease) == owner then redis.call('DEL', lease) end
+if redis.call('EXISTS', meta) == 0 then return 0 end
+redis.call('ZREM', open, bid)
+redis.call('ZADD', held, now, bid)
+redis.call('HINCRBY', meta, 'attempts', 1)
+redis.call('HSET', meta, 'last_error', reason)
+if redis.call('EXISTS', auth) == 0 then redis.call('HSET', auth, 'since', now) end
+redis.call('HSET', auth, 'reason', reason, 'next_probe', now + probe_ms, 'probe', '')
+redis.call('HINCRBY', stats, 'auth_failures', 1)
+return 1

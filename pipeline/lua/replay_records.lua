@@ -1,0 +1,22 @@
+-- Move api-stage dead letters' records back to the pending queue, each only if its dead letter is
+-- still there (two replays of one dead letter queue it once). Returns the ids moved.
+local dead, dead_idx, pending, since, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- ARGV: (dead letter id, record) pairs
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local moved = {}
+for i = 1, #ARGV, 2 do
+  local id, record = ARGV[i], ARGV[i + 1]
+  if redis.call('HDEL', dead, id) == 1 then
+    redis.call('ZREM', dead_idx, id)
+    redis.call('RPUSH', pending, record)
+    moved[#moved + 1] = id
+  end
+end
+if #moved > 0 then
+  redis.call('SET', since, now, 'NX')
+  redis.call('HINCRBY', stats, 'replayed', #moved)
+end
+return moved

@@ -1,0 +1,20 @@
+-- A send failed in a way worth trying again: count the attempt against the batch (kind 'failures' or
+-- 'throttles', each with a clock of its own from its first occurrence) and make it due after delay_ms.
+-- Returns 1, or 0 when the batch was already finished elsewhere.
+local open, stats = KEYS[1], KEYS[2]
+local base, bid, owner = ARGV[1], ARGV[2], ARGV[3]
+local delay_ms, kind, last_error = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local meta, lease = base .. 'meta:' .. bid, base .. 'lease:' .. bid
+if redis.call('GET', lease) == owner then redis.call('DEL', lease) end
+if redis.call('EXISTS', meta) == 0 then return 0 end
+redis.call('HINCRBY', meta, 'attempts', 1)
+redis.call('HINCRBY', meta, kind, 1)
+redis.call('HSET', meta, 'last_error', last_error)
+redis.call('HSETNX', meta, kind == 'failures' and 'first_failure' or 'first_throttle', now)
+redis.call('HINCRBY', stats, 'retries_' .. kind, 1)
+redis.call('ZADD', open, now + delay_ms, bid)
+return 1
