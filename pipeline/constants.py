@@ -1,6 +1,6 @@
 """CleverTap's limits and the pipeline's defaults, each with the reason it sits where it does.
 
-Sources: ``shared/spec/clevertap-api.md`` (what the real Upload API enforces) and the product spec.
+Sources: ``docs/clevertap-api.md`` (what the real Upload API enforces, with references) and the product spec.
 """
 
 from __future__ import annotations

@@ -119,13 +119,13 @@ def test_the_product_never_imports_the_local_tooling() -> None:
 
 
 def test_ingest_shows_a_progress_bar_on_a_terminal(env: dict[str, str], tmp_path: Any) -> None:
-    import os
     import fcntl
+    import os
     import pty
     import struct
-    import termios
     import subprocess
     import sys
+    import termios
 
     from pipeline.local.sample import generate
 

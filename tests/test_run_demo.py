@@ -4,6 +4,7 @@ restart picks up what was in flight."""
 from __future__ import annotations
 
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,12 +17,14 @@ import requests
 
 from pipeline.config import load_settings
 from pipeline.ingest import ingest
+from pipeline.local.emulator import DEMO_ACCOUNT
 from pipeline.local.procs import wait_for
 from pipeline.local.sample import generate
 from pipeline.store import Store
 from tests.helpers import ROOT, environment
 
 pytestmark = pytest.mark.e2e
+DEMO_KEYS = ("CLEVERTAP_ACCOUNT_ID", "CLEVERTAP_PASSCODE")
 CREDS = {
     "CLEVERTAP_ACCOUNT_ID": "RUN-ACC",
     "CLEVERTAP_PASSCODE": "run-pass",
@@ -40,10 +43,10 @@ def gone(pid: int) -> bool:
 
 
 class Run:
-    def __init__(self, data_dir: Path, *flags: str) -> None:
+    def __init__(self, data_dir: Path, *flags: str, creds: dict[str, str] = CREDS) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "run", "--emulator", "--data-dir", str(data_dir), *flags],
-            env=environment(None, process=True, credentials=False, **CREDS),
+            env=environment(None, process=True, credentials=False, **creds),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -61,7 +64,10 @@ class Run:
         assert found and emulator, text
         self.redis_url, self.emulator_url = found.group(1), emulator.group(1)
         self.pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
-        self.settings = load_settings({**CREDS, "REDIS_URL": self.redis_url})
+        self.settings = load_settings(
+            {"CLEVERTAP_REGION": "eu1", **(creds or dict(zip(DEMO_KEYS, DEMO_ACCOUNT, strict=True))),
+             "REDIS_URL": self.redis_url}
+        )  # fmt: skip
         self.store = Store.from_url(self.redis_url)
 
     def stored(self) -> int:
@@ -89,6 +95,29 @@ def test_run_delivers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert code == 0, "".join(run.lines)
     assert "stopped" in run.lines[-1]
     assert all(gone(pid) for pid in run.pids)  # no orphans
+
+
+def test_the_lines_run_prints_are_all_another_shell_needs(tmp_path: Path) -> None:
+    run = Run(tmp_path / "data", creds={})  # the emulator's own demo account
+    try:
+        exports = [line.strip() for line in run.lines if line.strip().startswith("export ")]
+        python = shlex.quote(sys.executable)
+        script = "\n".join([*exports, f"{python} -m pipeline ingest --json --strict examples/events.jsonl"])
+        out = subprocess.run(
+            ["bash", "-ec", script],
+            env=environment(None, process=True, credentials=False),
+            capture_output=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr.decode()
+        accepted = orjson.loads(out.stdout.splitlines()[-1])["accepted"]
+        assert accepted > 0
+        assert wait_for(lambda: run.stored() >= accepted, 60), "".join(run.lines)
+    finally:
+        assert run.stop() == 0
+    assert DEMO_ACCOUNT[1] not in "".join(run.lines)  # the passcode is in a file, not on the terminal
 
 
 def test_what_was_in_flight_at_shutdown_is_sent_on_the_next_start(tmp_path: Path) -> None:

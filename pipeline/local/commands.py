@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import EXIT_FAILED, EXIT_OK, arg, err, verb
+from pipeline.cli import EXIT_FAILED, EXIT_OK, Handler, arg, err, verb
 from pipeline.config import load_settings
 from pipeline.errors import InputError
 from pipeline.local.emulator import DEMO_ACCOUNT, Faults
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"emulator: {stack.emulator.url} (records also in {records})", flush=True)
             for child in stack.group.children:
                 print(f"started {child.name} pid {child.pid} (log {child.log_path})", flush=True)
-            print(_next_steps(stack.env, data_dir), flush=True)
+            print(_next_steps(stack.env, data_dir, emulator=stack.emulator is not None), flush=True)
             print(
                 "running; Ctrl-C or SIGTERM stops everything "
                 "(in-flight batches are retried on the next start)",
@@ -101,13 +101,15 @@ def run(args: argparse.Namespace) -> int:
             print("stopped", flush=True)
 
 
-def _next_steps(env: dict[str, str], data_dir: Path) -> str:
-    """Ready-to-paste ``export`` lines for another shell. The passcode goes to a file only this user can
-    read, never to the terminal."""
+def _next_steps(env: dict[str, str], data_dir: Path, emulator: bool) -> str:
+    """Ready-to-paste ``export`` lines for another shell. The emulator's passcode goes to a file only this
+    user can read, never to the terminal; a real account's passcode is the one the user already has."""
     names = ("REDIS_URL", "CLEVERTAP_ACCOUNT_ID", "CLEVERTAP_REGION", "CLEVERTAP_API_URL")
     exports = " ".join(f"{n}={shlex.quote(env[n])}" for n in names if env.get(n))
     lines = ["to use it from another shell, paste:", f"  export {exports}"]
-    if env.get("CLEVERTAP_PASSCODE"):
+    if not emulator:
+        lines.append("  # and CLEVERTAP_PASSCODE (or CLEVERTAP_PIPELINE_CONFIG) as you set it for this run")
+    elif env.get("CLEVERTAP_PASSCODE"):
         passcode_file = data_dir / "passcode"
         fd = os.open(passcode_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -191,20 +193,25 @@ def emulator(args: argparse.Namespace) -> int:
 REDIS_URL_ARG = arg("--redis-url", default=None, help="use this Redis instead of starting one")
 
 
-@verb(
+def _bench(name: str) -> Handler:
+    """Run ``pipeline.local.bench.<name>``, imported only when the benchmark runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from pipeline.local import bench
+
+        return int(getattr(bench, name)(args))
+
+    return run
+
+
+verb(
     "bench-emulator",
     "Measure the emulator's throughput: concurrent clients sending 1,000-record uploads, zero latency.",
     arg("--concurrency", type=int, default=15, help="concurrent clients"),
     arg("--seconds", type=float, default=5.0, help="seconds per run"),
     arg("--runs", type=int, default=3, help="runs; the median is reported"),
-)
-def bench_emulator(args: argparse.Namespace) -> int:
-    from pipeline.local.bench import bench_emulator
-
-    return bench_emulator(args)
-
-
-@verb(
+)(_bench("bench_emulator"))
+verb(
     "bench-deliver",
     "Measure delivery: records/s against an emulator answering in --latency-ms with 15 slots, and worker "
     "CPU per delivered record, with a real celery worker and beat (an embedded Redis unless --redis-url).",
@@ -214,22 +221,12 @@ def bench_emulator(args: argparse.Namespace) -> int:
     arg("--concurrency", type=int, default=16, help="celery worker concurrency"),
     arg("--warmup", type=float, default=3.0, help="seconds for the worker to start before measuring"),
     REDIS_URL_ARG,
-)
-def bench_deliver(args: argparse.Namespace) -> int:
-    from pipeline.local.bench import bench_deliver
-
-    return bench_deliver(args)
-
-
-@verb(
+)(_bench("bench_deliver"))
+verb(
     "bench-ingest",
     "Measure ingest (validate + map + queue) events/s on one core against a real Redis (an embedded one "
     "unless --redis-url).",
     arg("--events", type=int, default=50_000, help="events per run"),
     arg("--runs", type=int, default=5, help="runs; the median is reported"),
     REDIS_URL_ARG,
-)
-def bench_ingest(args: argparse.Namespace) -> int:
-    from pipeline.local.bench import bench_ingest
-
-    return bench_ingest(args)
+)(_bench("bench_ingest"))

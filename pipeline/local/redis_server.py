@@ -17,6 +17,8 @@ from types import TracebackType
 
 import redis
 
+from pipeline.local.procs import terminate
+
 
 def find_redis_server() -> str:
     found = shutil.which("redis-server")
@@ -88,13 +90,8 @@ class EmbeddedRedis:
             client.close()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 5)
         self.proc = None
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
