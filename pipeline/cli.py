@@ -85,7 +85,10 @@ def _load_plugins() -> None:
     if not _plugins_loaded:
         _plugins_loaded = True
         for ep in entry_points(group=VERB_ENTRY_POINTS):
-            ep.load()
+            try:
+                ep.load()
+            except Exception as exc:  # a broken tool must not take the product's verbs down with it
+                err(f"warning: the verbs of {ep.value} are unavailable ({type(exc).__name__}: {exc})")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

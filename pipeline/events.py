@@ -2,7 +2,7 @@
 
 The hot path of ingest runs here once per event, so this is plain Python over the decoded JSON rather
 than a marshmallow schema: a lean marshmallow schema validates the spec's purchase event at about
-22,000/s on this machine, below the 25,000 events/s the whole ingest path must reach (see README,
+22,000/s on this machine, below the 25,000 events/s the whole ingest path must reach (see docs/performance.md,
 "Why events are not validated with marshmallow"). Configuration, which is read once, uses marshmallow.
 """
 

@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"emulator: {stack.emulator.url} (records also in {records})", flush=True)
             for child in stack.group.children:
                 print(f"started {child.name} pid {child.pid} (log {child.log_path})", flush=True)
-            print(_next_steps(stack.env, data_dir, emulator=stack.emulator is not None), flush=True)
+            own = {k: v for k, v in os.environ.items() if k.startswith("CLEVERTAP_") or k == "REDIS_URL"}
+            print(_next_steps(stack.env, data_dir, own), flush=True)
             print(
                 "running; Ctrl-C or SIGTERM stops everything "
                 "(in-flight batches are retried on the next start)",
@@ -101,20 +102,29 @@ def run(args: argparse.Namespace) -> int:
             print("stopped", flush=True)
 
 
-def _next_steps(env: dict[str, str], data_dir: Path, emulator: bool) -> str:
-    """Ready-to-paste ``export`` lines for another shell. The emulator's passcode goes to a file only this
-    user can read, never to the terminal; a real account's passcode is the one the user already has."""
-    names = ("REDIS_URL", "CLEVERTAP_ACCOUNT_ID", "CLEVERTAP_REGION", "CLEVERTAP_API_URL")
-    exports = " ".join(f"{n}={shlex.quote(env[n])}" for n in names if env.get(n))
-    lines = ["to use it from another shell, paste:", f"  export {exports}"]
-    if not emulator:
-        lines.append("  # and CLEVERTAP_PASSCODE (or CLEVERTAP_PIPELINE_CONFIG) as you set it for this run")
-    elif env.get("CLEVERTAP_PASSCODE"):
+def _next_steps(env: dict[str, str], data_dir: Path, own: dict[str, str]) -> str:
+    """Ready-to-paste ``export`` lines for another shell. What ``run`` made up itself (the embedded Redis, the
+    emulator and its demo account) is printed, except the demo passcode, which goes to a file only this user
+    can read; what the user set (``own``: a Redis URL may hold a password, a passcode is a secret) is left
+    for them to set as they did."""
+    made = {
+        n: env[n]
+        for n in ("REDIS_URL", "CLEVERTAP_ACCOUNT_ID", "CLEVERTAP_REGION", "CLEVERTAP_API_URL")
+        if env.get(n) and n not in own
+    }
+    lines = ["to use it from another shell, paste:"]
+    if made:
+        lines.append("  export " + " ".join(f"{n}={shlex.quote(v)}" for n, v in made.items()))
+    if env.get("CLEVERTAP_PASSCODE") and "CLEVERTAP_PASSCODE" not in own:
         passcode_file = data_dir / "passcode"
         fd = os.open(passcode_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when the file was there before, with other permissions
         with os.fdopen(fd, "w") as f:
             f.write(env["CLEVERTAP_PASSCODE"])
         lines.append(f'  export CLEVERTAP_PASSCODE="$(cat {shlex.quote(str(passcode_file))})"')
+    kept = sorted(n for n in own if n in ("REDIS_URL", "CLEVERTAP_PASSCODE", "CLEVERTAP_PIPELINE_CONFIG"))
+    if kept:
+        lines.append(f"  # and {', '.join(kept)} as you set them for this run")
     lines.append("  clevertap-pipeline ingest examples/events.jsonl && clevertap-pipeline status")
     return "\n".join(lines)
 
