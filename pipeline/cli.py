@@ -413,6 +413,8 @@ def dead_letters_replay(args: argparse.Namespace) -> int:
                 "remapped_events": res.remapped_events,
                 "rejected_again": res.rejected_again,
                 "missing": res.missing,
+                "unreplayable": res.unreplayable,
+                "already_replayed": res.already_replayed,
             }
         ).decode()
     )

@@ -6,17 +6,65 @@ read timeouts shorter than the token lease. No retries here: retrying is the pol
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 import time
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from pipeline.config import IntegrationConfig
 from pipeline.policy import Attempt
 
 USER_AGENT = "clevertap-pipeline/0.1"
+
+# The connection each thread's request is using, so a watchdog can cut it at the request's deadline.
+_current = threading.local()
+
+
+def _register(conn: Any) -> None:
+    box = getattr(_current, "box", None)
+    if box is not None:
+        box["conn"] = conn
+
+
+class _HTTPPool(HTTPConnectionPool):
+    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        _register(conn)
+        return super()._make_request(conn, *args, **kwargs)
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        _register(conn)
+        return super()._make_request(conn, *args, **kwargs)
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """Pools whose connections a watchdog can find: requests' timeouts bound each socket read, not a whole
+    request, so a server trickling bytes could otherwise hold a request past its token's lease."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        return manager
+
+
+def _cut(box: dict[str, Any]) -> None:
+    box["fired"] = True
+    sock = getattr(box.get("conn"), "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # any blocked read or write returns at once
 
 
 def join_records(records: list[bytes]) -> bytes:
@@ -27,6 +75,9 @@ def join_records(records: list[bytes]) -> bytes:
 class UploadClient:
     def __init__(self, connect_timeout: float, read_timeout: float, pool_size: int = 32) -> None:
         self.timeout = (connect_timeout, read_timeout)
+        #: The whole request, connect to last byte, ends by then: shorter than the token lease (checked in
+        #: the settings), so no request outlives its token or its batch's lease.
+        self.deadline_s = connect_timeout + read_timeout
         self.pool_size = pool_size
         self._session: requests.Session | None = None
         self._pid = 0
@@ -36,7 +87,7 @@ class UploadClient:
     def session(self) -> requests.Session:
         if self._session is None or self._pid != os.getpid():  # never share a pool across a fork
             session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=8, pool_maxsize=self.pool_size, max_retries=0)
+            adapter = _DeadlineAdapter(pool_connections=8, pool_maxsize=self.pool_size, max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             session.headers["User-Agent"] = USER_AGENT
@@ -61,18 +112,34 @@ class UploadClient:
             "Content-Type": "application/json; charset=utf-8",
         }
         started = time.perf_counter()
+        box: dict[str, Any] = {}
+        watchdog = threading.Timer(self.deadline_s, _cut, (box,))
+        watchdog.daemon = True
+        _current.box = box
+        watchdog.start()
         try:
             session = self.session
             url = config.upload_url
+            # Never follow a redirect: requests would carry X-CleverTap-Passcode to wherever it points.
             resp = session.post(
-                url, data=body, headers=headers, timeout=self.timeout, proxies=self.proxies_for(url)
+                url,
+                data=body,
+                headers=headers,
+                timeout=self.timeout,
+                proxies=self.proxies_for(url),
+                allow_redirects=False,
             )
+            content = resp.content
         except requests.RequestException as exc:
             # The type says what happened; the message may name the host but never carries headers.
-            return Attempt(None, error=type(exc).__name__, elapsed_s=time.perf_counter() - started)
-        return Attempt(
-            resp.status_code, resp.content, dict(resp.headers), elapsed_s=time.perf_counter() - started
-        )
+            error = f"deadline of {self.deadline_s:g} s exceeded" if box.get("fired") else type(exc).__name__
+            return Attempt(None, error=error, elapsed_s=time.perf_counter() - started)
+        finally:
+            watchdog.cancel()
+            _current.box = None
+        if box.get("fired"):  # the answer was complete just as the deadline cut the connection
+            return Attempt(None, error=f"deadline of {self.deadline_s:g} s exceeded")
+        return Attempt(resp.status_code, content, dict(resp.headers), elapsed_s=time.perf_counter() - started)
 
     def close(self) -> None:
         if self._session is not None:

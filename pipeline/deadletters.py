@@ -59,6 +59,8 @@ class ReplayResult:
     remapped_events: int = 0
     rejected_again: int = 0
     missing: list[str] = field(default_factory=list)
+    unreplayable: list[str] = field(default_factory=list)  # api dead letters that hold no record to send
+    already_replayed: int = 0  # taken by another replay running at the same time
 
 
 def _renamed(record: Any, renames: dict[str, str]) -> Any:
@@ -94,9 +96,14 @@ def replay(
     else:
         entries = list(iter_dead_letters(store, config.name, stage, code))
     renames = dict(rename_events or {})
-    api = [
-        (e["id"], orjson.dumps(_renamed(e["record"], renames))) for e in entries if e.get("stage") == "api"
-    ]
+    api = []
+    for e in entries:
+        if e.get("stage") != "api":
+            continue
+        if e.get("record") is None:  # a refusal that named no row sent: nothing to send again
+            result.unreplayable.append(e["id"])
+        else:
+            api.append((e["id"], orjson.dumps(_renamed(e["record"], renames))))
     for start in range(0, len(api), PAGE):
         result.replayed_records += len(store.replay_records(config.name, api[start : start + PAGE]))
     ingestor = Ingestor(store, config)
@@ -108,4 +115,5 @@ def replay(
         )
         result.remapped_events += res.accepted + res.filtered + res.duplicate
         result.rejected_again += res.rejected
+        result.already_replayed += res.already_replayed
     return result

@@ -11,13 +11,13 @@ import logging
 import random
 import secrets
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.client import UploadClient, join_records
 from pipeline.config import IntegrationConfig, Settings
+from pipeline.errors import where
 from pipeline.limiter import Limiter, RedisTokens
 from pipeline.policy import (
     Action,
@@ -27,6 +27,7 @@ from pipeline.policy import (
     Decision,
     Kind,
     RowRejection,
+    after_internal_error,
     classify,
     decide,
 )
@@ -34,7 +35,9 @@ from pipeline.store import LeaseStatus, Store, dead_letter
 
 log = logging.getLogger("pipeline.delivery")
 
-Dispatch = Callable[[str, str, float], None]
+#: How delivery asks for a send of a batch to be published: (integration, batch id, countdown s, dispatch
+#: generation). The generation makes every other message for that batch stale (see lua/lease.lua).
+Dispatch = Callable[[str, str, float, int], None]
 #: Batches moved per assemble script call: each call stays short (Redis runs one script at a time), and
 #: the assembler calls again until the backlog is drained.
 ASSEMBLE_STEP = 20
@@ -52,10 +55,13 @@ class SendResult(enum.StrEnum):
     RETRY = "retry"  # sent again later (429, 5xx, network)
     HELD = "held"  # authentication failing: held until a probe succeeds
     NO_TOKEN = "no_token"  # noqa: S105 - the account's slots were all busy: given back with a short countdown
+    SPLIT = "split"  # 413: sent again as two batches of half the records
+    NOT_DUE = "not_due"  # the live message arrived before the batch was due: published again for then
     SKIPPED_GONE = "skipped:gone"  # not open any more (finished or held): a stale message
     SKIPPED_LEASED = "skipped:leased"  # another worker is sending it
     SKIPPED_HELD = "skipped:held"  # the integration fails authentication: moved to the held set
     SKIPPED_FINISHED = "skipped:finished-elsewhere"  # finished by another worker while this one sent it
+    SKIPPED_STALE = "skipped:stale"  # a message for the batch that a later one replaced
 
     @property
     def is_error(self) -> bool:
@@ -67,6 +73,7 @@ _SKIPPED = {
     LeaseStatus.GONE: SendResult.SKIPPED_GONE,
     LeaseStatus.LEASED: SendResult.SKIPPED_LEASED,
     LeaseStatus.HELD: SendResult.SKIPPED_HELD,
+    LeaseStatus.STALE: SendResult.SKIPPED_STALE,
 }
 
 
@@ -115,6 +122,7 @@ def api_dead_letter(
         code=rejection.code,
         error=rejection.error,
         row=None if rejection.row is None else rejection.row + 1,
+        unconfirmed=rejection.unconfirmed,
         batch_id=batch_id,
         attempts=attempts,
         http_status=http_status,
@@ -160,7 +168,7 @@ class Deliverer:
             while True:
                 ids = self.store.assemble(name, config.batch_size, config.flush_interval, ASSEMBLE_STEP)
                 for bid in ids:
-                    self.dispatch(name, bid, 0.0)
+                    self.dispatch(name, bid, 0.0, 1)
                 count += len(ids)
                 if len(ids) < ASSEMBLE_STEP:
                     break
@@ -183,11 +191,18 @@ class Deliverer:
 
     # --------------------------------------------------------------------------------------------- send
 
-    def send(self, name: str, batch_id: str) -> SendReport:
+    def send(self, name: str, batch_id: str, generation: int | None = None) -> SendReport:
+        """Send one batch for the message of dispatch ``generation`` (None: a message from before
+        generations). Whatever CleverTap answers, and whatever goes wrong after it answered, the attempt is
+        recorded: nothing loops for ever."""
         config = self.settings.integration(name)
         # One owner per send (not per process): threads of one worker never release each other's lease.
         owner = f"{self.owner}-{secrets.token_hex(4)}"
-        lease = self.store.lease(name, batch_id, owner, self.batch_lease_s)
+        lease = self.store.lease(name, batch_id, owner, self.batch_lease_s, generation)
+        if lease.status is LeaseStatus.EARLY:
+            delay = max(0.0, (lease.due_ms - lease.now_ms) / 1000)
+            self.dispatch(name, batch_id, delay, generation or 0)  # still the live message: again when due
+            return SendReport(name, batch_id, SendResult.NOT_DUE, delay_s=delay)
         if lease.status is not LeaseStatus.OK:
             return SendReport(name, batch_id, _SKIPPED[lease.status])
         started = time.perf_counter()
@@ -196,9 +211,10 @@ class Deliverer:
         ) as got:
             if not got:
                 delay = self.rng.uniform(0.1, 0.5)
-                self.store.unlease(name, batch_id, owner, delay)
+                gen = self.store.unlease(name, batch_id, owner, delay)
                 self.store.incr(name, "token_waits")
-                self.dispatch(name, batch_id, delay)
+                if gen:
+                    self.dispatch(name, batch_id, delay, gen)
                 return SendReport(name, batch_id, SendResult.NO_TOKEN, delay_s=delay)
             records = self.store.batch_records(name, batch_id)
             try:
@@ -207,13 +223,8 @@ class Deliverer:
                 # Not an HTTP outcome but a bug or an unexpected library error: a transient failure, so it
                 # backs off and gives up like any other instead of failing the task on every sweep.
                 # Type and place only: an HTTP library's message can quote header values (the passcode).
-                where = traceback.extract_tb(exc.__traceback__)[-1]
-                log.error(
-                    "batch %s [%s]: unexpected %s while sending, at %s:%s",
-                    batch_id, name, type(exc).__name__, where.filename, where.lineno,
-                )  # fmt: skip
+                log.error("batch %s [%s]: unexpected %s while sending", batch_id, name, where(exc))
                 attempt = Attempt(None, error=f"internal error: {type(exc).__name__}")
-        classified = classify(attempt, records)
         history = BatchHistory(
             lease.now_ms,
             lease.created_ms,
@@ -223,8 +234,17 @@ class Deliverer:
             lease.first_failure_ms,
             lease.first_throttle_ms,
         )
-        decision = decide(classified, records, history, config.give_up_age, self.rng)
-        report = self._apply(config, batch_id, owner, records, classified, decision, lease.attempts + 1)
+        try:
+            classified = classify(attempt, records)
+            decision = decide(classified, records, history, config.give_up_age, self.rng)
+            report = self._apply(config, batch_id, owner, records, classified, decision, lease.attempts + 1)
+        except Exception as exc:
+            # A response nobody foresaw, or a bug in what follows it: still an attempt, counted like a
+            # transient failure, so a batch that keeps failing this way ends in the dead letters.
+            log.error("batch %s [%s]: the response could not be processed: %s", batch_id, name, where(exc))
+            decision = after_internal_error(where(exc), records, history, config.give_up_age)
+            unknown = Classified(Kind.TRANSIENT, decision.reason, attempt.status)
+            report = self._apply(config, batch_id, owner, records, unknown, decision, lease.attempts + 1)
         report.elapsed_s = time.perf_counter() - started
         return report
 
@@ -241,15 +261,21 @@ class Deliverer:
         name = config.name
         if d.action is Action.RETRY:
             assert d.retry_kind is not None
-            self.store.retry_later(name, batch_id, owner, d.delay_s, d.retry_kind, d.reason)
-            self.dispatch(name, batch_id, d.delay_s)
+            gen = self.store.retry_later(name, batch_id, owner, d.delay_s, d.retry_kind, d.reason)
+            if gen:
+                self.dispatch(name, batch_id, d.delay_s, gen)
             return SendReport(
                 name, batch_id, SendResult.RETRY, len(records), delay_s=d.delay_s, detail=d.reason
             )
         if d.action is Action.HOLD:
             self.store.hold(name, batch_id, owner, d.reason, self.settings.auth_probe_interval)
-            log.error("integration %s: authentication failing, sends paused: %s", name, d.reason)
+            log.error("integration %s: sends paused until this is fixed: %s", name, d.reason)
             return SendReport(name, batch_id, SendResult.HELD, len(records), detail=d.reason)
+        if d.action is Action.SPLIT:
+            halves = self.store.split(name, batch_id, owner)
+            for bid in halves:
+                self.dispatch(name, bid, 0.0, 1)
+            return SendReport(name, batch_id, SendResult.SPLIT, len(records), detail=d.reason)
         dead = [api_dead_letter(name, batch_id, r, attempts, c.http_status) for r in d.dead]
         codes = Counter(str(r.code) for r in d.dead)
         if d.gave_up:
@@ -263,26 +289,24 @@ class Deliverer:
         counters = {
             "batches_sent": 1,
             "rejected_api": len(d.dead),
+            "rows_unconfirmed": sum(1 for r in d.dead if r.unconfirmed),
             "batches_partial": int(result is SendResult.PARTIAL),
             "batches_given_up": int(result is SendResult.GAVE_UP),
             "batches_bad_request": int(result is SendResult.BAD_REQUEST),
         }
-        applied, released = self.store.finish(name, batch_id, owner, d.delivered, dead, counters)
+        authenticated = c.http_status is not None and 200 <= c.http_status < 300
+        applied, released = self.store.finish(
+            name, batch_id, owner, d.delivered, dead, counters, authenticated
+        )
         if not applied:
             return SendReport(name, batch_id, SendResult.SKIPPED_FINISHED, len(records))
-        for bid in released:
-            self.dispatch(name, bid, 0.0)
+        for bid, gen in released:
+            self.dispatch(name, bid, 0.0, gen)
         if released:
-            log.warning(
-                "integration %s: authentication works again; released %d held batches", name, len(released)
-            )
-        if c.api_processed is not None and c.kind is Kind.REJECTED and c.api_processed != d.delivered:
-            log.warning(
-                "batch %s: CleverTap reported %d processed, %d rows were not matched to a rejection",
-                batch_id,
-                c.api_processed,
-                d.delivered,
-            )
+            log.warning("integration %s: CleverTap accepts the credentials again; released %d held batches",
+                        name, len(released))  # fmt: skip
+        if c.kind is Kind.REJECTED and "processed" in c.detail:
+            log.warning("batch %s [%s]: %s", batch_id, name, c.detail)
         return SendReport(
             name,
             batch_id,
@@ -301,11 +325,11 @@ class Deliverer:
         found: dict[str, dict[str, int]] = {}
         for name in sorted(self.settings.integrations):
             res = self.store.sweep(name, self.settings.sweep_grace, self.settings.auth_probe_interval)
-            for bid in res.redispatch:
-                self.dispatch(name, bid, 0.0)
+            for bid, gen in res.redispatch:
+                self.dispatch(name, bid, 0.0, gen)
             if res.probe:
-                log.info("integration %s: probing authentication with batch %s", name, res.probe)
-                self.dispatch(name, res.probe, 0.0)
+                log.info("integration %s: probing with batch %s whether sends work again", name, res.probe[0])
+                self.dispatch(name, res.probe[0], 0.0, res.probe[1])
             if res.pending:
                 self.store.mark_ready(name)
             found[name] = {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
+
 
 class PipelineError(Exception):
     """Root of every error this package raises on purpose."""
@@ -33,3 +36,12 @@ class PartialDelivery(DeliveryError):
 
 class BatchGivenUp(DeliveryError):
     """A batch kept failing past its give-up age and was dead-lettered with the last error."""
+
+
+def where(exc: BaseException) -> str:
+    """An exception's type and the line that raised it, never its message: an HTTP library's message can
+    quote header values (the passcode), a mapping error's the event (an email)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    return (
+        f"{type(exc).__name__} at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else type(exc).__name__
+    )

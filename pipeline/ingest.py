@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from pipeline.config import IntegrationConfig, Settings, load_settings
+from pipeline.errors import where
 from pipeline.events import Event, validate_event
 from pipeline.mapping import DUPLICATE, FILTERED, MAPPED, REJECTED, Mapper, MapResult, MapStatus
 from pipeline.store import Store, dead_letter
@@ -37,6 +38,7 @@ class IngestResult:
     duplicate: int = 0
     rejected: int = 0
     records: int = 0
+    already_replayed: int = 0  # replayed dead letters another replay had queued already
     rejections: list[Rejection] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -53,7 +55,16 @@ class IngestResult:
         self.duplicate += other.duplicate
         self.rejected += other.rejected
         self.records += other.records
+        self.already_replayed += other.already_replayed
         self.rejections.extend(other.rejections)
+
+
+@dataclass(frozen=True)
+class IngestMessage:
+    """Events that arrived together under an id (a task id), so a second delivery can resume."""
+
+    id: str
+    events: Sequence[Any]
 
 
 @dataclass
@@ -87,7 +98,10 @@ class Ingestor:
                 out.append((index, raw, MapResult(REJECTED, reasons=errors)))
                 continue
             email = known.get(event.user_id) if event.user_id and not event.email else None
-            result = self.mapper.map(event, email, now)
+            try:
+                result = self.mapper.map(event, email, now)
+            except Exception as exc:  # a bug meets an event nobody foresaw: that event, not the chunk
+                result = MapResult(REJECTED, reasons=[f"internal error while mapping: {where(exc)}"])
             if result.identity_update is not None:
                 uid, mail = result.identity_update
                 known[uid] = mail  # later events of this chunk see it, as they would across chunks
@@ -100,7 +114,10 @@ class Ingestor:
             if isinstance(raw, _BadInput):
                 items.append((index, raw.text, None, [raw.reason]))
             else:
-                event, errors = validate_event(raw)
+                try:
+                    event, errors = validate_event(raw)
+                except Exception as exc:
+                    event, errors = None, [f"internal error while validating: {where(exc)}"]
                 items.append((index, raw, event, errors))
         return items
 
@@ -112,52 +129,74 @@ class Ingestor:
         self,
         chunk: list[tuple[int, Any]],
         lines: list[LineResult] | None = None,
-        replaces: Sequence[str] = (),
+        replaces: Sequence[str] | None = None,
+        progress: tuple[str, int] | None = None,
     ) -> IngestResult:
+        """Validate, map and queue one chunk in one atomic step. ``replaces``, for a replay, gives per event
+        the mapping dead letter it replaces; ``progress`` ``(message id, chunks done)`` is stored with it."""
         items = self._validated(chunk)
         known = self._lookup(items)
         now = int(time.time())
         mapped = self._map_chunk(items, known, now)
         res = IngestResult()
-        groups: list[tuple[str, list[bytes]]] = []
+        groups: list[tuple[str, list[bytes], str]] = []
         group_index: list[int] = []
         identities: list[tuple[str, str]] = []
-        dead: list[tuple[str, bytes]] = []
+        dead: list[tuple[str, bytes, str]] = []
+        drops: list[str] = []
         filtered = rejected = 0
         per_line: dict[int, LineResult] = {}
         dumps = orjson.dumps
-        for index, raw, result in mapped:
+        for position, (index, raw, result) in enumerate(mapped):
+            replaced = replaces[position] if replaces else ""
             if result.status == MAPPED:
                 if result.identity_update is not None:
                     identities.append(result.identity_update)
-                groups.append((raw.get("messageId") or "", [dumps(r) for r in result.records]))
+                groups.append((str(raw.get("messageId") or ""), [dumps(r) for r in result.records], replaced))
                 group_index.append(index)
             elif result.status == FILTERED:
                 filtered += 1
+                if replaced:
+                    drops.append(replaced)
             else:
                 rejected += 1
                 res.rejections.append(Rejection(index, result.reasons))
-                dead.append(mapping_dead_letter(self.config.name, raw, result.reasons))
+                did, body = mapping_dead_letter(self.config.name, raw, result.reasons)
+                dead.append((did, body, replaced))
             if lines is not None:
                 per_line[index] = LineResult(index, result.status, result.records, result.reasons)
-        pushed, dups = self.store.enqueue(
+        pushed, skipped, dups = self.store.enqueue(
             self.config.name,
-            [(str(m), recs) for m, recs in groups],
+            groups,
             identities,
             dead,
             {"filtered": filtered, "rejected_mapping": rejected},
             self.config.dedup_window,
-            replaces,
+            drops,
+            progress,
         )
         res.filtered, res.rejected, res.duplicate = filtered, rejected, len(dups)
-        res.accepted = len(groups) - len(dups)
+        res.accepted = len(groups) - len(dups) - skipped
         res.records = pushed
+        res.already_replayed = skipped
         if lines is not None:
             for g in dups:
                 o = per_line[group_index[g]]
                 o.status, o.records, o.reasons = DUPLICATE, [], ["duplicate messageId within the window"]
             lines.extend(per_line[i] for i in sorted(per_line))
         return res
+
+    def ingest_message(self, message: IngestMessage) -> IngestResult:
+        """Ingest a message that may be delivered more than once (a Celery task retried, or redelivered
+        after a worker died): chunks already queued for ``message.id`` are skipped, so nothing is queued
+        twice and a retry resumes where the last try stopped."""
+        done = self.store.chunks_done(self.config.name, message.id)
+        total = IngestResult()
+        for number, chunk in enumerate(chunked(enumerate(message.events), CHUNK), start=1):
+            if number > done:
+                total.add(self.ingest_chunk(chunk, progress=(message.id, number)))
+        self.store.forget_message(self.config.name, message.id)
+        return total
 
     def ingest(self, events: Iterable[Any], lines: list[LineResult] | None = None) -> IngestResult:
         total = IngestResult()

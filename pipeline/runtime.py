@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.config import Settings, load_settings
 from pipeline.delivery import Deliverer, Dispatch
-from pipeline.ingest import Ingestor, IngestResult
+from pipeline.ingest import IngestMessage, Ingestor, IngestResult
 from pipeline.store import Store
 
 _state: dict[tuple[str, int], Any] = {}
@@ -31,11 +31,14 @@ def store() -> Store:
     return Store.shared(s.redis_url, s.key_prefix)
 
 
-def ingest(events: list[Any], integration: str = "default") -> IngestResult:
+def ingest(events: list[Any], integration: str = "default", message_id: str | None = None) -> IngestResult:
+    """Ingest with this process's ingestor; with ``message_id``, as a message that may come again."""
     ingestors: dict[str, Ingestor] = _per_process("ingestors", dict)
     ingestor = ingestors.get(integration)
     if ingestor is None:
         ingestor = ingestors[integration] = Ingestor(store(), settings().integration(integration))
+    if message_id:
+        return ingestor.ingest_message(IngestMessage(message_id, events))
     return ingestor.ingest(events)
 
 

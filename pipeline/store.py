@@ -7,13 +7,17 @@ tag, so every key of one integration lives in one slot and each script touches o
 key                                   type    holds
 ====================================  ======  ===============================================================
 ``P:{I}:pending``                     list    queued records, pre-serialised CleverTap JSON, oldest first
-``P:{I}:since``                       string  ms (Redis time) when the oldest waiting record arrived
+``P:{I}:arrivals``                    list    ``<records pushed so far>:<ms>`` marks, oldest first: when the
+                                              waiting records arrived (to 10 ms), for the flush interval
+``P:{I}:flow``                        hash    ``pushed``, ``cut``: records ever pushed to / cut from pending
+``P:{I}:ingest:<message id>``         string  chunks of a ``clevertap.ingest`` message already queued (1 day)
 ``P:{I}:seen``                        zset    messageId -> ms first accepted (de-duplication window)
 ``P:{I}:ids``                         hash    userId -> email, remembered from identify calls
 ``P:{I}:batch:<bid>``                 string  the records of one assembled batch, in send order, joined by
                                               newlines
-``P:{I}:meta:<bid>``                  hash    created, attempts, failures, throttles, first_failure,
-                                              first_throttle, last_error
+``P:{I}:meta:<bid>``                  hash    created, size, attempts, failures, throttles, first_failure,
+                                              first_throttle, last_error, gen (dispatch generation),
+                                              swept (re-publishes by the sweep since the last dispatch)
 ``P:{I}:open``                        zset    bid -> ms when the batch is next due to be sent
 ``P:{I}:held``                        zset    bid -> ms held, while the integration fails authentication
 ``P:{I}:lease:<bid>``                 string  the worker currently sending the batch (expires, PX)
@@ -63,8 +67,8 @@ from pipeline.policy import RetryKind
 SCRIPTS: dict[str, str] = {
     name: resources.files("pipeline").joinpath(f"lua/{name}.lua").read_text("utf-8")
     for name in (
-        "enqueue", "assemble", "lease", "unlease", "finish", "retry", "hold", "sweep", "acquire", "release",
-        "replay_records", "unlock",
+        "enqueue", "assemble", "lease", "unlease", "finish", "retry", "hold", "split", "sweep", "acquire",
+        "release", "replay_records", "unlock",
     )
 }  # fmt: skip
 
@@ -76,6 +80,8 @@ class LeaseStatus(enum.StrEnum):
     GONE = "gone"  # no longer open: finished, or held
     LEASED = "leased"  # another worker is sending it
     HELD = "held"  # the integration fails authentication: moved to the held set
+    STALE = "stale"  # the message's dispatch generation is not the batch's: another message is live
+    EARLY = "early"  # the live message arrived before the batch is due: give it back until then
 
 
 _seq = itertools.count()
@@ -104,6 +110,7 @@ class LeaseResult:
     throttles: int = 0
     first_failure_ms: int = 0
     first_throttle_ms: int = 0
+    due_ms: int = 0  # with EARLY: when the batch is due
 
 
 @dataclass(frozen=True)
@@ -111,8 +118,12 @@ class SweepResult:
     open: int
     held: int
     pending: int
-    probe: str | None
-    redispatch: list[str]
+    probe: tuple[str, int] | None  # (batch id, dispatch generation)
+    redispatch: list[tuple[str, int]]
+
+
+def _pairs(items: Sequence[Any]) -> list[tuple[str, int]]:
+    return [(_s(items[i]), int(items[i + 1])) for i in range(0, len(items), 2)]
 
 
 def _s(value: Any) -> str:
@@ -193,37 +204,52 @@ class Store:
     def enqueue(
         self,
         integration: str,
-        groups: Sequence[tuple[str, Sequence[bytes]]],
+        groups: Sequence[tuple[str, Sequence[bytes], str]],
         identities: Iterable[tuple[str, str]],
-        dead: Sequence[tuple[str, bytes]],
+        dead: Sequence[tuple[str, bytes, str]],
         counters: dict[str, int],
         dedup_window_s: float,
-        replaces: Sequence[str] = (),
-    ) -> tuple[int, list[int]]:
-        """Queue each group's records unless its messageId was seen in the window; store identities,
-        mapping dead letters and counters in the same atomic step. Returns (records pushed, duplicate
-        group indexes)."""
+        drops: Sequence[str] = (),
+        progress: tuple[str, int] | None = None,
+    ) -> tuple[int, int, list[int]]:
+        """Queue each group ``(messageId, records, dead letter it replaces)`` unless its messageId was seen in
+        the window (or the dead letter it replaces is gone: replayed already); store identities, mapping
+        dead letters ``(id, entry, dead letter it replaces)`` and counters, remove ``drops``, and record
+        ``progress`` ``(message id, chunks done)``, all in the same atomic step. Returns (records pushed,
+        groups skipped as already replayed, duplicate group indexes)."""
         args: list[Any] = [
             int(dedup_window_s * 1000),
-            orjson.dumps([mid for mid, _ in groups]),
-            orjson.dumps([len(records) for _, records in groups]),
-            b"\n".join(rec for _, records in groups for rec in records),
+            orjson.dumps([mid for mid, _, _ in groups]),
+            orjson.dumps([len(records) for _, records, _ in groups]),
+            b"\n".join(rec for _, records, _ in groups for rec in records),
             orjson.dumps([list(pair) for pair in identities]),
-            orjson.dumps([[did, body.decode()] for did, body in dead]),
+            orjson.dumps([[did, body.decode(), rep] for did, body, rep in dead]),
             orjson.dumps({k: v for k, v in counters.items() if v}),
-            orjson.dumps(list(replaces)),
+            orjson.dumps([rep for _, _, rep in groups] if any(rep for _, _, rep in groups) else []),
+            orjson.dumps(list(drops)),
+            str(progress[1]) if progress else "",
         ]
-        keys = self.keys(integration, "pending", "since", "seen", "ids", "dead", "dead:idx", "stats")
+        keys = self.keys(
+            integration, "pending", "arrivals", "flow", "seen", "ids", "dead", "dead:idx", "stats"
+        )
+        keys.append(self.key(integration, f"ingest:{progress[0] if progress else ''}"))
         pipe = self.r.pipeline(transaction=False)
         self._run("enqueue", keys, args, client=pipe)
         pipe.sadd(self.ready_key, integration)
         result = cast(list[int], pipe.execute()[0])
-        return int(result[0]), [int(x) for x in result[1:]]
+        return int(result[0]), int(result[1]), [int(x) for x in result[2:]]
+
+    def chunks_done(self, integration: str, message_id: str) -> int:
+        """How many chunks of an ingest message are queued already (0 for a message not seen)."""
+        return int(cast(bytes | None, self.r.get(self.key(integration, f"ingest:{message_id}"))) or 0)
+
+    def forget_message(self, integration: str, message_id: str) -> None:
+        self.r.delete(self.key(integration, f"ingest:{message_id}"))
 
     # --------------------------------------------------------------------------------------- batches
 
     def assemble(self, integration: str, batch_size: int, flush_s: float, max_batches: int = 20) -> list[str]:
-        keys = self.keys(integration, "pending", "since", "open", "auth", "stats")
+        keys = self.keys(integration, "pending", "arrivals", "flow", "open", "auth", "stats")
         args = [batch_size, int(flush_s * 1000), max_batches, self.base(integration), new_id()]
         return [_s(b) for b in cast(list[bytes], self._run("assemble", keys, args))]
 
@@ -239,19 +265,25 @@ class Store:
             if self.r.llen(self.key(integration, "pending")):  # raced with an ingest: keep it ready
                 self.r.sadd(self.ready_key, integration)
 
-    def lease(self, integration: str, bid: str, owner: str, lease_s: float) -> LeaseResult:
+    def lease(
+        self, integration: str, bid: str, owner: str, lease_s: float, generation: int | None = None
+    ) -> LeaseResult:
+        """Lease the batch for a send message of dispatch ``generation`` (None: a message from before
+        generations, taken as live)."""
         keys = self.keys(integration, "open", "held", "auth")
-        res = cast(
-            list[Any], self._run("lease", keys, [self.base(integration), bid, owner, int(lease_s * 1000)])
-        )
+        args = [self.base(integration), bid, owner, int(lease_s * 1000), generation or 0]
+        res = cast(list[Any], self._run("lease", keys, args))
         status = LeaseStatus(_s(res[0]))
+        if status is LeaseStatus.EARLY:
+            return LeaseResult(status, int(res[1]), due_ms=int(float(_s(res[2]))))
         if status is not LeaseStatus.OK:
             return LeaseResult(status, int(res[1]))
         return LeaseResult(status, *(int(float(_s(x))) for x in res[1:]))
 
-    def unlease(self, integration: str, bid: str, owner: str, delay_s: float) -> None:
+    def unlease(self, integration: str, bid: str, owner: str, delay_s: float) -> int:
+        """Give the batch back, due in ``delay_s``; returns its new dispatch generation (0: gone)."""
         args = [self.base(integration), bid, owner, int(delay_s * 1000)]
-        self._run("unlease", self.keys(integration, "open"), args)
+        return int(self._run("unlease", self.keys(integration, "open"), args))
 
     def batch_records(self, integration: str, bid: str) -> list[bytes]:
         raw = cast(bytes | None, self.r.get(self.key(integration, f"batch:{bid}")))
@@ -265,21 +297,34 @@ class Store:
         delivered: int,
         dead: Sequence[tuple[str, bytes]],
         counters: dict[str, int],
-    ) -> tuple[bool, list[str]]:
-        """Remove the batch; count delivered rows; dead-letter the rest. Returns (applied, released held)."""
+        authenticated: bool = False,
+    ) -> tuple[bool, list[tuple[str, int]]]:
+        """Remove the batch; count delivered rows; dead-letter the rest. ``authenticated``: the answer proved
+        the credentials (any 200), which releases held batches. Returns (applied, [(released bid,
+        its generation)])."""
         keys = self.keys(integration, "open", "held", "auth", "dead", "dead:idx", "stats")
         counts = orjson.dumps({k: v for k, v in counters.items() if v})
-        args: list[Any] = [self.base(integration), bid, owner, delivered, counts]
+        args: list[Any] = [self.base(integration), bid, owner, delivered, int(authenticated), counts]
         for did, body in dead:
             args += [did, body]
         res = cast(list[Any], self._run("finish", keys, args))
-        return bool(int(res[0])), [_s(x) for x in res[1:]]
+        return bool(int(res[0])), _pairs(res[1:])
 
     def retry_later(
         self, integration: str, bid: str, owner: str, delay_s: float, kind: RetryKind, error: str
-    ) -> bool:
-        args = [self.base(integration), bid, owner, int(delay_s * 1000), kind.value, error]
-        return bool(self._run("retry", self.keys(integration, "open", "stats"), args))
+    ) -> int:
+        """Count the attempt and make the batch due in ``delay_s``; returns its new dispatch generation
+        (0: finished elsewhere)."""
+        args = [self.base(integration), bid, owner, int(delay_s * 1000), RetryKind(kind).value, error]
+        return int(self._run("retry", self.keys(integration, "open", "stats"), args))
+
+    def split(self, integration: str, bid: str, owner: str) -> list[str]:
+        """Make two batches of the batch's two halves (generation 1 each); [] when it is gone."""
+        args = [self.base(integration), bid, owner]
+        return [
+            _s(x)
+            for x in cast(list[bytes], self._run("split", self.keys(integration, "open", "stats"), args))
+        ]
 
     def hold(self, integration: str, bid: str, owner: str, reason: str, probe_s: float) -> bool:
         keys = self.keys(integration, "open", "held", "auth", "stats")
@@ -291,8 +336,8 @@ class Store:
         keys = self.keys(integration, "open", "held", "auth", "pending", "stats")
         args = [self.base(integration), int(grace_s * 1000), int(probe_s * 1000)]
         res = cast(list[Any], self._run("sweep", keys, args))
-        probe = _s(res[3])
-        return SweepResult(int(res[0]), int(res[1]), int(res[2]), probe or None, [_s(x) for x in res[4:]])
+        probe = (_s(res[3]), int(res[4])) if _s(res[3]) else None
+        return SweepResult(int(res[0]), int(res[1]), int(res[2]), probe, _pairs(res[5:]))
 
     def auth_state(self, integration: str) -> dict[str, str]:
         raw = cast(dict[bytes, bytes], self.r.hgetall(self.key(integration, "auth")))
@@ -342,7 +387,7 @@ class Store:
         return int(self.r.hlen(self.key(integration, "dead")))
 
     def replay_records(self, integration: str, items: Sequence[tuple[str, bytes]]) -> list[str]:
-        keys = self.keys(integration, "dead", "dead:idx", "pending", "since", "stats")
+        keys = self.keys(integration, "dead", "dead:idx", "pending", "arrivals", "flow", "stats")
         args: list[Any] = [x for pair in items for x in pair]
         pipe = self.r.pipeline(transaction=False)
         self._run("replay_records", keys, args, client=pipe)

@@ -10,32 +10,44 @@ import redis
 
 from pipeline import runtime
 from pipeline.delivery import Deliverer
-from pipeline.errors import PartialDelivery
+from pipeline.errors import PartialDelivery, where
 from tasks.celeryapp import app
 
 log = logging.getLogger("pipeline.tasks")
 
 
-def _dispatch(integration: str, batch_id: str, countdown: float) -> None:
-    send_batch.apply_async((integration, batch_id), countdown=countdown or None)
+def _dispatch(integration: str, batch_id: str, countdown: float, generation: int) -> None:
+    send_batch.apply_async((integration, batch_id, generation), countdown=countdown or None)
 
 
 def _deliverer() -> Deliverer:
     return runtime.deliverer(_dispatch)
 
 
-# The message is acked late, but a failed task is acked too: a Redis blip must retry, not drop the events.
-# Re-ingesting is safe for events with a messageId (de-duplicated).
+# A Redis blip retries the task (the same task id), and a retry resumes after the chunks already queued.
+# When the retries run out, or anything else fails, the message is not acked: it stays in the broker and
+# is delivered again (after the visibility timeout), resuming the same way. Events are never dropped.
 @app.task(
     name="clevertap.ingest",
+    bind=True,
     autoretry_for=(redis.RedisError,),
     retry_backoff=True,
     retry_backoff_max=300,
     max_retries=12,
+    acks_on_failure_or_timeout=False,
 )
-def ingest(events: list[Any], integration: str = "default") -> dict[str, int]:
+def ingest(self: Any, events: list[Any], integration: str = "default") -> dict[str, int]:
     """Ingest events sent by an upstream service. Returns counts only: rejections are dead letters."""
-    return runtime.ingest(events, integration).counts()
+    try:
+        return runtime.ingest(events, integration, message_id=self.request.id).counts()
+    except Exception as exc:
+        if not isinstance(exc, redis.RedisError) or self.request.retries >= self.max_retries:
+            log.critical(
+                "clevertap.ingest %s: %d events not all queued (%s); the message stays in the broker and "
+                "is delivered again, resuming after the chunks already queued",
+                self.request.id, len(events), where(exc),
+            )  # fmt: skip
+        raise
 
 
 @app.task(name="clevertap.assemble")
@@ -50,9 +62,10 @@ def assemble() -> dict[str, int] | None:
 # A partial or given-up batch raises PartialDelivery *after* its outcome is recorded, so Flower shows the
 # task as failed with the counts; `throws` keeps it out of the worker's error tracebacks.
 @app.task(name="clevertap.send_batch", throws=(PartialDelivery,))
-def send_batch(integration: str, batch_id: str) -> str:
-    """Send one stored batch under the account's in-flight limit and record the outcome."""
-    report = _deliverer().send(integration, batch_id)
+def send_batch(integration: str, batch_id: str, generation: int | None = None) -> str:
+    """Send one stored batch under the account's in-flight limit and record the outcome. ``generation``
+    tells this message from stale copies (None: a message from before generations)."""
+    report = _deliverer().send(integration, batch_id, generation)
     if report.is_error:
         log.error("%s", report.summary)
         raise PartialDelivery(report.summary)

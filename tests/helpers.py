@@ -7,8 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -104,26 +108,34 @@ def pending(store: Store, integration: str = "default") -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------- delivery
 
 
-class Dispatched(list[tuple[str, str, float]]):
-    """A dispatch that records what would have been published to Celery."""
+class Dispatched(list[tuple[str, str, float, int]]):
+    """A dispatch that records what would have been published to Celery, and when each is due."""
 
-    def __call__(self, integration: str, bid: str, countdown: float) -> None:
-        self.append((integration, bid, countdown))
+    def __init__(self) -> None:
+        super().__init__()
+        self.due: dict[tuple[str, str, float, int], float] = {}
 
-    def take(self) -> list[tuple[str, str, float]]:
+    def __call__(self, integration: str, bid: str, countdown: float, generation: int) -> None:
+        message = (integration, bid, countdown, generation)
+        self.append(message)
+        self.due[message] = time.monotonic() + countdown
+
+    def take(self) -> list[tuple[str, str, float, int]]:
         items = list(self)
         self.clear()
         return items
 
 
 def drain(d: Deliverer, dispatched: Dispatched, rounds: int = 50) -> list[SendReport]:
-    """Send everything dispatched (ignoring countdowns), as a worker would, until nothing is left."""
+    """Run everything dispatched, each when its countdown ends, as a worker would, until nothing is left."""
     reports = []
     for _ in range(rounds):
-        work = dispatched.take()
+        work = sorted(dispatched.take(), key=lambda m: dispatched.due.get(m, 0.0))
         if not work:
             break
-        reports += [d.send(i, b) for i, b, _ in work]
+        for message in work:
+            time.sleep(max(0.0, dispatched.due.pop(message, 0.0) - time.monotonic()))
+            reports.append(run_message(d, message))
     return reports
 
 
@@ -176,3 +188,26 @@ def deliver_through(
     if send:
         delivery.drain()
     return delivery
+
+
+# ------------------------------------------------------------------------------ misbehaving servers
+
+
+@contextmanager
+def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Run ``handler`` on a free loopback port in a thread; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_message(d: Deliverer, message: tuple[str, str, float, int]) -> SendReport:
+    """Run one recorded ``send_batch`` message now, whatever its countdown."""
+    integration, bid, _, generation = message
+    return d.send(integration, bid, generation)

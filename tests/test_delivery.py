@@ -28,6 +28,7 @@ from tests.helpers import (
     environment,
     events,
     page_events,
+    run_message,
 )
 
 
@@ -65,7 +66,7 @@ def test_full_batches_go_at_once_and_a_partial_one_after_the_flush_interval(
     assert d.assemble() == {}
     time.sleep(1.05)
     assert d.assemble() == {"default": 1}
-    sizes = [len(store.batch_records("default", b)) for _, b, _ in dispatched]
+    sizes = [len(store.batch_records("default", b)) for _, b, _, _ in dispatched]
     assert sizes == [10, 10, 5]
     assert store.ready_integrations() == set()
 
@@ -128,9 +129,9 @@ def test_partial_delivers_accepted_rows_and_dead_letters_each_rejected_row_with_
 def test_429s_are_retried_with_retry_after_and_then_deliver(redis_url: str, store: Store) -> None:
     with Emulator({ACC: PASS}, Faults(throttle_rate=1.0, retry_after=1.5)) as emu:
         d, dispatched, _ = with_batches(redis_url, emu, store, 5)
-        (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+        (first,) = [run_message(d, m) for m in dispatched.take()]
         assert first.result == "retry" and first.delay_s == 1.5
-        assert [c for _, _, c in dispatched] == [1.5]
+        assert [c for _, _, c, _ in dispatched] == [1.5]
         requests.post(emu.url + "/_emulator/faults", json={"throttle_rate": 0}, timeout=5)
         assert [r.result for r in drain(d, dispatched)] == ["delivered"]
         assert len(stored(emu)) == 5
@@ -140,10 +141,10 @@ def test_429s_are_retried_with_retry_after_and_then_deliver(redis_url: str, stor
 def test_5xx_is_retried_with_backoff_then_given_up_with_the_last_error(redis_url: str, store: Store) -> None:
     with Emulator({ACC: PASS}, Faults(error_rate=1.0)) as emu:
         d, dispatched, _ = with_batches(redis_url, emu, store, 4, CLEVERTAP_GIVE_UP_AGE="1")
-        (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+        (first,) = [run_message(d, m) for m in dispatched.take()]
         assert first.result == "retry" and 0 <= first.delay_s <= 1
         time.sleep(1.1)
-        (last,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+        (last,) = [run_message(d, m) for m in dispatched.take()]
     assert last.result == "gave_up" and last.dead_lettered == 4
     letters = dead_letters(store)
     assert len(letters) == 4 and all("gave up after 2 failed attempts" in x["error"] for x in letters)
@@ -226,7 +227,7 @@ def test_no_free_token_gives_the_batch_back_with_a_short_countdown(
 ) -> None:
     d, dispatched, _ = with_batches(redis_url, emu, store, 2, CLEVERTAP_MAX_CONCURRENCY="1")
     assert store.acquire_token(ACC, 1, 30, "someone-else")[0]
-    (report,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+    (report,) = [run_message(d, m) for m in dispatched.take()]
     assert report.result == "no_token" and 0.1 <= report.delay_s <= 0.5
     assert len(dispatched) == 1 and store.depth("default")["open_batches"] == 1
     assert store.r.keys(store.key("default", "lease:*")) == []
@@ -249,9 +250,9 @@ def test_a_batch_being_sent_is_neither_swept_nor_sent_twice(
     redis_url: str, emu: Emulator, store: Store
 ) -> None:
     d, dispatched, _ = with_batches(redis_url, emu, store, 3, CLEVERTAP_SWEEP_GRACE="1")
-    (_, bid, _) = dispatched.take()[0]
-    assert store.lease("default", bid, "another-worker", 60).status == "ok"
-    assert d.send("default", bid).result == "skipped:leased"
+    (_, bid, _, generation) = dispatched.take()[0]
+    assert store.lease("default", bid, "another-worker", 60, generation).status == "ok"
+    assert d.send("default", bid, generation).result == "skipped:leased"
     time.sleep(1.1)
     assert d.sweep()["default"]["redispatched"] == 0
 
@@ -259,7 +260,7 @@ def test_a_batch_being_sent_is_neither_swept_nor_sent_twice(
 def test_a_cut_connection_is_retried_so_nothing_is_lost(redis_url: str, store: Store) -> None:
     with Emulator({ACC: PASS}, Faults(cut_rate=1.0)) as emu:
         d, dispatched, _ = with_batches(redis_url, emu, store, 3)
-        (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+        (first,) = [run_message(d, m) for m in dispatched.take()]
         assert first.result == "retry" and "network" in first.detail
         requests.post(emu.url + "/_emulator/faults", json={"cut_rate": 0}, timeout=5)
         assert [r.result for r in drain(d, dispatched)] == ["delivered"]
@@ -280,10 +281,10 @@ def test_assemble_runs_never_overlap(redis_url: str, emu: Emulator, store: Store
 def test_a_batch_throttled_past_its_give_up_age_is_dead_lettered(redis_url: str, store: Store) -> None:
     with Emulator({ACC: PASS}, Faults(throttle_rate=1.0)) as emu:
         d, dispatched, _ = with_batches(redis_url, emu, store, 2, CLEVERTAP_GIVE_UP_AGE="1")
-        (first,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+        (first,) = [run_message(d, m) for m in dispatched.take()]
         assert first.result == "retry"
         time.sleep(1.1)
-        (last,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+        (last,) = [run_message(d, m) for m in dispatched.take()]
     assert last.result == "gave_up" and last.dead_lettered == 2
     assert all("throttled 2 times" in x["error"] for x in dead_letters(store))
 
@@ -322,7 +323,7 @@ def test_an_unexpected_error_while_sending_is_a_transient_failure_not_a_crash(
         raise ValueError(f"Invalid header value {PASS!r}")  # as http.client words it
 
     d.client.upload = broken  # type: ignore[method-assign,assignment]
-    (report,) = [d.send(i, b) for i, b, _ in dispatched.take()]
+    (report,) = [run_message(d, m) for m in dispatched.take()]
     assert report.result == "retry" and "internal error: ValueError" in report.detail
     assert store.tokens_in_flight(ACC) == 0  # the token was released all the same
     assert store.depth("default")["open_batches"] == 1 and len(dispatched) == 1

@@ -1,26 +1,49 @@
 -- Queue one chunk of mapped events for an integration, with everything that goes with it, in one step:
--- records, de-duplication marks, remembered identities, mapping dead letters and counters. A replayed
--- mapping dead letter leaves in the same step that queues its records.
+-- records, de-duplication marks, remembered identities, mapping dead letters, counters and, for a
+-- message that may be delivered again (the clevertap.ingest task), how many of its chunks are done.
 -- Records arrive as one blob joined by newlines (orjson never writes a raw newline), so the client's
 -- packing cost stays flat whatever the chunk size.
--- Returns {records pushed, 0-based index of each duplicate event...}.
-local pending, since, seen, ids, dead, dead_idx, stats =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+-- Replaying mapping dead letters: an event that replaces a dead letter is queued (and a new dead letter
+-- that replaces one is stored) only if that dead letter is still there, and it leaves in the same step:
+-- two replays of one dead letter queue it once.
+-- Returns {records pushed, events skipped as already replayed, 0-based index of each duplicate event...}.
+local pending, arrivals, flow, seen, ids, dead, dead_idx, stats, progress =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local window_ms = tonumber(ARGV[1])
 local message_ids = cjson.decode(ARGV[2])   -- one per event, '' when it has none
 local counts = cjson.decode(ARGV[3])        -- records per event
 local blob = ARGV[4]                        -- every record, joined by newlines
 local identities = cjson.decode(ARGV[5])    -- [[userId, email], ...]
-local letters = cjson.decode(ARGV[6])       -- [[dead letter id, entry], ...]
+local letters = cjson.decode(ARGV[6])       -- [[dead letter id, entry, id it replaces or ''], ...]
 local counters = cjson.decode(ARGV[7])      -- {field: increment}
-local replaces = cjson.decode(ARGV[8])      -- [dead letter id, ...]
+local replaces = cjson.decode(ARGV[8])      -- per event: the dead letter id it replaces, or ''
+local drops = cjson.decode(ARGV[9])         -- dead letter ids replayed into nothing (filtered): removed
+local chunks_done = ARGV[10]                -- '' or the message's chunks done after this one
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+local function mark_arrival(n)  -- n records were just pushed: remember when (within 10 ms)
+  local total = redis.call('HINCRBY', flow, 'pushed', n)
+  local last = redis.call('LINDEX', arrivals, -1)
+  local at = last and tonumber(string.match(last, ':(%d+)$'))
+  if at and now - at < 10 then
+    redis.call('LSET', arrivals, -1, total .. ':' .. at)
+  else
+    redis.call('RPUSH', arrivals, total .. ':' .. now)
+  end
+end
+
+local function claim(id)  -- true when the dead letter was there (and is now gone)
+  if id == '' then return true end
+  if redis.call('HDEL', dead, id) == 0 then return false end
+  redis.call('ZREM', dead_idx, id)
+  return true
+end
+
 if window_ms > 0 then redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - window_ms) end
 local pos, find, sub = 1, string.find, string.sub
-local buf, pushed, accepted, dups = {}, 0, 0, {}
+local buf, pushed, accepted, dups, skipped = {}, 0, 0, {}, 0
 local function flush()
   if #buf > 0 then
     redis.call('RPUSH', pending, unpack(buf))
@@ -30,14 +53,19 @@ local function flush()
 end
 for g = 1, #counts do
   local mid, n = message_ids[g], counts[g]
-  local dup = false
-  if window_ms > 0 and mid ~= '' then
-    if redis.call('ZSCORE', seen, mid) then dup = true else redis.call('ZADD', seen, now, mid) end
+  local take = claim(replaces[g] or '')
+  if not take then
+    skipped = skipped + 1
+  elseif window_ms > 0 and mid ~= '' and redis.call('ZSCORE', seen, mid) then
+    take = false
+    dups[#dups + 1] = g - 1
+  else
+    if window_ms > 0 and mid ~= '' then redis.call('ZADD', seen, now, mid) end
+    accepted = accepted + 1
   end
-  if dup then dups[#dups + 1] = g - 1 else accepted = accepted + 1 end
   for _ = 1, n do
     local e = find(blob, '\n', pos, true)
-    if not dup then
+    if take then
       buf[#buf + 1] = sub(blob, pos, (e or 0) - 1)
       if #buf >= 1000 then flush() end
     end
@@ -45,20 +73,20 @@ for g = 1, #counts do
   end
 end
 flush()
-if pushed > 0 then redis.call('SET', since, now, 'NX') end
+if pushed > 0 then mark_arrival(pushed) end
 for _, pair in ipairs(identities) do redis.call('HSET', ids, pair[1], pair[2]) end
-for _, pair in ipairs(letters) do
-  redis.call('HSET', dead, pair[1], pair[2])
-  redis.call('ZADD', dead_idx, now, pair[1])
+for _, letter in ipairs(letters) do
+  if claim(letter[3] or '') then
+    redis.call('HSET', dead, letter[1], letter[2])
+    redis.call('ZADD', dead_idx, now, letter[1])
+  end
 end
+for _, id in ipairs(drops) do claim(id) end
 for field, n in pairs(counters) do redis.call('HINCRBY', stats, field, n) end
-for _, old in ipairs(replaces) do
-  redis.call('HDEL', dead, old)
-  redis.call('ZREM', dead_idx, old)
-end
 redis.call('HINCRBY', stats, 'accepted', accepted)
 redis.call('HINCRBY', stats, 'duplicate', #dups)
 redis.call('HINCRBY', stats, 'records_queued', pushed)
-local out = {pushed}
+if chunks_done ~= '' then redis.call('SET', progress, chunks_done, 'EX', 86400) end
+local out = {pushed, skipped}
 for _, d in ipairs(dups) do out[#out + 1] = d end
 return out

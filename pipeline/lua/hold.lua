@@ -1,5 +1,6 @@
--- CleverTap refused the credentials: move the batch to the held set and mark the integration as
--- failing authentication (its sends pause; the sweep sends one probe batch every probe_ms).
+-- CleverTap refused the credentials (or the configuration: a redirect, a 404, a 407): move the batch to
+-- the held set and mark the integration as failing (its sends pause; the sweep sends one probe batch
+-- every probe_ms).
 -- Returns 1, or 0 when the batch was already finished elsewhere.
 local open, held, auth, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local base, bid, owner, reason, probe_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -14,6 +15,7 @@ redis.call('ZREM', open, bid)
 redis.call('ZADD', held, now, bid)
 redis.call('HINCRBY', meta, 'attempts', 1)
 redis.call('HSET', meta, 'last_error', reason)
+redis.call('HINCRBY', meta, 'gen', 1)  -- any message still queued for it is stale
 if redis.call('EXISTS', auth) == 0 then redis.call('HSET', auth, 'since', now) end
 redis.call('HSET', auth, 'reason', reason, 'next_probe', now + probe_ms, 'probe', '')
 redis.call('HINCRBY', stats, 'auth_failures', 1)

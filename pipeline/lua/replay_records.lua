@@ -1,10 +1,21 @@
 -- Move api-stage dead letters' records back to the pending queue, each only if its dead letter is
 -- still there (two replays of one dead letter queue it once). Returns the ids moved.
-local dead, dead_idx, pending, since, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local dead, dead_idx, pending, arrivals, flow, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 -- ARGV: (dead letter id, record) pairs
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function mark_arrival(n)  -- n records were just pushed: remember when (within 10 ms)
+  local total = redis.call('HINCRBY', flow, 'pushed', n)
+  local last = redis.call('LINDEX', arrivals, -1)
+  local at = last and tonumber(string.match(last, ':(%d+)$'))
+  if at and now - at < 10 then
+    redis.call('LSET', arrivals, -1, total .. ':' .. at)
+  else
+    redis.call('RPUSH', arrivals, total .. ':' .. now)
+  end
+end
 
 local moved = {}
 for i = 1, #ARGV, 2 do
@@ -16,7 +27,7 @@ for i = 1, #ARGV, 2 do
   end
 end
 if #moved > 0 then
-  redis.call('SET', since, now, 'NX')
+  mark_arrival(#moved)
   redis.call('HINCRBY', stats, 'replayed', #moved)
 end
 return moved

@@ -1,6 +1,7 @@
 -- A send failed in a way worth trying again: count the attempt against the batch (kind 'failures' or
--- 'throttles', each with a clock of its own from its first occurrence) and make it due after delay_ms.
--- Returns 1, or 0 when the batch was already finished elsewhere.
+-- 'throttles', each with a clock of its own from its first occurrence) and make it due after delay_ms,
+-- under a new dispatch generation. Any answer other than a 429 ends a throttle streak.
+-- Returns the new generation, or 0 when the batch was already finished elsewhere.
 local open, stats = KEYS[1], KEYS[2]
 local base, bid, owner = ARGV[1], ARGV[2], ARGV[3]
 local delay_ms, kind, last_error = tonumber(ARGV[4]), ARGV[5], ARGV[6]
@@ -13,8 +14,14 @@ if redis.call('GET', lease) == owner then redis.call('DEL', lease) end
 if redis.call('EXISTS', meta) == 0 then return 0 end
 redis.call('HINCRBY', meta, 'attempts', 1)
 redis.call('HINCRBY', meta, kind, 1)
-redis.call('HSET', meta, 'last_error', last_error)
-redis.call('HSETNX', meta, kind == 'failures' and 'first_failure' or 'first_throttle', now)
+redis.call('HSET', meta, 'last_error', last_error, 'swept', 0)
+if kind == 'failures' then
+  redis.call('HSETNX', meta, 'first_failure', now)
+  redis.call('HDEL', meta, 'first_throttle')
+  redis.call('HSET', meta, 'throttles', 0)
+else
+  redis.call('HSETNX', meta, 'first_throttle', now)
+end
 redis.call('HINCRBY', stats, 'retries_' .. kind, 1)
 redis.call('ZADD', open, now + delay_ms, bid)
-return 1
+return redis.call('HINCRBY', meta, 'gen', 1)

@@ -1,21 +1,29 @@
 -- Re-publish open batches overdue by grace_ms that nobody holds a lease on (a lost message, a killed
--- worker), and start an authentication probe when one is due.
--- Returns {open, held, pending, probe bid or '', re-published bid...}.
+-- worker), and start an authentication probe when one is due. A batch merely waiting in a long send
+-- queue looks the same as a lost one, so each further re-publish of the same batch waits twice as long
+-- (grace, 2 x grace, 4 x grace, ... 64 x grace), and each bumps the batch's dispatch generation: the copy
+-- still in the queue is stale when it arrives. One live message a batch, whatever the backlog.
+-- Returns {open, held, pending, probe bid or '', probe generation, (re-published bid, generation)...}.
 local open, held, auth, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local base, grace_ms, probe_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local overdue = redis.call('ZRANGEBYSCORE', open, '-inf', now - grace_ms, 'LIMIT', 0, 1000)
+local overdue = redis.call('ZRANGEBYSCORE', open, '-inf', now - grace_ms, 'WITHSCORES', 'LIMIT', 0, 1000)
 local again = {}
-for _, bid in ipairs(overdue) do
-  if redis.call('EXISTS', base .. 'lease:' .. bid) == 0 then
+for i = 1, #overdue, 2 do
+  local bid, due = overdue[i], tonumber(overdue[i + 1])
+  local meta = base .. 'meta:' .. bid
+  local swept = tonumber(redis.call('HGET', meta, 'swept') or '0')
+  if redis.call('EXISTS', base .. 'lease:' .. bid) == 0 and now - due >= grace_ms * 2 ^ math.min(swept, 6) then
     redis.call('ZADD', open, now, bid)
+    redis.call('HINCRBY', meta, 'swept', 1)
     again[#again + 1] = bid
+    again[#again + 1] = redis.call('HINCRBY', meta, 'gen', 1)
   end
 end
-local probe = ''
+local probe, probe_gen = '', 0
 if redis.call('EXISTS', auth) == 1 and tonumber(redis.call('HGET', auth, 'next_probe') or 0) <= now then
   local first = redis.call('ZRANGE', held, 0, 0)
   if #first == 0 then
@@ -25,9 +33,10 @@ if redis.call('EXISTS', auth) == 1 and tonumber(redis.call('HGET', auth, 'next_p
     redis.call('ZREM', held, probe)
     redis.call('ZADD', open, now, probe)
     redis.call('HSET', auth, 'probe', probe, 'next_probe', now + probe_ms)
+    probe_gen = redis.call('HINCRBY', base .. 'meta:' .. probe, 'gen', 1)
   end
 end
-if #again > 0 then redis.call('HINCRBY', stats, 'swept', #again) end
-local out = {redis.call('ZCARD', open), redis.call('ZCARD', held), redis.call('LLEN', pending), probe}
-for _, bid in ipairs(again) do out[#out + 1] = bid end
+if #again > 0 then redis.call('HINCRBY', stats, 'swept', #again / 2) end
+local out = {redis.call('ZCARD', open), redis.call('ZCARD', held), redis.call('LLEN', pending), probe, probe_gen}
+for _, x in ipairs(again) do out[#out + 1] = x end
 return out

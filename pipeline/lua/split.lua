@@ -1,0 +1,30 @@
+-- CleverTap found the request too large (413): the batch becomes two, each with half its records (the
+-- first half first), both open and due now, in one step. Their meta starts afresh but keeps 'created'.
+-- Returns {first bid, second bid} (dispatch generation 1 each), or {} when the batch is gone.
+local open, stats = KEYS[1], KEYS[2]
+local base, bid, owner = ARGV[1], ARGV[2], ARGV[3]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local meta, lease, batch = base .. 'meta:' .. bid, base .. 'lease:' .. bid, base .. 'batch:' .. bid
+if redis.call('GET', lease) == owner then redis.call('DEL', lease) end
+local body = redis.call('GET', batch)
+if redis.call('EXISTS', meta) == 0 or not body then return {} end
+local records = {}
+for record in string.gmatch(body, '[^\n]+') do records[#records + 1] = record end
+local half = math.floor(#records / 2)
+local created = redis.call('HGET', meta, 'created') or now
+local made = {}
+for part, range in ipairs({{1, half}, {half + 1, #records}}) do
+  local child = bid .. (part == 1 and 'a' or 'b')
+  redis.call('SET', base .. 'batch:' .. child, table.concat(records, '\n', range[1], range[2]))
+  redis.call('HSET', base .. 'meta:' .. child, 'created', created, 'size', range[2] - range[1] + 1,
+             'attempts', 0, 'failures', 0, 'throttles', 0, 'gen', 1)
+  redis.call('ZADD', open, now, child)
+  made[#made + 1] = child
+end
+redis.call('DEL', batch, meta)
+redis.call('ZREM', open, bid)
+redis.call('HINCRBY', stats, 'batches_split', 1)
+return made
