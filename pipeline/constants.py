@@ -21,6 +21,9 @@ MAX_KEY_CHARS = 120
 #: 256 is the default here; accounts with a lower limit set ``max_event_properties``.
 DEFAULT_MAX_EVENT_PROPERTIES = 256
 
+#: ``ts`` is epoch seconds, ten digits at most: CleverTap answers 525 for anything else.
+MAX_EPOCH_S = 10_000_000_000
+
 #: Characters CleverTap does not allow in event names.
 FORBIDDEN_EVENT_NAME_CHARS = frozenset("%><!|&.:;$'\"\\")
 

@@ -13,10 +13,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from pipeline import constants as C
+
 EVENT_TYPES = ("track", "page", "identify")
 _TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
 #: Epoch values at or above this are milliseconds (1e11 seconds is the year 5138).
-_MS_THRESHOLD = 100_000_000_000
+#: CleverTap takes ``ts`` in epoch seconds, ten digits at most (up to 2286-11-20). A number from there on is
+#: read as milliseconds (ten digits of milliseconds are the first months of 1970: nobody's events).
+_MS_THRESHOLD = C.MAX_EPOCH_S
 
 
 class Event:
@@ -80,7 +84,8 @@ def parse_timestamp(value: Any) -> int | None:
                 return None
             if parsed.tzinfo is None or "T" not in text.upper():
                 return None
-            return int(parsed.timestamp())
+            seconds = int(parsed.timestamp())
+            return seconds if 0 <= seconds < C.MAX_EPOCH_S else None
     else:
         return None
     if math.isnan(number) or number < 0:  # NaN, or before 1970

@@ -91,21 +91,27 @@ class Ingestor:
 
     def _map_chunk(
         self, items: list[tuple[int, Any, Event | None, list[str]]], known: dict[str, str], now: int
-    ) -> list[tuple[int, Any, MapResult]]:
-        out = []
+    ) -> list[tuple[int, Any, MapResult, list[bytes]]]:
+        """Map each validated event; a mapped event's records come encoded too (what is queued)."""
+        out: list[tuple[int, Any, MapResult, list[bytes]]] = []
+        dumps = orjson.dumps
         for index, raw, event, errors in items:
             if event is None:
-                out.append((index, raw, MapResult(REJECTED, reasons=errors)))
+                out.append((index, raw, MapResult(REJECTED, reasons=errors), []))
                 continue
             email = known.get(event.user_id) if event.user_id and not event.email else None
+            encoded: list[bytes] = []
             try:
                 result = self.mapper.map(event, email, now)
+                encoded = [dumps(r) for r in result.records]
+            except TypeError as exc:  # orjson's: e.g. an integer over 64 bits, which no JSON reader takes
+                result = MapResult(REJECTED, reasons=[f"a value cannot be sent as JSON: {exc}"])
             except Exception as exc:  # a bug meets an event nobody foresaw: that event, not the chunk
                 result = MapResult(REJECTED, reasons=[f"internal error while mapping: {where(exc)}"])
             if result.identity_update is not None:
                 uid, mail = result.identity_update
                 known[uid] = mail  # later events of this chunk see it, as they would across chunks
-            out.append((index, raw, result))
+            out.append((index, raw, result, encoded))
         return out
 
     def _validated(self, chunk: list[tuple[int, Any]]) -> list[tuple[int, Any, Event | None, list[str]]]:
@@ -146,13 +152,12 @@ class Ingestor:
         drops: list[str] = []
         filtered = rejected = 0
         per_line: dict[int, LineResult] = {}
-        dumps = orjson.dumps
-        for position, (index, raw, result) in enumerate(mapped):
+        for position, (index, raw, result, encoded) in enumerate(mapped):
             replaced = replaces[position] if replaces else ""
             if result.status == MAPPED:
                 if result.identity_update is not None:
                     identities.append(result.identity_update)
-                groups.append((str(raw.get("messageId") or ""), [dumps(r) for r in result.records], replaced))
+                groups.append((str(raw.get("messageId") or ""), encoded, replaced))
                 group_index.append(index)
             elif result.status == FILTERED:
                 filtered += 1
@@ -218,7 +223,7 @@ class Ingestor:
                 if check_store
                 else set()
             )
-            for index, raw, result in self._map_chunk(items, known, int(time.time())):
+            for index, raw, result, _ in self._map_chunk(items, known, int(time.time())):
                 mid = str(raw.get("messageId") or "") if isinstance(raw, dict) else ""
                 if result.status == MAPPED and mid and self.config.dedup_window > 0:
                     if mid in seen or mid in dup_store:

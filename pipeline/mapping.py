@@ -7,6 +7,7 @@ an integration's ``events`` and ``properties`` overrides are merged on top of it
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -98,11 +99,24 @@ def _check_event_name(name: str) -> list[str]:
 
 
 def _scalar_problem(value: Any) -> str | None:
-    if isinstance(value, str) and len(value) > _SAFE_CHARS:
+    kind = type(value)
+    if kind is str and len(value) > _SAFE_CHARS:
         size = len(value.encode("utf-8"))
         if size > C.MAX_VALUE_BYTES:
             return f"value is {size} bytes, CleverTap allows at most {C.MAX_VALUE_BYTES}"
+    elif kind is int and not -(2**63) <= value < 2**63:
+        return "an integer beyond 64 bits, which JSON readers (CleverTap's among them) do not take"
+    elif kind is float and not math.isfinite(value):
+        return f"{value} is not a number JSON can carry"
     return None
+
+
+def _as_json_text(value: Any) -> str | None:
+    """A nested value as JSON text; None when it holds what JSON cannot carry (an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except TypeError:
+        return None
 
 
 class Mapper:
@@ -247,7 +261,10 @@ class Mapper:
             value = self._items(value, path, reasons)
         elif isinstance(value, (dict, list)):
             if self.stringify:
-                value = orjson.dumps(value).decode("utf-8")
+                value = _as_json_text(value)
+                if value is None:
+                    reasons.append(f"{path}: holds an integer beyond 64 bits, which JSON readers do not take")
+                    return
             else:
                 reasons.append(
                     f"{path}: nested {'object' if isinstance(value, dict) else 'list'}; CleverTap allows "
@@ -274,7 +291,11 @@ class Mapper:
                         continue
                     if fixed is item:
                         fixed = dict(item)  # never modify the caller's event
-                    fixed[key] = orjson.dumps(val).decode("utf-8")
+                    text = _as_json_text(val)
+                    if text is None:
+                        reasons.append(f"{path}[{n}].{key}: holds an integer beyond 64 bits")
+                        continue
+                    fixed[key] = text
                 problem = _scalar_problem(fixed[key])
                 if problem:
                     reasons.append(f"{path}[{n}].{key}: {problem}")

@@ -97,7 +97,21 @@ def dead_letter(integration: str, stage: str, **fields: Any) -> tuple[str, bytes
     """A dead-letter entry (``stage`` mapping or api) and its id, ready for the scripts that store it."""
     did = new_id()
     entry = {"id": did, "integration": integration, "stage": stage, "time": round(time.time(), 3), **fields}
-    return did, orjson.dumps(entry, default=str)
+    try:
+        return did, orjson.dumps(entry, default=str)
+    except TypeError:  # what a dead letter keeps may be anything that arrived, e.g. an integer over 64 bits
+        return did, orjson.dumps(_jsonable(entry), default=str)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with what JSON (and orjson) cannot hold as it is, integers over 64 bits, made text."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)
+    return value
 
 
 @dataclass(frozen=True)
