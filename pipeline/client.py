@@ -59,12 +59,27 @@ class _DeadlineAdapter(HTTPAdapter):
         return manager
 
 
+#: While a request has no socket yet (resolving a name, connecting), the watchdog looks again this often.
+_RECHECK_S = 0.05
+
+
 def _cut(box: dict[str, Any]) -> None:
-    box["fired"] = True
-    sock = getattr(box.get("conn"), "sock", None)
-    if sock is not None:
+    """At the deadline: shut the request's socket, so any blocked read or write returns at once. A request
+    still without a socket is looked at again shortly. Never after the request ended (``done``): its
+    connection may be back in the pool, in another request's hands."""
+    with box["lock"]:
+        if box.get("done"):
+            return
+        box["fired"] = True
+        sock = getattr(box.get("conn"), "sock", None)
+        if sock is None:
+            again = threading.Timer(_RECHECK_S, _cut, (box,))
+            again.daemon = True
+            box["timer"] = again
+            again.start()
+            return
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)  # any blocked read or write returns at once
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def join_records(records: list[bytes]) -> bytes:
@@ -112,9 +127,10 @@ class UploadClient:
             "Content-Type": "application/json; charset=utf-8",
         }
         started = time.perf_counter()
-        box: dict[str, Any] = {}
+        box: dict[str, Any] = {"lock": threading.Lock()}
         watchdog = threading.Timer(self.deadline_s, _cut, (box,))
         watchdog.daemon = True
+        box["timer"] = watchdog
         _current.box = box
         watchdog.start()
         try:
@@ -131,15 +147,26 @@ class UploadClient:
             )
             content = resp.content
         except requests.RequestException as exc:
+            self._end(box)
+            elapsed = time.perf_counter() - started
+            if box.get("fired"):
+                return Attempt(None, error=f"deadline of {self.deadline_s:g} s exceeded", elapsed_s=elapsed)
+            if isinstance(exc, requests.exceptions.ProxyError) and " 407 " in str(exc):
+                # An HTTPS proxy wanting credentials answers the CONNECT, so no response reaches us: say
+                # it as the 407 it is (held, like a 401), not as a network failure to retry for hours.
+                return Attempt(407, b"", error="ProxyError", elapsed_s=elapsed)
             # The type says what happened; the message may name the host but never carries headers.
-            error = f"deadline of {self.deadline_s:g} s exceeded" if box.get("fired") else type(exc).__name__
-            return Attempt(None, error=error, elapsed_s=time.perf_counter() - started)
-        finally:
-            watchdog.cancel()
-            _current.box = None
-        if box.get("fired"):  # the answer was complete just as the deadline cut the connection
-            return Attempt(None, error=f"deadline of {self.deadline_s:g} s exceeded")
+            return Attempt(None, error=type(exc).__name__, elapsed_s=elapsed)
+        self._end(box)
+        # A complete answer stands even when the deadline fired as it arrived.
         return Attempt(resp.status_code, content, dict(resp.headers), elapsed_s=time.perf_counter() - started)
+
+    @staticmethod
+    def _end(box: dict[str, Any]) -> None:
+        with box["lock"]:
+            box["done"] = True
+            box["timer"].cancel()
+        _current.box = None
 
     def close(self) -> None:
         if self._session is not None:

@@ -41,6 +41,9 @@ Dispatch = Callable[[str, str, float, int], None]
 #: Batches moved per assemble script call: each call stays short (Redis runs one script at a time), and
 #: the assembler calls again until the backlog is drained.
 ASSEMBLE_STEP = 20
+#: The assembler's lock: far longer than an assemble run (milliseconds; about a second for the largest
+#: backlog), and what a killed assembler leaves behind holds assembly up for no longer than this.
+ASSEMBLE_LOCK_TTL_S = 10.0
 #: How long a send waits for a token in-process before giving the batch back with a countdown.
 TOKEN_WAIT_S = 0.5
 
@@ -177,7 +180,7 @@ class Deliverer:
                 made[name] = count
         return made
 
-    def assemble_exclusive(self, ttl_s: float = 30.0) -> dict[str, int] | None:
+    def assemble_exclusive(self, ttl_s: float = ASSEMBLE_LOCK_TTL_S) -> dict[str, int] | None:
         """``assemble`` under a lock with a TTL, so runs never overlap, even from two beats started by
         mistake. None when another run holds the lock. (Overlap could not double-batch a record anyway:
         every move is atomic; the lock keeps partial batches from being cut early.)"""

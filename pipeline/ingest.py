@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import redis
 
 from pipeline.config import IntegrationConfig, Settings, load_settings
 from pipeline.errors import where
@@ -75,6 +76,10 @@ class LineResult:
     status: MapStatus
     records: list[dict[str, Any]]
     reasons: list[str]
+
+
+#: Redis errors that pass: a message that meets one is tried again later, from where it stopped.
+TRANSIENT_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 def mapping_dead_letter(integration: str, event: Any, reasons: list[str]) -> tuple[str, bytes]:
@@ -198,9 +203,19 @@ class Ingestor:
         done = self.store.chunks_done(self.config.name, message.id)
         total = IngestResult()
         for number, chunk in enumerate(chunked(enumerate(message.events), CHUNK), start=1):
-            if number > done:
+            if number <= done:
+                continue
+            try:
                 total.add(self.ingest_chunk(chunk, progress=(message.id, number)))
-        self.store.forget_message(self.config.name, message.id)
+            except TRANSIENT_REDIS_ERRORS:
+                raise  # Redis is away: the caller retries the message, which resumes here
+            except Exception as exc:  # anything else would fail the same way again: keep the events visible
+                reason = f"could not be queued: {where(exc)}"
+                letters = [mapping_dead_letter(self.config.name, raw, [reason]) for _, raw in chunk]
+                self.store.keep_unqueued(self.config.name, letters, (message.id, number))
+                total.add(IngestResult(rejected=len(chunk)))
+        # Kept a little longer than a redelivery can take (the broker's visibility timeout), not for ever.
+        self.store.finish_message(self.config.name, message.id)
         return total
 
     def ingest(self, events: Iterable[Any], lines: list[LineResult] | None = None) -> IngestResult:

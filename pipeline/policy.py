@@ -176,8 +176,8 @@ def reconcile(
         if orphans:
             why += f"; first unmatched refusal: {orphans[0].error[:200]}"
         extra = [RowRejection(i, None, why, orjson.loads(sent[i]), unconfirmed=True) for i in rest]
-    if orphans and not note:
-        note = f"{len(orphans)} refusal(s) named no row sent and were dropped: {orphans[0].error[:200]}"
+    if orphans and not note:  # counts only: an entry's text can echo a record, and the note is logged
+        note = f"{len(orphans)} refusal(s) named no row sent and were dropped"
     dead = sorted([*refused.values(), *extra], key=lambda r: r.row if r.row is not None else -1)
     return tuple(dead), note
 

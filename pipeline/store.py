@@ -257,8 +257,23 @@ class Store:
         """How many chunks of an ingest message are queued already (0 for a message not seen)."""
         return int(cast(bytes | None, self.r.get(self.key(integration, f"ingest:{message_id}"))) or 0)
 
-    def forget_message(self, integration: str, message_id: str) -> None:
-        self.r.delete(self.key(integration, f"ingest:{message_id}"))
+    def finish_message(self, integration: str, message_id: str) -> None:
+        """An ingest message is done: keep its progress two hours more, past the broker's visibility timeout
+        (a worker that died before acking it gets it back within that), then let it go."""
+        self.r.expire(self.key(integration, f"ingest:{message_id}"), 2 * C.VISIBILITY_TIMEOUT_S)
+
+    def keep_unqueued(
+        self, integration: str, letters: Sequence[tuple[str, bytes]], progress: tuple[str, int]
+    ) -> None:
+        """Events that could not be queued become mapping dead letters, with the message's progress, in one
+        MULTI (no script: a script may be what failed)."""
+        pipe = self.r.pipeline(transaction=True)
+        for did, body in letters:
+            pipe.hset(self.key(integration, "dead"), did, body)
+            pipe.zadd(self.key(integration, "dead:idx"), {did: int(time.time() * 1000)})
+        pipe.hincrby(self.key(integration, "stats"), "rejected_mapping", len(letters))
+        pipe.set(self.key(integration, f"ingest:{progress[0]}"), progress[1], ex=86_400)
+        pipe.execute()
 
     # --------------------------------------------------------------------------------------- batches
 

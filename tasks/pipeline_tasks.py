@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
-
 from pipeline import runtime
 from pipeline.delivery import Deliverer
 from pipeline.errors import PartialDelivery, where
+from pipeline.ingest import TRANSIENT_REDIS_ERRORS
 from tasks.celeryapp import app
 
 log = logging.getLogger("pipeline.tasks")
@@ -24,29 +23,27 @@ def _deliverer() -> Deliverer:
     return runtime.deliverer(_dispatch)
 
 
-# A Redis blip retries the task (the same task id), and a retry resumes after the chunks already queued.
-# When the retries run out, or anything else fails, the message is not acked: it stays in the broker and
-# is delivered again (after the visibility timeout), resuming the same way. Events are never dropped.
+# While Redis is away the task retries (the same task id; the events stay in the message), with backoff up
+# to 5 minutes, for as long as it takes: a retry resumes after the chunks already queued. Anything else
+# that stops a chunk makes its events mapping dead letters. Either way no event is dropped.
 @app.task(
     name="clevertap.ingest",
     bind=True,
-    autoretry_for=(redis.RedisError,),
+    autoretry_for=TRANSIENT_REDIS_ERRORS,
     retry_backoff=True,
     retry_backoff_max=300,
-    max_retries=12,
-    acks_on_failure_or_timeout=False,
+    max_retries=None,
 )
 def ingest(self: Any, events: list[Any], integration: str = "default") -> dict[str, int]:
     """Ingest events sent by an upstream service. Returns counts only: rejections are dead letters."""
     try:
         return runtime.ingest(events, integration, message_id=self.request.id).counts()
-    except Exception as exc:
-        if not isinstance(exc, redis.RedisError) or self.request.retries >= self.max_retries:
-            log.critical(
-                "clevertap.ingest %s: %d events not all queued (%s); the message stays in the broker and "
-                "is delivered again, resuming after the chunks already queued",
-                self.request.id, len(events), where(exc),
-            )  # fmt: skip
+    except TRANSIENT_REDIS_ERRORS as exc:
+        log.error(
+            "clevertap.ingest %s: Redis unreachable (%s), try %d; %d events wait in the message and the "
+            "next try resumes after the chunks already queued",
+            self.request.id, where(exc), self.request.retries + 1, len(events),
+        )  # fmt: skip
         raise
 
 

@@ -28,6 +28,7 @@ from tests.helpers import (
     dead_letters,
     deliver_through,
     emulator_settings,
+    environment,
     events,
     pending,
     run_message,
@@ -391,3 +392,110 @@ def test_an_api_dead_letter_without_its_record_is_not_replayed_as_null(
     result = replay(store, make_settings().integration("default"), stage="api")
     assert result.replayed_records == 0 and result.unreplayable == [did]
     assert pending(store) == [] and store.dead_letter_count("default") == 1
+
+
+# --------------------------------------------------------------------------- found in review
+
+
+class Proxy407(BaseHTTPRequestHandler):
+    """An HTTPS proxy that wants credentials: it answers the CONNECT, so no response reaches the client."""
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+    def do_CONNECT(self) -> None:
+        self.send_response(407)
+        self.send_header("Proxy-Authenticate", 'Basic realm="proxy"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_an_https_proxy_asking_for_credentials_is_a_407_that_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve(Proxy407) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        config = emulator_settings("redis://127.0.0.1:1/0", "https://eu1.api.clevertap.com").integration(
+            "default"
+        )
+        attempt = UploadClient(1, 2).upload(config, b'{"d":[]}')
+    assert attempt.status == 407
+    assert classify(attempt, []).kind is Kind.CONFIG
+
+
+def test_the_deadline_holds_while_a_connection_is_still_being_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib3.util.connection
+
+    real = urllib3.util.connection.create_connection
+
+    def slow_connect(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.8)  # a slow name lookup: no socket yet when the deadline comes
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", slow_connect)
+    with serve(Trickle) as url:
+        config = emulator_settings("redis://127.0.0.1:1/0", url).integration("default")
+        started = time.monotonic()
+        attempt = UploadClient(0.2, 0.3).upload(config, b'{"d":[]}')  # a 0.5 s deadline
+        took = time.monotonic() - started
+    assert attempt.status is None and "deadline" in str(attempt.error)
+    assert took < 3  # the trickle would take 30 s
+
+
+def test_an_ingest_task_resumes_after_a_redis_blip_and_keeps_what_it_cannot_queue(
+    redis_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import runtime
+    from tasks.pipeline_tasks import ingest
+
+    for key, value in environment(redis_url).items():
+        monkeypatch.setenv(key, value)
+    runtime.reset()
+    no_ids = [{k: v for k, v in e.items() if k != "messageId"} for e in events(1500)]
+    real, calls = Store.enqueue, []
+
+    def flaky(self: Store, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise redis.ConnectionError("a blip")
+        if len(calls) == 4:
+            raise redis.ResponseError("a script that fails the same way every time")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "enqueue", flaky)
+    try:
+        ingest.apply(args=(no_ids,), task_id="task-blip").get()  # eager: the retry runs at once
+    finally:
+        runtime.reset()
+    # Chunk 1 queued; chunk 2 failed, retried, queued; chunk 3 broke the script: its 500 events are dead
+    # letters, with the reason. None twice, none lost.
+    assert len(pending(store)) == 1000
+    letters = dead_letters(store)
+    assert len(letters) == 500 and all(
+        "could not be queued: ResponseError" in x["reasons"][0] for x in letters
+    )
+
+
+@responses.activate
+def test_a_probe_refused_row_by_row_still_proves_the_credentials(redis_url: str, store: Store) -> None:
+    responses.add(responses.POST, "http://ct.test/1/upload", status=401, body=b"")
+    d = deliver_through("http://ct.test", redis_url, store, events(4), send=True, CLEVERTAP_BATCH_SIZE="2")
+    assert store.depth("default")["held_batches"] == 2
+    responses.replace(
+        responses.POST,
+        "http://ct.test/1/upload",
+        body=orjson.dumps(
+            {
+                "status": "fail",
+                "processed": 0,
+                "unprocessed": [
+                    {"code": 509, "error": "x. Skipped record number : 1"},
+                    {"code": 509, "error": "x. Skipped record number : 2"},
+                ],
+            }
+        ),
+    )
+    store.r.hset(store.key("default", "auth"), "next_probe", 0)
+    d.deliverer.sweep()  # sends a probe: CleverTap refuses both rows, but it answered 200
+    d.drain()
+    assert store.auth_state("default") == {} and store.depth("default")["held_batches"] == 0

@@ -40,9 +40,16 @@ def free_port() -> int:
 class EmbeddedRedis:
     """Start and stop a private redis-server. Use as a context manager or call start()/stop()."""
 
-    def __init__(self, port: int | None = None, appendonly: bool = False, workdir: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        appendonly: bool = False,
+        workdir: str | None = None,
+        appendfsync: str = "everysec",
+    ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="ctp-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -65,6 +72,8 @@ class EmbeddedRedis:
             "",
             "--appendonly",
             "yes" if self.appendonly else "no",
+            "--appendfsync",
+            self.appendfsync,
             "--maxmemory-policy",
             "noeviction",
             "--daemonize",
@@ -90,11 +99,28 @@ class EmbeddedRedis:
             client.close()
 
     def stop(self) -> None:
+        self._halt()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _halt(self) -> None:
         if self.proc is not None:
             terminate(self.proc, 5)
         self.proc = None
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop (SIGTERM: Redis finishes writing its AOF) and start again on the same port and directory,
+        after ``down_s`` seconds down: what clients see when Redis restarts."""
+        self._halt()
+        time.sleep(down_s)
+        self.start()
+
+    def kill(self) -> None:
+        """SIGKILL: what survives is what the AOF had on disk (all of it with ``appendfsync always``)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

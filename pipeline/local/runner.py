@@ -101,6 +101,7 @@ def start_stack(
     concurrency: int = 16,
     loglevel: str = "INFO",
     beat: bool = True,
+    redis_fsync: str = "everysec",
 ) -> Stack:
     """Start everything (``workers`` workers, and beat unless ``beat=False``); on any failure stop what was
     started and re-raise."""
@@ -110,7 +111,9 @@ def start_stack(
     try:
         if not env.get("REDIS_URL"):
             redis_dir = workdir / "redis"
-            stack.redis = EmbeddedRedis(appendonly=persistent_redis, workdir=str(redis_dir)).start()
+            stack.redis = EmbeddedRedis(
+                appendonly=persistent_redis, workdir=str(redis_dir), appendfsync=redis_fsync
+            ).start()
             env["REDIS_URL"] = stack.redis.url
         if emulator_flags is not None:
             stack.emulator = EmulatorProcess(

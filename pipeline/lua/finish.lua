@@ -29,6 +29,7 @@ if authenticated and redis.call('EXISTS', auth) == 1 then
   redis.call('DEL', auth)
   for _, h in ipairs(redis.call('ZRANGE', held, 0, -1)) do
     redis.call('ZADD', open, now, h)
+    redis.call('HSET', base .. 'meta:' .. h, 'swept', 0)
     out[#out + 1] = h
     out[#out + 1] = redis.call('HINCRBY', base .. 'meta:' .. h, 'gen', 1)
   end

@@ -33,6 +33,7 @@ if redis.call('EXISTS', auth) == 1 and tonumber(redis.call('HGET', auth, 'next_p
     redis.call('ZREM', held, probe)
     redis.call('ZADD', open, now, probe)
     redis.call('HSET', auth, 'probe', probe, 'next_probe', now + probe_ms)
+    redis.call('HSET', base .. 'meta:' .. probe, 'swept', 0)
     probe_gen = redis.call('HINCRBY', base .. 'meta:' .. probe, 'gen', 1)
   end
 end
