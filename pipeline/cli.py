@@ -22,7 +22,7 @@ import orjson
 import redis
 
 from pipeline.config import Settings, load_settings
-from pipeline.errors import ConfigError, InputError, UnknownIntegration
+from pipeline.errors import ConfigError, InputError, QueueFull, UnknownIntegration
 from pipeline.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         err(f"error: {exc}")
         return EXIT_FAILED
+    except QueueFull as exc:
+        err(f"error: {exc}")
+        return EXIT_UNAVAILABLE
     except redis.RedisError as exc:
         err(f"error: Redis is not reachable ({type(exc).__name__}: {exc}); check REDIS_URL")
         return EXIT_UNAVAILABLE
@@ -317,7 +320,12 @@ def status(args: argparse.Namespace) -> int:
         print(f"integration {name} (account {s['account_id']})")
         print(
             f"  queued {q['pending']:,} records; {q['open_batches']} open and {q['held_batches']} held "
-            f"batches; in flight {s['in_flight']} (peak {s['peak_in_flight']})"
+            f"batches; in flight {s['in_flight']} (peak {s['peak_in_flight']}, limit {s['effective_limit']}"
+            + (
+                f" of {s['limit']}: lowered, another client uses the account)"
+                if s["effective_limit"] < s["limit"]
+                else ")"
+            )
         )
         print(
             f"  ingested: accepted {c.get('accepted', 0):,}, filtered {c.get('filtered', 0):,}, "

@@ -216,6 +216,16 @@ class IntegrationConfig:
     give_up_age: float = setting(
         fields.Float(load_default=C.DEFAULT_GIVE_UP_AGE_S, validate=_range(1, 30 * 86400, " s"))
     )
+    identity_retention: float = setting(
+        fields.Float(load_default=C.DEFAULT_IDENTITY_RETENTION_S, validate=_range(0, 3650 * 86400, " s"))
+    )
+    max_pending: int = setting(fields.Integer(load_default=C.DEFAULT_MAX_PENDING, validate=_range(0, 10**10)))
+    dead_letter_max_age: float = setting(
+        fields.Float(load_default=C.DEFAULT_DEAD_LETTER_MAX_AGE_S, validate=_range(0, 3650 * 86400, " s"))
+    )
+    dead_letter_max_count: int = setting(
+        fields.Integer(load_default=C.DEFAULT_DEAD_LETTER_MAX_COUNT, validate=_range(0, 10**9))
+    )
     event_renames: Mapping[str, str] = setting(
         fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict, data_key="events"),
         env=None,

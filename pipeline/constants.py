@@ -86,6 +86,15 @@ DEFAULT_SWEEP_GRACE_S = 60.0
 #: How often a batch is tried again while an integration fails authentication.
 DEFAULT_AUTH_PROBE_INTERVAL_S = 60.0
 
+#: A userId's remembered email lasts 90 days after its last identify (0: for ever).
+DEFAULT_IDENTITY_RETENTION_S = 90 * 86400
+#: Ingest refuses more once this many records wait for one integration (0: no mark): about 3 GB of Redis
+#: at ~300 bytes a record, far from the 24 GB a machine like this one has, and hours of one account's quota.
+DEFAULT_MAX_PENDING = 10_000_000
+#: Dead letters are kept 30 days, and at most a million per integration (oldest go first; 0: no limit).
+DEFAULT_DEAD_LETTER_MAX_AGE_S = 30 * 86400
+DEFAULT_DEAD_LETTER_MAX_COUNT = 1_000_000
+
 DEFAULT_KEY_PREFIX = "ctp"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 SEND_QUEUE = "clevertap.send"

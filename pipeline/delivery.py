@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import random
 import secrets
 import time
@@ -44,6 +45,10 @@ ASSEMBLE_STEP = 20
 #: The assembler's lock: far longer than an assemble run (milliseconds; about a second for the largest
 #: backlog), and what a killed assembler leaves behind holds assembly up for no longer than this.
 ASSEMBLE_LOCK_TTL_S = 10.0
+#: Bounded dispatch: an integration has at most this many times its account's limit of batches open (cut
+#: and with a send message out). A backlog of millions waits as records in Redis, not as broker messages,
+#: and accounts take turns in the send queue instead of queueing behind one another.
+DISPATCH_AHEAD = 2
 #: How long a send waits for a token in-process before giving the batch back with a countdown.
 TOKEN_WAIT_S = 0.5
 
@@ -159,6 +164,26 @@ class Deliverer:
 
     # ----------------------------------------------------------------------------------------- assemble
 
+    def dispatch_cap(self, config: IntegrationConfig) -> int:
+        """Open batches an integration may have: DISPATCH_AHEAD times its account's limit, shared among the
+        integrations sending as that account. Everything past it waits in Redis as records."""
+        sharing = sum(1 for c in self.settings.integrations.values() if c.account_key == config.account_key)
+        return max(2, math.ceil(DISPATCH_AHEAD * config.max_concurrency / sharing))
+
+    def fill(self, config: IntegrationConfig) -> int:
+        """Cut and dispatch as many batches as the integration may have open; returns how many."""
+        count = 0
+        cap = self.dispatch_cap(config)
+        while True:
+            ids = self.store.assemble(
+                config.name, config.batch_size, config.flush_interval, ASSEMBLE_STEP, cap
+            )
+            for bid in ids:
+                self.dispatch(config.name, bid, 0.0, 1)
+            count += len(ids)
+            if len(ids) < ASSEMBLE_STEP:
+                return count
+
     def assemble(self) -> dict[str, int]:
         """Turn waiting records into batches for every integration that has any; dispatch each batch."""
         made: dict[str, int] = {}
@@ -167,14 +192,7 @@ class Deliverer:
             if config is None:
                 log.warning("records are queued for integration %r, which is not configured", name)
                 continue
-            count = 0
-            while True:
-                ids = self.store.assemble(name, config.batch_size, config.flush_interval, ASSEMBLE_STEP)
-                for bid in ids:
-                    self.dispatch(name, bid, 0.0, 1)
-                count += len(ids)
-                if len(ids) < ASSEMBLE_STEP:
-                    break
+            count = self.fill(config)
             self.store.unready_if_empty(name)
             if count:
                 made[name] = count
@@ -262,6 +280,14 @@ class Deliverer:
         attempts: int,
     ) -> SendReport:
         name = config.name
+        if c.kind is Kind.THROTTLED:
+            before = self.store.effective_limit(config.account_key, config.max_concurrency)
+            after = self.store.adapt_limit(config.account_key, config.max_concurrency, throttled=True)
+            if int(after) < int(before):
+                log.warning(
+                    "account %s: a 429 within this pipeline's own limit (another client uses the account): "
+                    "effective limit %d of %d", config.account_key, int(after), config.max_concurrency,
+                )  # fmt: skip
         if d.action is Action.RETRY:
             assert d.retry_kind is not None
             gen = self.store.retry_later(name, batch_id, owner, d.delay_s, d.retry_kind, d.reason)
@@ -278,6 +304,7 @@ class Deliverer:
             halves = self.store.split(name, batch_id, owner)
             for bid in halves:
                 self.dispatch(name, bid, 0.0, 1)
+            self.fill(config)
             return SendReport(name, batch_id, SendResult.SPLIT, len(records), detail=d.reason)
         dead = [api_dead_letter(name, batch_id, r, attempts, c.http_status) for r in d.dead]
         codes = Counter(str(r.code) for r in d.dead)
@@ -298,6 +325,8 @@ class Deliverer:
             "batches_bad_request": int(result is SendResult.BAD_REQUEST),
         }
         authenticated = c.http_status is not None and 200 <= c.http_status < 300
+        if authenticated:
+            self.store.adapt_limit(config.account_key, config.max_concurrency, throttled=False)
         applied, released = self.store.finish(
             name, batch_id, owner, d.delivered, dead, counters, authenticated
         )
@@ -305,6 +334,7 @@ class Deliverer:
             return SendReport(name, batch_id, SendResult.SKIPPED_FINISHED, len(records))
         for bid, gen in released:
             self.dispatch(name, bid, 0.0, gen)
+        self.fill(config)  # a batch is done: the next one goes at once, not at the next assemble tick
         if released:
             log.warning("integration %s: CleverTap accepts the credentials again; released %d held batches",
                         name, len(released))  # fmt: skip
@@ -327,7 +357,14 @@ class Deliverer:
         """Re-dispatch open batches nobody holds, start due auth probes, expire stale tokens."""
         found: dict[str, dict[str, int]] = {}
         for name in sorted(self.settings.integrations):
-            res = self.store.sweep(name, self.settings.sweep_grace, self.settings.auth_probe_interval)
+            config = self.settings.integrations[name]
+            res = self.store.sweep(
+                name,
+                self.settings.sweep_grace,
+                self.settings.auth_probe_interval,
+                config.dead_letter_max_age,
+                config.dead_letter_max_count,
+            )
             for bid, gen in res.redispatch:
                 self.dispatch(name, bid, 0.0, gen)
             if res.probe:

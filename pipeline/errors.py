@@ -26,6 +26,10 @@ class InputError(PipelineError):
     """Input that cannot be read at all (not a file, not JSON lines, not a JSON array)."""
 
 
+class QueueFull(PipelineError):
+    """An integration's queue is past its high-water mark: nothing was queued; try again later."""
+
+
 class DeliveryError(PipelineError):
     """A batch was sent but CleverTap did not store all of it; the details are in the dead letters."""
 

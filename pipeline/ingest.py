@@ -184,6 +184,8 @@ class Ingestor:
             self.config.dedup_window,
             drops,
             progress,
+            self.config.identity_retention,
+            self.config.max_pending,
         )
         res.filtered, res.rejected, res.duplicate = filtered, rejected, len(dups)
         res.accepted = len(groups) - len(dups) - skipped

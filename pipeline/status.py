@@ -17,6 +17,8 @@ def integration_status(settings: Settings, store: Store, name: str) -> dict[str,
         "counters": store.stats(name),
         "auth": store.auth_state(name) or "ok",
         "in_flight": store.tokens_in_flight(config.account_key),
+        "limit": config.max_concurrency,
+        "effective_limit": int(store.effective_limit(config.account_key, config.max_concurrency)),
         "peak_in_flight": store.peak_in_flight(config.account_key),
         "dead_letters": summarise(store, name),
     }

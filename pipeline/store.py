@@ -13,6 +13,8 @@ key                                   type    holds
 ``P:{I}:ingest:<message id>``         string  chunks of a ``clevertap.ingest`` message already queued (1 day)
 ``P:{I}:seen``                        zset    messageId -> ms first accepted (de-duplication window)
 ``P:{I}:ids``                         hash    userId -> email, remembered from identify calls
+``P:{I}:ids:seen``                    zset    userId -> ms of its last identify (entries expire after
+                                              identity_retention)
 ``P:{I}:batch:<bid>``                 string  the records of one assembled batch, in send order, joined by
                                               newlines
 ``P:{I}:meta:<bid>``                  hash    created, size, attempts, failures, throttles, first_failure,
@@ -28,6 +30,8 @@ key                                   type    holds
 ``P:{acct:<A>}:tokens``               zset    in-flight token id -> lease expiry ms, per CleverTap account
 ``P:{acct:<A>}:stats``                hash    ``peak``: the most tokens ever held at once
 ``P:{acct:<A>}:wake``                 list    one item per released token, for waiters blocked in BLPOP
+``P:{acct:<A>}:limit``                hash    effective (AIMD limit, while another client shares the
+                                              account), cut_at, cuts
 ``P:ready``                           set     integrations that may have records waiting
 ``P:assemble:lock``                   string  held by the one assembler run in progress (expires)
 ====================================  ======  ===============================================================
@@ -60,6 +64,7 @@ import orjson
 import redis
 
 from pipeline import constants as C
+from pipeline.errors import QueueFull
 from pipeline.policy import RetryKind
 
 #: Every Lua script, by name: ``pipeline/lua/<name>.lua``, read once at import (each names its KEYS and
@@ -68,7 +73,7 @@ SCRIPTS: dict[str, str] = {
     name: resources.files("pipeline").joinpath(f"lua/{name}.lua").read_text("utf-8")
     for name in (
         "enqueue", "assemble", "lease", "unlease", "finish", "retry", "hold", "split", "sweep", "acquire",
-        "release", "replay_records", "unlock",
+        "release", "adapt", "replay_records", "unlock",
     )
 }  # fmt: skip
 
@@ -225,6 +230,8 @@ class Store:
         dedup_window_s: float,
         drops: Sequence[str] = (),
         progress: tuple[str, int] | None = None,
+        identity_retention_s: float = 0,
+        high_water: int = 0,
     ) -> tuple[int, int, list[int]]:
         """Queue each group ``(messageId, records, dead letter it replaces)`` unless its messageId was seen in
         the window (or the dead letter it replaces is gone: replayed already); store identities, mapping
@@ -242,15 +249,23 @@ class Store:
             orjson.dumps([rep for _, _, rep in groups] if any(rep for _, _, rep in groups) else []),
             orjson.dumps(list(drops)),
             str(progress[1]) if progress else "",
+            int(identity_retention_s * 1000),
+            high_water,
         ]
         keys = self.keys(
             integration, "pending", "arrivals", "flow", "seen", "ids", "dead", "dead:idx", "stats"
         )
         keys.append(self.key(integration, f"ingest:{progress[0] if progress else ''}"))
+        keys.append(self.key(integration, "ids:seen"))
         pipe = self.r.pipeline(transaction=False)
         self._run("enqueue", keys, args, client=pipe)
         pipe.sadd(self.ready_key, integration)
         result = cast(list[int], pipe.execute()[0])
+        if int(result[0]) < 0:
+            raise QueueFull(
+                f"integration {integration!r} has {high_water:,} or more records waiting (its high-water "
+                "mark, max_pending): nothing queued; try again once delivery catches up"
+            )
         return int(result[0]), int(result[1]), [int(x) for x in result[2:]]
 
     def chunks_done(self, integration: str, message_id: str) -> int:
@@ -277,9 +292,12 @@ class Store:
 
     # --------------------------------------------------------------------------------------- batches
 
-    def assemble(self, integration: str, batch_size: int, flush_s: float, max_batches: int = 20) -> list[str]:
+    def assemble(
+        self, integration: str, batch_size: int, flush_s: float, max_batches: int = 20, cap: int = 0
+    ) -> list[str]:
+        """Cut up to ``max_batches`` batches, keeping at most ``cap`` open (0: no cap); returns their ids."""
         keys = self.keys(integration, "pending", "arrivals", "flow", "open", "auth", "stats")
-        args = [batch_size, int(flush_s * 1000), max_batches, self.base(integration), new_id()]
+        args = [batch_size, int(flush_s * 1000), max_batches, self.base(integration), new_id(), cap]
         return [_s(b) for b in cast(list[bytes], self._run("assemble", keys, args))]
 
     def ready_integrations(self) -> set[str]:
@@ -361,9 +379,19 @@ class Store:
             self._run("hold", keys, [self.base(integration), bid, owner, reason, int(probe_s * 1000)])
         )
 
-    def sweep(self, integration: str, grace_s: float, probe_s: float) -> SweepResult:
-        keys = self.keys(integration, "open", "held", "auth", "pending", "stats")
-        args = [self.base(integration), int(grace_s * 1000), int(probe_s * 1000)]
+    def sweep(
+        self,
+        integration: str,
+        grace_s: float,
+        probe_s: float,
+        dead_max_age_s: float = 0,
+        dead_max_count: int = 0,
+    ) -> SweepResult:
+        keys = self.keys(integration, "open", "held", "auth", "pending", "stats", "dead", "dead:idx")
+        args = [
+            self.base(integration), int(grace_s * 1000), int(probe_s * 1000), int(dead_max_age_s * 1000),
+            dead_max_count,
+        ]  # fmt: skip
         res = cast(list[Any], self._run("sweep", keys, args))
         probe = (_s(res[3]), int(res[4])) if _s(res[3]) else None
         return SweepResult(int(res[0]), int(res[1]), int(res[2]), probe, _pairs(res[5:]))
@@ -375,13 +403,22 @@ class Store:
     # ---------------------------------------------------------------------------------------- tokens
 
     def acquire_token(self, account: str, limit: int, lease_s: float, token: str) -> tuple[bool, int]:
-        keys = [self.account_key(account, "tokens"), self.account_key(account, "stats")]
+        keys = [self.account_key(account, n) for n in ("tokens", "stats", "limit")]
         res = cast(list[int], self._run("acquire", keys, [limit, int(lease_s * 1000), token]))
         return bool(res[0]), int(res[1])
 
     def release_token(self, account: str, token: str, limit: int = C.MAX_CONCURRENCY) -> bool:
         keys = [self.account_key(account, "tokens"), self.account_key(account, "wake")]
         return bool(self._run("release", keys, [token, limit]))
+
+    def adapt_limit(self, account: str, configured: int, throttled: bool, cooldown_s: float = 2.0) -> float:
+        """AIMD on the account's effective limit (adapt.lua): down a quarter on a 429, up slowly otherwise."""
+        args = ["down" if throttled else "up", configured, int(cooldown_s * 1000)]
+        return float(_s(self._run("adapt", [self.account_key(account, "limit")], args)))
+
+    def effective_limit(self, account: str, configured: int) -> float:
+        value = self.r.hget(self.account_key(account, "limit"), "effective")
+        return min(float(configured), float(_s(value))) if value else float(configured)
 
     def wait_for_token(self, account: str, timeout_s: float) -> bool:
         """Block up to ``timeout_s`` for a release; True when woken (a token may be free: try again)."""
@@ -459,3 +496,21 @@ class Store:
 
     def unlock(self, name: str, token: str) -> None:
         self._run("unlock", [f"{self.prefix}:{name}:lock"], [token])
+
+
+def eviction_warning(url: str) -> str | None:
+    """A warning when the Redis at ``url`` may evict keys (``maxmemory-policy`` other than noeviction), else
+    None; None too when it cannot tell (CONFIG is disabled on some managed Redis, or Redis is not up yet)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        policy = _s(cast(dict[str, Any], client.config_get("maxmemory-policy")).get("maxmemory-policy", ""))
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    if policy and policy != "noeviction":
+        return (
+            f"Redis maxmemory-policy is {policy!r}: when Redis is full it evicts keys, and queued records, "
+            "batches and dead letters vanish without a word. Set maxmemory-policy noeviction."
+        )
+    return None

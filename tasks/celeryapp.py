@@ -19,6 +19,7 @@ from kombu.entity import Queue
 from pipeline import constants as C
 from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError
+from pipeline.store import eviction_warning
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,14 @@ app.conf.update(
 
 @worker_init.connect
 def _check_settings(**_: Any) -> None:
-    """Fail fast: a worker with invalid settings says so at start, not on its first task."""
+    """Fail fast: a worker with invalid settings says so at start, not on its first task. Warn when Redis
+    may evict keys: evictions lose queued records without a word."""
     try:
-        load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         for path, msg in exc.errors:
             log.critical("configuration error: %s: %s", path, msg)
         raise SystemExit(2) from None
+    warning = eviction_warning(settings.redis_url)
+    if warning:
+        log.warning("%s", warning)

@@ -71,14 +71,21 @@ def test_full_batches_go_at_once_and_a_partial_one_after_the_flush_interval(
     assert store.ready_integrations() == set()
 
 
-def test_a_backlog_drains_as_many_full_batches_as_there_are_in_one_run(
+def test_a_backlog_is_cut_as_it_can_be_sent_and_drains_as_sends_finish(
     redis_url: str, emu: Emulator, store: Store
 ) -> None:
     settings = make(redis_url, emu, CLEVERTAP_BATCH_SIZE="10", CLEVERTAP_FLUSH_INTERVAL="60")
-    d = Deliverer(settings, store, Dispatched())
+    dispatched = Dispatched()
+    d = Deliverer(settings, store, dispatched)
     ingest(events(455), settings=settings, store=store)
-    assert d.assemble() == {"default": 45}
-    assert store.r.llen(store.key("default", "pending")) == 5
+    # Bounded dispatch: twice the account's limit of batches open; the rest waits as records in Redis.
+    assert d.assemble() == {"default": 30} and len(dispatched) == 30
+    assert store.r.llen(store.key("default", "pending")) == 155
+    assert d.assemble() == {}  # nothing more until sends finish
+    # Each finished send cuts the next batch at once: the full ones drain, the last 5 wait their interval.
+    reports = drain(d, dispatched)
+    assert [str(r.result) for r in reports] == ["delivered"] * 45
+    assert store.r.llen(store.key("default", "pending")) == 5 and len(stored(emu)) == 450
 
 
 def test_delivered_records_are_exactly_those_queued(redis_url: str, emu: Emulator, store: Store) -> None:
@@ -190,10 +197,10 @@ def test_401_holds_the_batch_pauses_the_integration_and_releases_everything_once
     time.sleep(0.25)
     good.sweep()
     results = [r.result for r in drain(good, dispatched)]
-    assert results == ["delivered", "delivered"]
+    # The probe, the batch it released, and the records queued meanwhile (cut as soon as a send finished).
+    assert results == ["delivered", "delivered", "delivered"]
     assert store.auth_state("default") == {}
-    assert good.assemble() == {"default": 1}
-    drain(good, dispatched)
+    assert good.assemble() == {}
     assert len(stored(emu)) == 15
 
 

@@ -267,3 +267,32 @@ def soak(args: argparse.Namespace) -> int:
         )  # fmt: skip
     print(figures.report())
     return EXIT_OK if figures.accounting.ok else EXIT_FAILED
+
+
+@verb(
+    "bench-tenants",
+    "Many accounts at once: ten accounts, two integrations each, one with a big backlog, one whose API "
+    "answers in 5 s, one down, one shared with another client, the rest trickling; prints per account "
+    "records/s against its ceiling, p50/p99 ingest-to-delivered latency, 429s and peak in flight, and "
+    "overall the peak send-queue length, worker CPU per record and Redis memory per queued record.",
+    arg("--backlog", type=int, default=1_000_000, help="records queued for the big-backlog integration"),
+    arg("--shared-backlog", type=int, default=500_000, help="records queued for the shared account's t04a"),
+    arg("--seconds", type=float, default=60.0, help="the measured window"),
+    arg("--latency-ms", type=int, default=1000, help="API latency of the healthy accounts"),
+    arg("--trickle", type=float, default=5.0, help="events/s each trickling integration sends"),
+    arg("--pool", default="gevent", help="celery worker pool (gevent or threads)"),
+    arg("--concurrency", type=int, default=200, help="celery worker concurrency"),
+)
+def bench_tenants(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from pipeline.local.tenants import run_tenants
+
+    with tempfile.TemporaryDirectory(prefix="ctp-tenants-") as tmp:
+        figures = run_tenants(
+            Path(tmp), args.backlog, args.shared_backlog, args.seconds, args.latency_ms, args.trickle,
+            args.pool, args.concurrency,
+            progress=lambda text: print(text, flush=True),
+        )  # fmt: skip
+    print(figures.table())
+    return EXIT_OK

@@ -76,6 +76,24 @@ def parse_outage(text: str) -> tuple[float, float]:
     return value
 
 
+#: Fault settings that one account may have differently from the rest (--account-fault ID:KEY=VALUE).
+PER_ACCOUNT = ("latency_ms", "jitter_ms", "error_rate", "throttle_rate", "concurrency", "held_slots")
+
+
+def parse_account_fault(text: str) -> tuple[str, dict[str, float]]:
+    account, sep, settings = text.partition(":")
+    changes: dict[str, float] = {}
+    for item in settings.split(","):
+        key, eq, value = item.partition("=")
+        if not sep or not eq or key.strip() not in PER_ACCOUNT:
+            raise argparse.ArgumentTypeError(
+                f"--account-fault must be ID:KEY=VALUE[,KEY=VALUE] with KEY one of {', '.join(PER_ACCOUNT)}, "
+                f"got {text!r}"
+            )
+        changes[key.strip()] = float(value)
+    return account, changes
+
+
 def fault(
     default: Any,
     help: str,
@@ -110,6 +128,14 @@ class Faults:
     )  # fmt: skip
     concurrency: int = fault(C.MAX_CONCURRENCY, "requests in flight per account before 429", int)
     max_properties: int = fault(C.DEFAULT_MAX_EVENT_PROPERTIES, "evtData properties before code 522", int)
+    held_slots: int = fault(
+        0, "slots of each account held by another client: 429 past concurrency - held", int
+    )
+    per_account: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = fault(
+        (), "another setting for one account, e.g. ACC-2:latency_ms=5000 or ACC-3:error_rate=1 (repeatable)",
+        parse_account_fault, many=lambda pairs: tuple((a, tuple(sorted(c.items()))) for a, c in pairs),
+        metavar="ID:KEY=VALUE[,KEY=VALUE]",
+    )  # fmt: skip
     restricted_events: frozenset[str] = fault(
         frozenset(), "another event name answered 513, e.g. 'Web Page Viewed' as some accounts (repeatable)",
         normalise_name, many=frozenset, metavar="NAME",
@@ -118,8 +144,20 @@ class Faults:
     @staticmethod
     def flag(f: Field[Any]) -> str:
         """The command-line flag of a fault setting: repeatable ones are singular."""
+        if f.name == "per_account":
+            return "--account-fault"
         name = f.name.removesuffix("s") if f.metadata["many"] else f.name
         return "--" + name.replace("_", "-")
+
+    def for_account(self, account: str) -> Faults:
+        """The faults one account sees: the common ones, with its own settings on top."""
+        for name, changes in self.per_account:
+            if name == account:
+                own: dict[str, Any] = {
+                    k: int(v) if k in ("concurrency", "held_slots") else v for k, v in changes
+                }
+                return replace(self, **own)
+        return self
 
     def updated(self, changes: dict[str, Any]) -> Faults:
         known = {f.name for f in fields(self)}
@@ -128,6 +166,11 @@ class Faults:
             raise ValueError(f"unknown fault setting(s): {', '.join(sorted(unknown))}")
         if "outages" in changes:
             changes["outages"] = tuple(tuple(o) for o in changes["outages"])
+        if "per_account" in changes:  # {"ACC": {"latency_ms": 5000}}
+            changes["per_account"] = tuple(
+                (a, tuple(sorted((k, float(v)) for k, v in c.items() if k in PER_ACCOUNT)))
+                for a, c in dict(changes["per_account"]).items()
+            )
         if "restricted_events" in changes:
             changes["restricted_events"] = frozenset(normalise_name(n) for n in changes["restricted_events"])
         return replace(self, **changes)
@@ -203,6 +246,8 @@ class EmulatorState:
         # the encoded records a partial upload stored.
         self.records: dict[str, list[bytes | list[bytes]]] = defaultdict(list)
         self.stored_by_account: Counter[str] = Counter()
+        self.throttled_by_account: Counter[str] = Counter()  # 429s, for concurrency or injected
+        self.requests_by_account: Counter[str] = Counter()
 
     def roll(self, share: float) -> bool:
         if share <= 0:
@@ -216,8 +261,10 @@ class EmulatorState:
 
     def enter(self, account: str) -> bool:
         with self.lock:
-            if self.in_flight[account] >= self.faults.concurrency:
+            faults = self.faults.for_account(account)
+            if self.in_flight[account] >= faults.concurrency - faults.held_slots:
                 self.counters["concurrency_429"] += 1
+                self.throttled_by_account[account] += 1
                 return False
             self.in_flight[account] += 1
             self.peak[account] = max(self.peak[account], self.in_flight[account])
@@ -237,8 +284,11 @@ class EmulatorState:
             self.counters["records_stored"] += count
             self.counters["records_rejected"] += rejected
             if self.record_file is not None:
+                at = int(time.time() * 1000)  # when it was stored, for ingest-to-delivered latencies
                 for rec in _split(stored):
-                    self.record_file.write(f'{{"account":{json.dumps(account)},"record":{rec.decode()}}}\n')
+                    self.record_file.write(
+                        f'{{"account":{json.dumps(account)},"at":{at},"record":{rec.decode()}}}\n'
+                    )
                 self.record_file.flush()
 
     def stored_records(self, account: str | None) -> list[bytes]:
@@ -259,12 +309,16 @@ class EmulatorState:
                 "in_flight": dict(self.in_flight),
                 "peak_in_flight": dict(self.peak),
                 "stored_by_account": dict(self.stored_by_account),
+                "throttled_by_account": dict(self.throttled_by_account),
+                "requests_by_account": dict(self.requests_by_account),
             }
 
     def reset(self) -> None:
         with self.lock:
             self.records.clear()
             self.stored_by_account.clear()
+            self.throttled_by_account.clear()
+            self.requests_by_account.clear()
             self.by_status.clear()
             self.counters.clear()
             self.peak.clear()
@@ -342,6 +396,8 @@ class Handler(BaseHTTPRequestHandler):
         passcode = self.headers.get("X-CleverTap-Passcode", "")
         if account not in state.accounts or state.accounts[account] != passcode:
             return self._send(401, {"status": "fail", "error": "Invalid Credentials", "code": 401})
+        with state.lock:
+            state.requests_by_account[account] += 1
         if not state.enter(account):
             return self._send(429, {"status": "fail", "error": "Too many concurrent requests", "code": 429})
         try:
@@ -356,7 +412,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, account: str, body: bytes, dry_run: bool) -> Reply:
         state = self.server.state
-        faults = state.faults
+        faults = state.faults.for_account(account)
         if faults.latency_ms or faults.jitter_ms:
             time.sleep((faults.latency_ms + state.rng.uniform(0, faults.jitter_ms)) / 1000)
         if state.in_outage():
@@ -364,6 +420,8 @@ class Handler(BaseHTTPRequestHandler):
             return 503, {"status": "fail", "error": "Service Unavailable", "code": 503}, {}
         if state.roll(faults.throttle_rate):
             state.counters["throttled"] += 1
+            with state.lock:
+                state.throttled_by_account[account] += 1
             headers = {"Retry-After": f"{faults.retry_after:g}"} if faults.retry_after is not None else {}
             return 429, {"status": "fail", "error": "Too Many Requests", "code": 429}, headers
         if state.roll(faults.error_rate):
@@ -386,7 +444,7 @@ class Handler(BaseHTTPRequestHandler):
             return 400, {"status": "fail", "error": error, "code": 400}, {}
         accepted: list[Any] = []
         unprocessed: list[dict[str, Any]] = []
-        faults = state.faults
+        faults = state.faults.for_account(account)
         for n, rec in enumerate(records, start=1):
             problem = check_record(rec, faults)
             if problem is None:

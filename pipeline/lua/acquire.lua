@@ -1,12 +1,15 @@
 -- Take an in-flight token for a CleverTap account: a lease in a sorted set scored by expiry, so a
--- holder that dies frees its slot when the lease ends.
+-- holder that dies frees its slot when the lease ends. The limit is the account's effective one: the
+-- configured limit, lowered while another client shares the account (see adapt.lua).
 -- Returns {1, in flight} when taken, {0, ms until the earliest lease ends} when the account is full.
-local tokens, account_stats = KEYS[1], KEYS[2]
-local limit, lease_ms, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local tokens, account_stats, limits = KEYS[1], KEYS[2], KEYS[3]
+local configured, lease_ms, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+local effective = tonumber(redis.call('HGET', limits, 'effective') or configured)
+local limit = math.max(1, math.min(configured, math.floor(effective)))
 redis.call('ZREMRANGEBYSCORE', tokens, '-inf', now)
 local n = redis.call('ZCARD', tokens)
 if n >= limit then

@@ -1,4 +1,5 @@
--- Cut up to max_batches batches of batch_size records from the pending queue: each becomes
+-- Cut up to max_batches batches (and no more than keep the open set within cap) of batch_size records
+-- from the pending queue: each becomes
 -- batch:<bid> (the records joined by newlines) with its meta, registered in the open set as due now.
 -- A partial batch goes only once the oldest record still waiting has waited flush_ms: arrivals holds
 -- "records pushed in all so far:ms" marks, flow counts records pushed and cut, so the arrival time of the
@@ -7,6 +8,7 @@
 local pending, arrivals, flow, open, auth, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local size, flush_ms, max_batches = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local base, stem = ARGV[4], ARGV[5]   -- the integration's key base 'P:{I}:', a unique batch id stem
+local cap = tonumber(ARGV[6])         -- at most this many batches open (sent soon), 0: no cap
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -23,6 +25,11 @@ local function oldest_waiting()  -- ms when the oldest record still pending arri
 end
 
 if redis.call('EXISTS', auth) == 1 then return {} end
+if cap > 0 then
+  -- Bounded dispatch: only as many batches as can be sent soon; the rest of a backlog waits as records.
+  max_batches = math.min(max_batches, cap - redis.call('ZCARD', open))
+  if max_batches <= 0 then return {} end
+end
 local waiting = redis.call('LLEN', pending)
 if waiting > 0 and redis.call('LLEN', arrivals) == 0 then  -- records queued by an older version
   local cut = tonumber(redis.call('HGET', flow, 'cut') or '0')

@@ -6,9 +6,10 @@
 -- Replaying mapping dead letters: an event that replaces a dead letter is queued (and a new dead letter
 -- that replaces one is stored) only if that dead letter is still there, and it leaves in the same step:
 -- two replays of one dead letter queue it once.
--- Returns {records pushed, events skipped as already replayed, 0-based index of each duplicate event...}.
-local pending, arrivals, flow, seen, ids, dead, dead_idx, stats, progress =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+-- Returns {records pushed, events skipped as already replayed, 0-based index of each duplicate event...},
+-- or {-1} when the integration's queue is past its high-water mark (nothing written).
+local pending, arrivals, flow, seen, ids, dead, dead_idx, stats, progress, ids_seen =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local window_ms = tonumber(ARGV[1])
 local message_ids = cjson.decode(ARGV[2])   -- one per event, '' when it has none
 local counts = cjson.decode(ARGV[3])        -- records per event
@@ -19,6 +20,8 @@ local counters = cjson.decode(ARGV[7])      -- {field: increment}
 local replaces = cjson.decode(ARGV[8])      -- per event: the dead letter id it replaces, or ''
 local drops = cjson.decode(ARGV[9])         -- dead letter ids replayed into nothing (filtered): removed
 local chunks_done = ARGV[10]                -- '' or the message's chunks done after this one
+local identity_ms = tonumber(ARGV[11])      -- how long a remembered email lasts after its last identify
+local high_water = tonumber(ARGV[12])       -- refuse the chunk when this many records wait already (0: none)
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -41,7 +44,13 @@ local function claim(id)  -- true when the dead letter was there (and is now gon
   return true
 end
 
-if window_ms > 0 then redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - window_ms) end
+if high_water > 0 and redis.call('LLEN', pending) >= high_water then return {-1} end
+-- The de-duplication set holds the window and no more; with the window at 0 it holds nothing.
+if window_ms > 0 then
+  redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - window_ms)
+else
+  redis.call('DEL', seen)
+end
 local pos, find, sub = 1, string.find, string.sub
 local buf, pushed, accepted, dups, skipped = {}, 0, 0, {}, 0
 local function flush()
@@ -74,7 +83,18 @@ for g = 1, #counts do
 end
 flush()
 if pushed > 0 then mark_arrival(pushed) end
-for _, pair in ipairs(identities) do redis.call('HSET', ids, pair[1], pair[2]) end
+for _, pair in ipairs(identities) do
+  redis.call('HSET', ids, pair[1], pair[2])
+  redis.call('ZADD', ids_seen, now, pair[1])
+end
+-- Remembered emails expire identity_ms after their last identify (a few at a time, each call).
+if identity_ms > 0 then
+  local stale = redis.call('ZRANGEBYSCORE', ids_seen, '-inf', now - identity_ms, 'LIMIT', 0, 200)
+  if #stale > 0 then
+    redis.call('HDEL', ids, unpack(stale))
+    redis.call('ZREM', ids_seen, unpack(stale))
+  end
+end
 for _, letter in ipairs(letters) do
   if claim(letter[3] or '') then
     redis.call('HSET', dead, letter[1], letter[2])

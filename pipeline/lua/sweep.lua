@@ -3,9 +3,11 @@
 -- queue looks the same as a lost one, so each further re-publish of the same batch waits twice as long
 -- (grace, 2 x grace, 4 x grace, ... 64 x grace), and each bumps the batch's dispatch generation: the copy
 -- still in the queue is stale when it arrives. One live message a batch, whatever the backlog.
+-- Dead letters are kept dead_max_age_ms and dead_max_count at most (the oldest go first).
 -- Returns {open, held, pending, probe bid or '', probe generation, (re-published bid, generation)...}.
-local open, held, auth, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local open, held, auth, pending, stats, dead, dead_idx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local base, grace_ms, probe_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local dead_max_age_ms, dead_max_count = tonumber(ARGV[4]), tonumber(ARGV[5])   -- 0: no limit
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -38,6 +40,24 @@ if redis.call('EXISTS', auth) == 1 and tonumber(redis.call('HGET', auth, 'next_p
   end
 end
 if #again > 0 then redis.call('HINCRBY', stats, 'swept', #again / 2) end
+-- Dead letters past their age, or past the count (oldest first), go: a thousand a sweep at most.
+local expired = {}
+if dead_max_age_ms > 0 then
+  expired = redis.call('ZRANGEBYSCORE', dead_idx, '-inf', now - dead_max_age_ms, 'LIMIT', 0, 1000)
+end
+if dead_max_count > 0 and #expired < 1000 then
+  local excess = redis.call('ZCARD', dead_idx) - #expired - dead_max_count
+  if excess > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', dead_idx, #expired, #expired + math.min(excess, 1000 - #expired) - 1)) do
+      expired[#expired + 1] = id
+    end
+  end
+end
+if #expired > 0 then
+  redis.call('HDEL', dead, unpack(expired))
+  redis.call('ZREM', dead_idx, unpack(expired))
+  redis.call('HINCRBY', stats, 'dead_letters_expired', #expired)
+end
 local out = {redis.call('ZCARD', open), redis.call('ZCARD', held), redis.call('LLEN', pending), probe, probe_gen}
 for _, x in ipairs(again) do out[#out + 1] = x end
 return out

@@ -1,0 +1,104 @@
+"""Many accounts, big backlogs: bounded dispatch, the adaptive limit, memory bounded by design."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from pipeline.delivery import Deliverer
+from pipeline.errors import QueueFull
+from pipeline.ingest import Ingestor
+from pipeline.local.emulator import Emulator, Faults
+from pipeline.store import Store, dead_letter, eviction_warning
+from tests.helpers import ACC, PASS, Dispatched, emulator_settings, events, pending, run_message
+
+
+def test_the_effective_limit_comes_down_on_429s_and_back_up_slowly(store: Store) -> None:
+    assert store.effective_limit("A", 15) == 15
+    assert store.adapt_limit("A", 15, throttled=True) == pytest.approx(11.25)
+    assert store.adapt_limit("A", 15, throttled=True) == pytest.approx(11.25)  # one congestion, one cut
+    assert store.adapt_limit("A", 15, throttled=True, cooldown_s=0) == pytest.approx(8.4375)
+    ups = 0
+    while store.effective_limit("A", 15) < 15:
+        store.adapt_limit("A", 15, throttled=False)
+        ups += 1
+    assert 60 < ups < 400  # slowly: a few rounds of requests for each slot back
+    assert store.adapt_limit("A", 15, throttled=False) == 15  # never above the configured limit
+    # Tokens follow the effective limit.
+    store.adapt_limit("A", 15, throttled=True, cooldown_s=0)
+    taken = [store.acquire_token("A", 15, 30, f"t{i}")[0] for i in range(15)]
+    assert sum(taken) == 11
+
+
+def test_a_429_from_another_client_lowers_the_accounts_limit(redis_url: str, store: Store) -> None:
+    # Another client holds 5 of the 15 slots: the 11th request of this pipeline is answered 429.
+    with Emulator({ACC: PASS}, Faults(held_slots=5, latency_ms=300)) as emu:
+        settings = emulator_settings(redis_url, emu.url, CLEVERTAP_BATCH_SIZE="1")
+        d = Deliverer(settings, store, Dispatched())
+        Ingestor(store, settings.integration("default")).ingest(events(15))
+        d.assemble()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(15) as pool:
+            results = list(pool.map(lambda m: run_message(d, m).result, d.dispatch.take()))  # type: ignore[attr-defined]
+    assert "retry" in results
+    assert store.effective_limit(ACC, 15) < 15
+
+
+def test_remembered_emails_expire_after_their_retention(store: Store, make_settings: Any) -> None:
+    ingestor = Ingestor(store, make_settings(CLEVERTAP_IDENTITY_RETENTION="1").integration("default"))
+    ingestor.ingest([{"type": "identify", "userId": "u1", "traits": {"email": "a@example.com"}}])
+    assert store.known_emails("default", ["u1"]) == {"u1": "a@example.com"}
+    time.sleep(1.1)
+    ingestor.ingest([{"type": "identify", "userId": "u2", "traits": {"email": "b@example.com"}}])
+    assert store.known_emails("default", ["u1", "u2"]) == {"u2": "b@example.com"}
+    assert store.r.zcard(store.key("default", "ids:seen")) == 1
+
+
+def test_the_messageid_set_keeps_nothing_once_the_window_is_zero(store: Store, make_settings: Any) -> None:
+    Ingestor(store, make_settings().integration("default")).ingest(events(10))
+    assert store.r.zcard(store.key("default", "seen")) == 10
+    Ingestor(store, make_settings(CLEVERTAP_DEDUP_WINDOW="0").integration("default")).ingest(
+        events(1, start=10)
+    )
+    assert store.r.exists(store.key("default", "seen")) == 0
+
+
+def test_ingest_refuses_past_the_high_water_mark_and_queues_nothing(store: Store, make_settings: Any) -> None:
+    ingestor = Ingestor(store, make_settings(CLEVERTAP_MAX_PENDING="5").integration("default"))
+    ingestor.ingest(events(5))
+    with pytest.raises(QueueFull, match="high-water"):
+        ingestor.ingest(events(3, start=5))
+    assert len(pending(store)) == 5 and store.stats("default")["accepted"] == 5
+
+
+def test_dead_letters_are_kept_for_their_age_and_count(redis_url: str, store: Store) -> None:
+    settings = emulator_settings(
+        redis_url, "http://unused", CLEVERTAP_DEAD_LETTER_MAX_AGE="1", CLEVERTAP_DEAD_LETTER_MAX_COUNT="3"
+    )
+    d = Deliverer(settings, store, Dispatched())
+    for n in range(5):
+        did, body = dead_letter("default", "api", code=509, error="x", record={"n": n})
+        store.r.hset(store.key("default", "dead"), did, body)
+        store.r.zadd(store.key("default", "dead:idx"), {did: int(time.time() * 1000) + n})
+    d.sweep()
+    assert store.dead_letter_count("default") == 3  # the two oldest went: at most three are kept
+    time.sleep(1.1)
+    d.sweep()
+    assert store.dead_letter_count("default") == 0 and store.stats("default")["dead_letters_expired"] == 5
+
+
+def test_a_worker_warns_when_redis_may_evict_keys(redis_url: str) -> None:
+    assert eviction_warning(redis_url) is None  # the test server runs with noeviction
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        warning = eviction_warning(redis_url)
+        assert warning is not None and "noeviction" in warning and "allkeys-lru" in warning
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.close()
+    assert eviction_warning("redis://127.0.0.1:1/0") is None  # cannot tell: says nothing
