@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import secrets
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -45,12 +46,22 @@ ASSEMBLE_STEP = 20
 #: The assembler's lock: far longer than an assemble run (milliseconds; about a second for the largest
 #: backlog), and what a killed assembler leaves behind holds assembly up for no longer than this.
 ASSEMBLE_LOCK_TTL_S = 10.0
-#: Bounded dispatch: an integration has at most this many times its account's limit of batches open (cut
-#: and with a send message out). A backlog of millions waits as records in Redis, not as broker messages,
-#: and accounts take turns in the send queue instead of queueing behind one another.
+#: Bounded dispatch: an integration has at most this many times its account's limit of batches due to be
+#: sent soon (cut, with a send message out), and 4 x that in all counting batches backing off (assemble.lua).
+#: A backlog of millions waits as records in Redis, not as broker messages, and accounts take turns in the
+#: send queue instead of queueing behind one another.
 DISPATCH_AHEAD = 2
 #: How long a send waits for a token in-process before giving the batch back with a countdown.
 TOKEN_WAIT_S = 0.5
+#: On an event-loop pool (gevent) a waiting send costs a greenlet, not a thread another account needs, so
+#: it waits longer and gives its batch back far less often: no gap when a token frees.
+TOKEN_WAIT_COOPERATIVE_S = 5.0
+
+
+def cooperative() -> bool:
+    """True in a worker whose sockets gevent made cooperative (``celery worker --pool gevent``)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("socket"))
 
 
 class SendResult(enum.StrEnum):
@@ -155,6 +166,9 @@ class Deliverer:
         self.limiter = limiter or Limiter(RedisTokens(store))
         self.rng = rng or random.Random()
         self.owner = secrets.token_hex(6)
+        self.token_wait_s = (
+            min(TOKEN_WAIT_COOPERATIVE_S, settings.token_lease / 4) if cooperative() else TOKEN_WAIT_S
+        )
 
     @property
     def batch_lease_s(self) -> float:
@@ -228,7 +242,7 @@ class Deliverer:
             return SendReport(name, batch_id, _SKIPPED[lease.status])
         started = time.perf_counter()
         with self.limiter.token(
-            config.account_key, config.max_concurrency, self.settings.token_lease, TOKEN_WAIT_S
+            config.account_key, config.max_concurrency, self.settings.token_lease, self.token_wait_s
         ) as got:
             if not got:
                 delay = self.rng.uniform(0.1, 0.5)

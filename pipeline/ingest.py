@@ -16,7 +16,7 @@ import orjson
 import redis
 
 from pipeline.config import IntegrationConfig, Settings, load_settings
-from pipeline.errors import where
+from pipeline.errors import QueueFull, where
 from pipeline.events import Event, validate_event
 from pipeline.mapping import DUPLICATE, FILTERED, MAPPED, REJECTED, Mapper, MapResult, MapStatus
 from pipeline.store import Store, dead_letter
@@ -209,8 +209,8 @@ class Ingestor:
                 continue
             try:
                 total.add(self.ingest_chunk(chunk, progress=(message.id, number)))
-            except TRANSIENT_REDIS_ERRORS:
-                raise  # Redis is away: the caller retries the message, which resumes here
+            except (*TRANSIENT_REDIS_ERRORS, QueueFull):
+                raise  # Redis is away, or the queue is full: the caller retries the message, resuming here
             except Exception as exc:  # anything else would fail the same way again: keep the events visible
                 reason = f"could not be queued: {where(exc)}"
                 letters = [mapping_dead_letter(self.config.name, raw, [reason]) for _, raw in chunk]

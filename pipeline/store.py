@@ -264,7 +264,8 @@ class Store:
         if int(result[0]) < 0:
             raise QueueFull(
                 f"integration {integration!r} has {high_water:,} or more records waiting (its high-water "
-                "mark, max_pending): nothing queued; try again once delivery catches up"
+                "mark, max_pending): these events were not queued (any before them were); try again once "
+                "delivery catches up"
             )
         return int(result[0]), int(result[1]), [int(x) for x in result[2:]]
 
@@ -412,7 +413,8 @@ class Store:
         return bool(self._run("release", keys, [token, limit]))
 
     def adapt_limit(self, account: str, configured: int, throttled: bool, cooldown_s: float = 2.0) -> float:
-        """AIMD on the account's effective limit (adapt.lua): down a quarter on a 429, up slowly otherwise."""
+        """AIMD on the account's effective limit (adapt.lua): down 15 % on a 429, back up otherwise (fast to
+        just below the last cut, slowly past it)."""
         args = ["down" if throttled else "up", configured, int(cooldown_s * 1000)]
         return float(_s(self._run("adapt", [self.account_key(account, "limit")], args)))
 

@@ -18,19 +18,23 @@ from tests.helpers import ACC, PASS, Dispatched, emulator_settings, events, pend
 
 def test_the_effective_limit_comes_down_on_429s_and_back_up_slowly(store: Store) -> None:
     assert store.effective_limit("A", 15) == 15
-    assert store.adapt_limit("A", 15, throttled=True) == pytest.approx(11.25)
-    assert store.adapt_limit("A", 15, throttled=True) == pytest.approx(11.25)  # one congestion, one cut
-    assert store.adapt_limit("A", 15, throttled=True, cooldown_s=0) == pytest.approx(8.4375)
+    assert store.adapt_limit("A", 15, throttled=True) == pytest.approx(12.75)
+    assert store.adapt_limit("A", 15, throttled=True) == pytest.approx(12.75)  # one congestion, one cut
+    assert store.adapt_limit("A", 15, throttled=True, cooldown_s=0) == pytest.approx(10.8375)
     ups = 0
-    while store.effective_limit("A", 15) < 15:
+    while store.effective_limit("A", 15) < 11.8375:  # fast back to just below where the last cut was
         store.adapt_limit("A", 15, throttled=False)
         ups += 1
-    assert 60 < ups < 400  # slowly: a few rounds of requests for each slot back
+    assert ups < 15
+    while store.effective_limit("A", 15) < 15:  # then slowly: probing whether the other client left
+        store.adapt_limit("A", 15, throttled=False)
+        ups += 1
+    assert 250 < ups < 600
     assert store.adapt_limit("A", 15, throttled=False) == 15  # never above the configured limit
     # Tokens follow the effective limit.
     store.adapt_limit("A", 15, throttled=True, cooldown_s=0)
     taken = [store.acquire_token("A", 15, 30, f"t{i}")[0] for i in range(15)]
-    assert sum(taken) == 11
+    assert sum(taken) == 12
 
 
 def test_a_429_from_another_client_lowers_the_accounts_limit(redis_url: str, store: Store) -> None:
@@ -102,3 +106,29 @@ def test_a_worker_warns_when_redis_may_evict_keys(redis_url: str) -> None:
         client.config_set("maxmemory-policy", "noeviction")
         client.close()
     assert eviction_warning("redis://127.0.0.1:1/0") is None  # cannot tell: says nothing
+
+
+def test_a_full_queue_makes_an_ingest_message_wait_not_dead_letters(store: Store, make_settings: Any) -> None:
+    from pipeline.ingest import IngestMessage
+
+    ingestor = Ingestor(store, make_settings(CLEVERTAP_MAX_PENDING="5").integration("default"))
+    ingestor.ingest(events(5))
+    with pytest.raises(QueueFull):
+        ingestor.ingest_message(IngestMessage("msg-1", events(3, start=5)))  # the task retries it later
+    assert store.dead_letter_count("default") == 0 and store.chunks_done("default", "msg-1") == 0
+
+
+def test_batches_backing_off_do_not_stop_the_rest(redis_url: str, store: Store) -> None:
+    settings = emulator_settings(
+        redis_url, "http://unused", CLEVERTAP_BATCH_SIZE="10", CLEVERTAP_FLUSH_INTERVAL="60"
+    )
+    d = Deliverer(settings, store, Dispatched())
+    Ingestor(store, settings.integration("default")).ingest(events(2000))
+    assert d.assemble() == {"default": 30}
+    # Every open batch is backing off for minutes (a failing stretch): new ones are cut, up to 4 x the cap.
+    store.r.zadd(store.key("default", "open"), {b: 10**13 for b in store.open_batches("default")})
+    assert d.assemble() == {"default": 30}
+    for _ in range(4):
+        store.r.zadd(store.key("default", "open"), {b: 10**13 for b in store.open_batches("default")})
+        d.assemble()
+    assert len(store.open_batches("default")) == 4 * 30  # and no more: the backlog waits as records

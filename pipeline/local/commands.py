@@ -227,8 +227,10 @@ verb(
     "CPU per delivered record, with a real celery worker and beat (an embedded Redis unless --redis-url).",
     arg("--records", type=int, default=150_000, help="records to queue and deliver"),
     arg("--latency-ms", type=int, default=1000, help="emulator latency per upload"),
+    arg("--jitter-ms", type=int, default=0, help="random extra latency per upload, 0..N ms"),
     arg("--pool", default="threads", help="celery worker pool"),
     arg("--concurrency", type=int, default=16, help="celery worker concurrency"),
+    arg("--workers", type=int, default=1, help="celery worker processes"),
     arg("--warmup", type=float, default=3.0, help="seconds for the worker to start before measuring"),
     REDIS_URL_ARG,
 )(_bench("bench_deliver"))
@@ -282,6 +284,7 @@ def soak(args: argparse.Namespace) -> int:
     arg("--trickle", type=float, default=5.0, help="events/s each trickling integration sends"),
     arg("--pool", default="gevent", help="celery worker pool (gevent or threads)"),
     arg("--concurrency", type=int, default=200, help="celery worker concurrency"),
+    arg("--baseline", action="store_true", help="no slow or down account: what the others do without them"),
 )
 def bench_tenants(args: argparse.Namespace) -> int:
     import tempfile
@@ -292,7 +295,7 @@ def bench_tenants(args: argparse.Namespace) -> int:
         figures = run_tenants(
             Path(tmp), args.backlog, args.shared_backlog, args.seconds, args.latency_ms, args.trickle,
             args.pool, args.concurrency,
-            progress=lambda text: print(text, flush=True),
+            progress=lambda text: print(text, flush=True), neighbours=not args.baseline,
         )  # fmt: skip
     print(figures.table())
     return EXIT_OK

@@ -145,7 +145,10 @@ def run_tenants(
     pool: str = "gevent",
     concurrency: int = 200,
     progress: Any = print,
+    neighbours: bool = True,
 ) -> TenantFigures:
+    """Run the scenario (see the module docstring); ``neighbours=False`` makes T02 and T03 healthy trickling
+    accounts: the baseline that shows what a slow and a down neighbour cost the others."""
     workdir.mkdir(parents=True, exist_ok=True)
     flush_s = 1.0
     config = workdir / "tenants.toml"
@@ -155,11 +158,9 @@ def run_tenants(
     flags: list[str] = ["--latency-ms", str(latency_ms), "--jitter-ms", str(latency_ms // 10)]
     for account in ACCOUNTS:
         flags += ["--account", f"{account}:pass-{account}"]
-    flags += [
-        "--account-fault", f"{SLOW}:latency_ms=5000",
-        "--account-fault", f"{DOWN}:error_rate=1",
-        "--account-fault", f"{SHARED}:held_slots=5",
-    ]  # fmt: skip
+    flags += ["--account-fault", f"{SHARED}:held_slots=5"]
+    if neighbours:
+        flags += ["--account-fault", f"{SLOW}:latency_ms=5000", "--account-fault", f"{DOWN}:error_rate=1"]
     stack: Stack = start_stack(workdir, base_env=env, emulator_flags=tuple(flags), workers=0, beat=False)
     try:
         # start_stack pointed the integrations at its emulator only for the env-defined default one
@@ -221,6 +222,9 @@ def run_tenants(
         time.sleep(2 + 2 * latency_ms / 1000 + flush_s)  # the last trickle events arrive
         stats = stack.emulator.stats()
         figures = _figures(stack, store, settings, window_start, window_s, latency_ms, stats, warm_stats)
+        if not neighbours:
+            for account in (SLOW, DOWN):
+                figures.accounts[account].role = "trickle (baseline: healthy)"
         figures.peak_send_queue = peak_queue
         figures.worker_cpu_s = cpu
         figures.redis_bytes_per_record = redis_peak / pending_at_peak

@@ -27,7 +27,11 @@ end
 if redis.call('EXISTS', auth) == 1 then return {} end
 if cap > 0 then
   -- Bounded dispatch: only as many batches as can be sent soon; the rest of a backlog waits as records.
-  max_batches = math.min(max_batches, cap - redis.call('ZCARD', open))
+  -- Batches backing off for longer than a few seconds do not count against cap (a couple that keep
+  -- failing must not stop the rest), but no more than 4 x cap are open at all (an account that is down
+  -- does not turn its whole backlog into batches and broker messages).
+  local soon = redis.call('ZCOUNT', open, '-inf', now + 5000)
+  max_batches = math.min(max_batches, cap - soon, 4 * cap - redis.call('ZCARD', open))
   if max_batches <= 0 then return {} end
 end
 local waiting = redis.call('LLEN', pending)

@@ -85,7 +85,7 @@ flush()
 if pushed > 0 then mark_arrival(pushed) end
 for _, pair in ipairs(identities) do
   redis.call('HSET', ids, pair[1], pair[2])
-  redis.call('ZADD', ids_seen, now, pair[1])
+  if identity_ms > 0 then redis.call('ZADD', ids_seen, now, pair[1]) end
 end
 -- Remembered emails expire identity_ms after their last identify (a few at a time, each call).
 if identity_ms > 0 then
