@@ -9,10 +9,12 @@ through the ``clevertap_pipeline.verbs`` entry point, so the product never impor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import itertools
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -313,11 +315,15 @@ def status(args: argparse.Namespace) -> int:
     store = store_of(settings)
     found = {name: integration_status(settings, store, name) for name in names}
     if args.json:
-        print(orjson.dumps(found).decode())
+        print(orjson.dumps({"integrations": found}).decode())
         return EXIT_OK
     for name, s in found.items():
         q, c = s["queues"], s["counters"]
-        print(f"integration {name} (account {s['account_id']})")
+        age = s["oldest_pending_age_s"]
+        print(
+            f"integration {name} (account {s['account_id']})"
+            + (f": oldest record waiting {age:.1f} s" if age is not None else "")
+        )
         print(
             f"  queued {q['pending']:,} records; {q['open_batches']} open and {q['held_batches']} held "
             f"batches; in flight {s['in_flight']} (peak {s['peak_in_flight']}, limit {s['effective_limit']}"
@@ -339,6 +345,10 @@ def status(args: argparse.Namespace) -> int:
         )
         if s["auth"] != "ok":
             print(f"  AUTHENTICATION FAILING since {s['auth'].get('since')}: {s['auth'].get('reason')}")
+        if s["last_error"]:
+            e = s["last_error"]
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(e["time"])))
+            print(f"  last error {when}, batch {e['batch']}: {e['reason'][:200]}")
         for key, d in sorted(s["dead_letters"].items()):
             print(f"  dead letters {key}: {d['count']:,}, e.g. {d['example'][:160]}")
     return EXIT_OK
@@ -443,4 +453,61 @@ def dead_letters_drop(args: argparse.Namespace) -> int:
         store.drop_dead_letters(args.integration, ids[i : i + 500]) for i in range(0, len(ids), 500)
     )
     print(orjson.dumps({"dropped": dropped}).decode())
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ debugger
+
+
+@verb(
+    "debugger",
+    "The event debugger: the last send attempts of each integration (time, batch, records, attempt, HTTP "
+    "status, latency, result) with CleverTap's raw answer. 'debugger show BATCH' prints one batch's attempts "
+    "in full.",
+    arg(
+        "what", nargs="*", metavar="show BATCH", help="show BATCH: every kept attempt of that batch, in full"
+    ),
+    integration_arg("one integration (default: all)", default=None),
+    arg("--failed", action="store_true", help="only attempts that did not deliver every row"),
+    arg("--json", action="store_true", help="JSON lines, the raw answer included"),
+    arg("--limit", type=int, default=50, help="at most this many attempts"),
+)
+def debugger(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    store = store_of(settings)
+    names = [args.integration] if args.integration else sorted(settings.integrations)
+    for name in names:
+        settings.integration(name)
+    if args.what:
+        if len(args.what) != 2 or args.what[0] != "show":
+            raise InputError("usage: debugger show BATCH")
+        found = [
+            {"integration": n, **e}
+            for n in names
+            for e in store.debug_entries(n, 100_000)
+            if e["batch_id"] == args.what[1]
+        ]
+        if not found:
+            raise InputError(f"no attempt of batch {args.what[1]} is kept (the debugger keeps the last ones)")
+        for entry in found:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                entry["body"] = orjson.loads(entry["body"])
+            print(orjson.dumps(entry, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    entries = sorted(
+        ({"integration": n, **e} for n in names for e in store.debug_entries(n)),
+        key=lambda e: -float(e["time"]),
+    )
+    if args.failed:
+        entries = [e for e in entries if e["result"] != "delivered"]
+    for e in entries[: args.limit]:
+        if args.json:
+            print(orjson.dumps(e).decode())
+            continue
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(e["time"])))
+        status = e["http_status"] if e["http_status"] is not None else (e.get("error") or "-")
+        print(
+            f"{when}  {e['integration']:<12} {e['batch_id']}  {e['records']:>5} records  attempt "
+            f"{e['attempt']:<3} HTTP {status}  {e['latency_s']:.2f} s  {e['result']}"
+        )
     return EXIT_OK

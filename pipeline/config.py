@@ -223,6 +223,7 @@ class IntegrationConfig:
     dead_letter_max_age: float = setting(
         fields.Float(load_default=C.DEFAULT_DEAD_LETTER_MAX_AGE_S, validate=_range(0, 3650 * 86400, " s"))
     )
+    debugger_size: int = setting(fields.Integer(load_default=200, validate=_range(0, 100_000)))
     dead_letter_max_count: int = setting(
         fields.Integer(load_default=C.DEFAULT_DEAD_LETTER_MAX_COUNT, validate=_range(0, 10**9))
     )

@@ -16,6 +16,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
 
 from pipeline.client import UploadClient, join_records
 from pipeline.config import IntegrationConfig, Settings
@@ -33,7 +36,7 @@ from pipeline.policy import (
     classify,
     decide,
 )
-from pipeline.store import LeaseStatus, Store, dead_letter
+from pipeline.store import Debug, LeaseStatus, Store, dead_letter
 
 log = logging.getLogger("pipeline.delivery")
 
@@ -130,6 +133,26 @@ class SendReport:
     @property
     def is_error(self) -> bool:
         return self.result.is_error
+
+
+#: The event debugger keeps CleverTap's raw answer up to this size.
+DEBUG_BODY_BYTES = 64 * 1024
+
+
+def _debugger_entry(batch_id: str, records: int, attempt_no: int, attempt: Attempt) -> dict[str, Any]:
+    """What the event debugger keeps of one attempt (the passcode is never in it: no request headers)."""
+    body = attempt.body[:DEBUG_BODY_BYTES]
+    return {
+        "time": round(time.time(), 3),
+        "batch_id": batch_id,
+        "records": records,
+        "attempt": attempt_no,
+        "http_status": attempt.status,
+        "latency_s": round(attempt.elapsed_s, 3),
+        "error": attempt.error,
+        "body": body.decode("utf-8", "replace"),
+        "body_truncated": len(attempt.body) > DEBUG_BODY_BYTES,
+    }
 
 
 def api_dead_letter(
@@ -269,17 +292,22 @@ class Deliverer:
             lease.first_failure_ms,
             lease.first_throttle_ms,
         )
+        seen = _debugger_entry(batch_id, len(records), lease.attempts + 1, attempt)
         try:
             classified = classify(attempt, records)
             decision = decide(classified, records, history, config.give_up_age, self.rng)
-            report = self._apply(config, batch_id, owner, records, classified, decision, lease.attempts + 1)
+            report = self._apply(
+                config, batch_id, owner, records, classified, decision, lease.attempts + 1, seen
+            )
         except Exception as exc:
             # A response nobody foresaw, or a bug in what follows it: still an attempt, counted like a
             # transient failure, so a batch that keeps failing this way ends in the dead letters.
             log.error("batch %s [%s]: the response could not be processed: %s", batch_id, name, where(exc))
             decision = after_internal_error(where(exc), records, history, config.give_up_age)
             unknown = Classified(Kind.TRANSIENT, decision.reason, attempt.status)
-            report = self._apply(config, batch_id, owner, records, unknown, decision, lease.attempts + 1)
+            report = self._apply(
+                config, batch_id, owner, records, unknown, decision, lease.attempts + 1, seen
+            )
         report.elapsed_s = time.perf_counter() - started
         return report
 
@@ -292,8 +320,17 @@ class Deliverer:
         c: Classified,
         d: Decision,
         attempts: int,
+        seen: dict[str, Any] | None = None,
     ) -> SendReport:
         name = config.name
+
+        def debug(result: SendResult) -> Debug:
+            if seen is None or config.debugger_size <= 0:
+                return None
+            return orjson.dumps(
+                {**seen, "result": result.value, "reason": d.reason[:500]}
+            ), config.debugger_size
+
         if c.kind is Kind.THROTTLED:
             before = self.store.effective_limit(config.account_key, config.max_concurrency)
             after = self.store.adapt_limit(config.account_key, config.max_concurrency, throttled=True)
@@ -304,18 +341,22 @@ class Deliverer:
                 )  # fmt: skip
         if d.action is Action.RETRY:
             assert d.retry_kind is not None
-            gen = self.store.retry_later(name, batch_id, owner, d.delay_s, d.retry_kind, d.reason)
+            gen = self.store.retry_later(
+                name, batch_id, owner, d.delay_s, d.retry_kind, d.reason, debug(SendResult.RETRY)
+            )
             if gen:
                 self.dispatch(name, batch_id, d.delay_s, gen)
             return SendReport(
                 name, batch_id, SendResult.RETRY, len(records), delay_s=d.delay_s, detail=d.reason
             )
         if d.action is Action.HOLD:
-            self.store.hold(name, batch_id, owner, d.reason, self.settings.auth_probe_interval)
+            self.store.hold(
+                name, batch_id, owner, d.reason, self.settings.auth_probe_interval, debug(SendResult.HELD)
+            )
             log.error("integration %s: sends paused until this is fixed: %s", name, d.reason)
             return SendReport(name, batch_id, SendResult.HELD, len(records), detail=d.reason)
         if d.action is Action.SPLIT:
-            halves = self.store.split(name, batch_id, owner)
+            halves = self.store.split(name, batch_id, owner, debug(SendResult.SPLIT))
             for bid in halves:
                 self.dispatch(name, bid, 0.0, 1)
             self.fill(config)
@@ -342,7 +383,7 @@ class Deliverer:
         if authenticated:
             self.store.adapt_limit(config.account_key, config.max_concurrency, throttled=False)
         applied, released = self.store.finish(
-            name, batch_id, owner, d.delivered, dead, counters, authenticated
+            name, batch_id, owner, d.delivered, dead, counters, authenticated, debug(result)
         )
         if not applied:
             return SendReport(name, batch_id, SendResult.SKIPPED_FINISHED, len(records))

@@ -1,7 +1,12 @@
-"""What ``clevertap-pipeline status`` reports, per integration, read from Redis."""
+"""What ``clevertap-pipeline status`` reports, per integration, read from Redis.
+
+``status --json`` prints ``{"integrations": {"<name>": {...}}}``. The flat keys answer "am I keeping up, is
+anything failing and why" at a glance; the nested ones keep the detail (see docs/status.md).
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pipeline.config import Settings
@@ -11,14 +16,42 @@ from pipeline.store import Store
 
 def integration_status(settings: Settings, store: Store, name: str) -> dict[str, Any]:
     config = settings.integration(name)
+    depth = store.depth(name)
+    counters = store.stats(name)
+    auth = store.auth_state(name)
+    failed = next((e for e in store.debug_entries(name, 200) if e["result"] != "delivered"), None)
+    last_error = (
+        {
+            "time": failed["time"],
+            "batch": failed["batch_id"],
+            "reason": failed.get("reason") or failed["result"],
+        }
+        if failed
+        else None
+    )
     return {
-        "account_id": config.account_id,
-        "queues": store.depth(name),
-        "counters": store.stats(name),
-        "auth": store.auth_state(name) or "ok",
+        # flat: the documented shape
+        "pending": depth["pending"],
+        "oldest_pending_age_s": store.oldest_pending_age_s(name),
+        "open_batches": depth["open_batches"],
         "in_flight": store.tokens_in_flight(config.account_key),
         "limit": config.max_concurrency,
         "effective_limit": int(store.effective_limit(config.account_key, config.max_concurrency)),
+        "held": depth["held_batches"],
+        "auth_ok": not auth,
+        "delivered": counters.get("delivered", 0),
+        "dead_lettered": depth["dead_letters"],
+        "filtered": counters.get("filtered", 0),
+        "duplicates": counters.get("duplicate", 0),
+        "retries": counters.get("retries_failures", 0) + counters.get("retries_throttles", 0),
+        "throttled": counters.get("retries_throttles", 0),
+        "last_error": last_error,
+        # nested: the detail
+        "account_id": config.account_id,
+        "queues": depth,
+        "counters": counters,
+        "auth": auth or "ok",
         "peak_in_flight": store.peak_in_flight(config.account_key),
         "dead_letters": summarise(store, name),
+        "as_of": round(time.time(), 3),
     }

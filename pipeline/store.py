@@ -27,6 +27,9 @@ key                                   type    holds
 ``P:{I}:dead``                        hash    dead-letter id -> JSON entry (stage, code, error, record/event)
 ``P:{I}:dead:idx``                    zset    dead-letter id -> ms, for listing in order
 ``P:{I}:stats``                       hash    counters (accepted, delivered, retries_throttled, ...)
+``P:{I}:debug``                       list    the event debugger: the last debugger_size send attempts, newest
+                                              first (JSON: time, batch, records, attempt, HTTP status,
+                                              latency, result, CleverTap's raw answer cut at 64 KB)
 ``P:{acct:<A>}:tokens``               zset    in-flight token id -> lease expiry ms, per CleverTap account
 ``P:{acct:<A>}:stats``                hash    ``peak``: the most tokens ever held at once
 ``P:{acct:<A>}:wake``                 list    one item per released token, for waiters blocked in BLPOP
@@ -53,6 +56,7 @@ from __future__ import annotations
 import enum
 import itertools
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
@@ -67,10 +71,17 @@ from pipeline import constants as C
 from pipeline.errors import QueueFull
 from pipeline.policy import RetryKind
 
+
+def _lua(path: str) -> str:
+    """A script's text, with each ``--! include NAME`` line replaced by ``pipeline/lua/lib/NAME.lua``."""
+    text = resources.files("pipeline").joinpath(f"lua/{path}.lua").read_text("utf-8")
+    return re.sub(r"^--! include (\w+)$", lambda m: _lua(f"lib/{m.group(1)}"), text, flags=re.MULTILINE)
+
+
 #: Every Lua script, by name: ``pipeline/lua/<name>.lua``, read once at import (each names its KEYS and
 #: ARGV as locals on its first lines, and says what it returns).
 SCRIPTS: dict[str, str] = {
-    name: resources.files("pipeline").joinpath(f"lua/{name}.lua").read_text("utf-8")
+    name: _lua(name)
     for name in (
         "enqueue", "assemble", "lease", "unlease", "finish", "retry", "hold", "split", "sweep", "acquire",
         "release", "adapt", "replay_records", "unlock",
@@ -139,6 +150,14 @@ class SweepResult:
     pending: int
     probe: tuple[str, int] | None  # (batch id, dispatch generation)
     redispatch: list[tuple[str, int]]
+
+
+#: An event-debugger entry (JSON) and how many entries the integration keeps; None: the debugger is off.
+Debug = tuple[bytes, int] | None
+
+
+def _debug(debug: Debug) -> list[Any]:
+    return [debug[0], debug[1]] if debug and debug[1] > 0 else ["", 0]
 
 
 def _pairs(items: Sequence[Any]) -> list[tuple[str, int]]:
@@ -346,38 +365,70 @@ class Store:
         dead: Sequence[tuple[str, bytes]],
         counters: dict[str, int],
         authenticated: bool = False,
+        debug: Debug = None,
     ) -> tuple[bool, list[tuple[str, int]]]:
         """Remove the batch; count delivered rows; dead-letter the rest. ``authenticated``: the answer proved
         the credentials (any 200), which releases held batches. Returns (applied, [(released bid,
         its generation)])."""
-        keys = self.keys(integration, "open", "held", "auth", "dead", "dead:idx", "stats")
+        keys = self.keys(integration, "open", "held", "auth", "dead", "dead:idx", "stats", "debug")
         counts = orjson.dumps({k: v for k, v in counters.items() if v})
-        args: list[Any] = [self.base(integration), bid, owner, delivered, int(authenticated), counts]
+        args: list[Any] = [
+            self.base(integration),
+            bid,
+            owner,
+            delivered,
+            int(authenticated),
+            counts,
+            *_debug(debug),
+        ]
         for did, body in dead:
             args += [did, body]
         res = cast(list[Any], self._run("finish", keys, args))
         return bool(int(res[0])), _pairs(res[1:])
 
     def retry_later(
-        self, integration: str, bid: str, owner: str, delay_s: float, kind: RetryKind, error: str
+        self,
+        integration: str,
+        bid: str,
+        owner: str,
+        delay_s: float,
+        kind: RetryKind,
+        error: str,
+        debug: Debug = None,
     ) -> int:
         """Count the attempt and make the batch due in ``delay_s``; returns its new dispatch generation
         (0: finished elsewhere)."""
-        args = [self.base(integration), bid, owner, int(delay_s * 1000), RetryKind(kind).value, error]
-        return int(self._run("retry", self.keys(integration, "open", "stats"), args))
+        args = [
+            self.base(integration),
+            bid,
+            owner,
+            int(delay_s * 1000),
+            RetryKind(kind).value,
+            error,
+            *_debug(debug),
+        ]
+        return int(self._run("retry", self.keys(integration, "open", "stats", "debug"), args))
 
-    def split(self, integration: str, bid: str, owner: str) -> list[str]:
+    def split(self, integration: str, bid: str, owner: str, debug: Debug = None) -> list[str]:
         """Make two batches of the batch's two halves (generation 1 each); [] when it is gone."""
-        args = [self.base(integration), bid, owner]
+        args = [self.base(integration), bid, owner, *_debug(debug)]
         return [
             _s(x)
-            for x in cast(list[bytes], self._run("split", self.keys(integration, "open", "stats"), args))
+            for x in cast(
+                list[bytes], self._run("split", self.keys(integration, "open", "stats", "debug"), args)
+            )
         ]
 
-    def hold(self, integration: str, bid: str, owner: str, reason: str, probe_s: float) -> bool:
-        keys = self.keys(integration, "open", "held", "auth", "stats")
+    def hold(
+        self, integration: str, bid: str, owner: str, reason: str, probe_s: float, debug: Debug = None
+    ) -> bool:
+        keys = self.keys(integration, "open", "held", "auth", "stats", "debug")
         return bool(
-            self._run("hold", keys, [self.base(integration), bid, owner, reason, int(probe_s * 1000)])
+            self._run(
+                "hold",
+                keys,
+                [self.base(integration), bid, owner, reason, int(probe_s * 1000), *_debug(debug)],
+            )
         )
 
     def sweep(
@@ -388,7 +439,7 @@ class Store:
         dead_max_age_s: float = 0,
         dead_max_count: int = 0,
     ) -> SweepResult:
-        keys = self.keys(integration, "open", "held", "auth", "pending", "stats", "dead", "dead:idx")
+        keys = self.keys(integration, "open", "held", "auth", "pending", "stats", "dead", "dead:idx", "debug")
         args = [
             self.base(integration), int(grace_s * 1000), int(probe_s * 1000), int(dead_max_age_s * 1000),
             dead_max_count,
@@ -450,6 +501,28 @@ class Store:
         if not ids:
             return []
         return cast(list[bytes | None], self.r.hmget(self.key(integration, "dead"), list(ids)))
+
+    def debug_entries(self, integration: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """The event debugger's entries, newest first."""
+        raw = cast(list[bytes], self.r.lrange(self.key(integration, "debug"), 0, limit - 1))
+        return [orjson.loads(x) for x in raw]
+
+    def oldest_pending_age_s(self, integration: str) -> float | None:
+        """How long the oldest record still waiting has waited (from the arrival marks); None: none waits."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.llen(self.key(integration, "pending"))
+        pipe.hget(self.key(integration, "flow"), "cut")
+        pipe.lrange(self.key(integration, "arrivals"), 0, 200)
+        pipe.time()
+        pending, cut, marks, (now_s, now_us) = pipe.execute()
+        if not pending:
+            return None
+        cut_total = int(cut or 0)
+        for mark in cast(list[bytes], marks):
+            total, _, at = _s(mark).partition(":")
+            if int(total) > cut_total:
+                return max(0.0, round(float(now_s) + float(now_us) / 1e6 - int(at) / 1000, 3))
+        return 0.0
 
     def dead_letter_count(self, integration: str) -> int:
         return int(self.r.hlen(self.key(integration, "dead")))

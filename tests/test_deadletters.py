@@ -86,7 +86,7 @@ def test_cli_lists_replays_drops_and_shows_status(redis_url: str, store: Store) 
     entries = [orjson.loads(x) for x in listed.stdout.splitlines()]
     assert len(entries) == 2 and entries[0]["stage"] == "mapping"
     status = run_cli("status", "--json", env=env)
-    body: dict[str, Any] = orjson.loads(status.stdout)["default"]
+    body: dict[str, Any] = orjson.loads(status.stdout)["integrations"]["default"]
     assert (
         body["queues"]["dead_letters"] == 3 and body["dead_letters"]["mapping:missing identity"]["count"] == 3
     )

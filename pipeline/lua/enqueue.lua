@@ -26,16 +26,7 @@ local high_water = tonumber(ARGV[12])       -- refuse the chunk when this many r
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local function mark_arrival(n)  -- n records were just pushed: remember when (within 10 ms)
-  local total = redis.call('HINCRBY', flow, 'pushed', n)
-  local last = redis.call('LINDEX', arrivals, -1)
-  local at = last and tonumber(string.match(last, ':(%d+)$'))
-  if at and now - at < 10 then
-    redis.call('LSET', arrivals, -1, total .. ':' .. at)
-  else
-    redis.call('RPUSH', arrivals, total .. ':' .. now)
-  end
-end
+--! include arrivals
 
 local function claim(id)  -- true when the dead letter was there (and is now gone)
   if id == '' then return true end

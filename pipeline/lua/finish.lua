@@ -3,24 +3,29 @@
 -- authentication failure and puts every held batch back in the open set, due now, each under a new
 -- dispatch generation.
 -- Returns {1, (released held bid, generation)...}, or {0} when the batch was already finished elsewhere.
-local open, held, auth, dead, dead_idx, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local open, held, auth, dead, dead_idx, stats, debug = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local base, bid, owner = ARGV[1], ARGV[2], ARGV[3]
 local delivered, authenticated = tonumber(ARGV[4]), ARGV[5] == '1'
 local counters = cjson.decode(ARGV[6])   -- {field: increment}
--- ARGV[7..]: dead letters as (id, entry) pairs
+local debug_entry, debug_size = ARGV[7], tonumber(ARGV[8])   -- '' when the debugger is off
+-- ARGV[9..]: dead letters as (id, entry) pairs
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+--! include debugger
 
 local meta, lease = base .. 'meta:' .. bid, base .. 'lease:' .. bid
 if redis.call('GET', lease) == owner then redis.call('DEL', lease) end
 if redis.call('EXISTS', meta) == 0 then return {0} end
 redis.call('HINCRBY', stats, 'delivered', delivered)
-for i = 7, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   redis.call('HSET', dead, ARGV[i], ARGV[i + 1])
   redis.call('ZADD', dead_idx, now, ARGV[i])
 end
 for field, n in pairs(counters) do redis.call('HINCRBY', stats, field, n) end
+record_attempt()
+
 redis.call('DEL', base .. 'batch:' .. bid, meta)
 redis.call('ZREM', open, bid)
 redis.call('ZREM', held, bid)

@@ -2,16 +2,21 @@
 -- 'throttles', each with a clock of its own from its first occurrence) and make it due after delay_ms,
 -- under a new dispatch generation. Any answer other than a 429 ends a throttle streak.
 -- Returns the new generation, or 0 when the batch was already finished elsewhere.
-local open, stats = KEYS[1], KEYS[2]
+local open, stats, debug = KEYS[1], KEYS[2], KEYS[3]
 local base, bid, owner = ARGV[1], ARGV[2], ARGV[3]
 local delay_ms, kind, last_error = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local debug_entry, debug_size = ARGV[7] or '', tonumber(ARGV[8] or '0')
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+--! include debugger
+
 local meta, lease = base .. 'meta:' .. bid, base .. 'lease:' .. bid
 if redis.call('GET', lease) == owner then redis.call('DEL', lease) end
 if redis.call('EXISTS', meta) == 0 then return 0 end
+record_attempt()
+
 redis.call('HINCRBY', meta, 'attempts', 1)
 redis.call('HINCRBY', meta, kind, 1)
 redis.call('HSET', meta, 'last_error', last_error, 'swept', 0)

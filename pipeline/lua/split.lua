@@ -1,16 +1,21 @@
 -- CleverTap found the request too large (413): the batch becomes two, each with half its records (the
 -- first half first), both open and due now, in one step. Their meta starts afresh but keeps 'created'.
 -- Returns {first bid, second bid} (dispatch generation 1 each), or {} when the batch is gone.
-local open, stats = KEYS[1], KEYS[2]
+local open, stats, debug = KEYS[1], KEYS[2], KEYS[3]
 local base, bid, owner = ARGV[1], ARGV[2], ARGV[3]
+local debug_entry, debug_size = ARGV[4] or '', tonumber(ARGV[5] or '0')
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+--! include debugger
 
 local meta, lease, batch = base .. 'meta:' .. bid, base .. 'lease:' .. bid, base .. 'batch:' .. bid
 if redis.call('GET', lease) == owner then redis.call('DEL', lease) end
 local body = redis.call('GET', batch)
 if redis.call('EXISTS', meta) == 0 or not body then return {} end
+record_attempt()
+
 local records = {}
 for record in string.gmatch(body, '[^\n]+') do records[#records + 1] = record end
 local half = math.floor(#records / 2)

@@ -5,7 +5,8 @@
 -- still in the queue is stale when it arrives. One live message a batch, whatever the backlog.
 -- Dead letters are kept dead_max_age_ms and dead_max_count at most (the oldest go first).
 -- Returns {open, held, pending, probe bid or '', probe generation, (re-published bid, generation)...}.
-local open, held, auth, pending, stats, dead, dead_idx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local open, held, auth, pending, stats, dead, dead_idx, debug =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local base, grace_ms, probe_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local dead_max_age_ms, dead_max_count = tonumber(ARGV[4]), tonumber(ARGV[5])   -- 0: no limit
 
@@ -51,6 +52,14 @@ if dead_max_count > 0 and #expired < 1000 then
     for _, id in ipairs(redis.call('ZRANGE', dead_idx, #expired, #expired + math.min(excess, 1000 - #expired) - 1)) do
       expired[#expired + 1] = id
     end
+  end
+end
+-- The debugger's raw answers can echo records: they are kept no longer than dead letters.
+if dead_max_age_ms > 0 then
+  for _ = 1, 1000 do
+    local oldest = redis.call('LINDEX', debug, -1)
+    if not oldest or tonumber(cjson.decode(oldest)['time']) * 1000 >= now - dead_max_age_ms then break end
+    redis.call('RPOP', debug)
   end
 end
 if #expired > 0 then
