@@ -511,3 +511,40 @@ def debugger(args: argparse.Namespace) -> int:
             f"{e['attempt']:<3} HTTP {status}  {e['latency_s']:.2f} s  {e['result']}"
         )
     return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+@verb(
+    "metrics",
+    "Serve Prometheus metrics at /metrics, read from Redis at each scrape (every worker on every host "
+    "counted once). Loopback only unless --host says otherwise. Names and labels: docs/metrics.md.",
+    arg("--host", default="127.0.0.1", help="address to listen on"),
+    arg("--port", type=int, default=9464, help="port; 0 picks a free one (printed)"),
+)
+def metrics(args: argparse.Namespace) -> int:
+    import signal
+
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import CollectorRegistry
+
+    from pipeline.metrics import RedisCollector
+
+    settings = load_settings()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(settings, store_of(settings)))
+    server, thread = start_http_server(args.port, addr=args.host, registry=registry)
+    print(f"metrics on http://{args.host}:{server.server_port}/metrics", flush=True)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+    return EXIT_OK

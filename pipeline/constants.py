@@ -95,6 +95,10 @@ DEFAULT_MAX_PENDING = 10_000_000
 DEFAULT_DEAD_LETTER_MAX_AGE_S = 30 * 86400
 DEFAULT_DEAD_LETTER_MAX_COUNT = 1_000_000
 
+#: Buckets (upper bounds, s) of clevertap_request_duration_seconds: CleverTap answers in tens of ms to a few
+#: seconds; the requests are cut at connect + read timeout (65 s by default).
+REQUEST_DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
 DEFAULT_KEY_PREFIX = "ctp"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 SEND_QUEUE = "clevertap.send"

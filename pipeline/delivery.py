@@ -293,6 +293,7 @@ class Deliverer:
             lease.first_throttle_ms,
         )
         seen = _debugger_entry(batch_id, len(records), lease.attempts + 1, attempt)
+        self.store.record_request(config.account_key, str(attempt.status or "error"), attempt.elapsed_s)
         try:
             classified = classify(attempt, records)
             decision = decide(classified, records, history, config.give_up_age, self.rng)

@@ -34,7 +34,9 @@ key                                   type    holds
 ``P:{acct:<A>}:stats``                hash    ``peak``: the most tokens ever held at once
 ``P:{acct:<A>}:wake``                 list    one item per released token, for waiters blocked in BLPOP
 ``P:{acct:<A>}:limit``                hash    effective (AIMD limit, while another client shares the
-                                              account), cut_at, cuts
+                                              account), cut_at, cut_from, cuts
+``P:{acct:<A>}:requests``             hash    requests to CleverTap by answer (HTTP status, or "error")
+``P:{acct:<A>}:durations``            hash    request durations: a count per histogram bucket, and "sum"
 ``P:ready``                           set     integrations that may have records waiting
 ``P:assemble:lock``                   string  held by the one assembler run in progress (expires)
 ====================================  ======  ===============================================================
@@ -468,6 +470,27 @@ class Store:
         just below the last cut, slowly past it)."""
         args = ["down" if throttled else "up", configured, int(cooldown_s * 1000)]
         return float(_s(self._run("adapt", [self.account_key(account, "limit")], args)))
+
+    def record_request(self, account: str, status: str, seconds: float) -> None:
+        """Count one request to CleverTap by answer and time it, for the metrics exporter (a plain pipeline,
+        not a script: metrics need no atomicity, and these keys live in the account's slot)."""
+        bucket = next((str(b) for b in C.REQUEST_DURATION_BUCKETS_S if seconds <= b), "+Inf")
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hincrby(self.account_key(account, "requests"), status, 1)
+        pipe.hincrby(self.account_key(account, "durations"), bucket, 1)
+        pipe.hincrbyfloat(self.account_key(account, "durations"), "sum", seconds)
+        pipe.execute()
+
+    def request_counts(self, account: str) -> tuple[dict[str, int], dict[str, float]]:
+        """(requests by answer, request durations: count per bucket and 'sum') for one account."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.account_key(account, "requests"))
+        pipe.hgetall(self.account_key(account, "durations"))
+        requests, durations = pipe.execute()
+        return (
+            {_s(k): int(v) for k, v in requests.items()},
+            {_s(k): float(v) for k, v in durations.items()},
+        )
 
     def effective_limit(self, account: str, configured: int) -> float:
         value = self.r.hget(self.account_key(account, "limit"), "effective")

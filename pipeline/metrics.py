@@ -1,0 +1,112 @@
+"""Prometheus metrics, read from Redis at each scrape: every worker on every host is counted once, with no
+multiprocess directory and no push gateway. ``clevertap-pipeline metrics --port N`` serves them
+(prometheus-client's exporter); the names and labels are documented in docs/metrics.md."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pipeline import constants as C
+from pipeline.config import Settings
+from pipeline.deadletters import summarise
+from pipeline.store import Store
+
+#: ingest's counters -> the ``outcome`` label of clevertap_events_ingested_total.
+INGESTED = {
+    "accepted": "accepted",
+    "filtered": "filtered",
+    "duplicate": "duplicate",
+    "rejected_mapping": "rejected",
+}
+
+
+class RedisCollector(Collector):
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        ingested = CounterMetricFamily(
+            "clevertap_events_ingested",
+            "Events ingested, by what became of them",
+            labels=["integration", "outcome"],
+        )
+        delivered = CounterMetricFamily(
+            "clevertap_records_delivered", "Records CleverTap stored", labels=["integration"]
+        )
+        pending = GaugeMetricFamily(
+            "clevertap_records_pending", "Records queued, not yet batched", labels=["integration"]
+        )
+        oldest = GaugeMetricFamily(
+            "clevertap_oldest_pending_age_seconds",
+            "How long the oldest queued record has waited",
+            labels=["integration"],
+        )
+        dead = GaugeMetricFamily(
+            "clevertap_dead_letters",
+            "Dead letters kept, by stage and CleverTap code",
+            labels=["integration", "stage", "code"],
+        )
+        auth = GaugeMetricFamily(
+            "clevertap_auth_ok",
+            "1 while CleverTap accepts the integration's credentials and configuration",
+            labels=["integration"],
+        )
+        for name in sorted(self.settings.integrations):
+            stats = self.store.stats(name)
+            for counter, outcome in INGESTED.items():
+                ingested.add_metric([name, outcome], stats.get(counter, 0))
+            delivered.add_metric([name], stats.get("delivered", 0))
+            pending.add_metric([name], self.store.depth(name)["pending"])
+            oldest.add_metric([name], self.store.oldest_pending_age_s(name) or 0.0)
+            for key, entry in summarise(self.store, name).items():
+                stage, _, code = key.partition(":")
+                dead.add_metric([name, stage, code if stage == "api" else ""], entry["count"])
+            auth.add_metric([name], 0 if self.store.auth_state(name) else 1)
+        yield from (ingested, delivered, pending, oldest, dead, auth)
+        yield from self._accounts()
+
+    def _accounts(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "clevertap_requests",
+            "Requests to CleverTap, by HTTP status ('error': no answer)",
+            labels=["account", "status"],
+        )
+        in_flight = GaugeMetricFamily(
+            "clevertap_requests_in_flight", "Requests in flight now", labels=["account"]
+        )
+        limit = GaugeMetricFamily(
+            "clevertap_account_limit",
+            "The account's effective in-flight limit (lowered while shared)",
+            labels=["account"],
+        )
+        duration = HistogramMetricFamily(
+            "clevertap_request_duration_seconds",
+            "Time from sending a request to its answer",
+            labels=["account"],
+        )
+        limits: dict[str, int] = {
+            c.account_key: c.max_concurrency for c in self.settings.integrations.values()
+        }
+        for account, configured in sorted(limits.items()):
+            counts, durations = self.store.request_counts(account)
+            for status, n in sorted(counts.items()):
+                requests.add_metric([account, status], n)
+            in_flight.add_metric([account], self.store.tokens_in_flight(account))
+            limit.add_metric([account], int(self.store.effective_limit(account, configured)))
+            duration.add_metric([account], _buckets(durations), sum_value=durations.get("sum", 0.0))
+        yield from (requests, in_flight, limit, duration)
+
+
+def _buckets(durations: dict[str, float]) -> list[tuple[str, Any]]:
+    """Cumulative buckets from the per-bucket counts kept in Redis."""
+    out, total = [], 0.0
+    for bound in C.REQUEST_DURATION_BUCKETS_S:
+        total += durations.get(str(bound), 0.0)
+        out.append((str(bound), total))
+    out.append(("+Inf", total + durations.get("+Inf", 0.0)))
+    return out
