@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib.metadata import entry_points
 from typing import IO, Any
 
@@ -361,11 +362,42 @@ verb_group(
     "List, replay or drop dead letters: events that could not be mapped (stage mapping) and rows "
     "CleverTap refused or that gave up (stage api).",
 )
+
+
+def _when(text: str) -> float:
+    """Epoch seconds from epoch seconds or ISO 8601 with a zone (``2026-11-29T20:00:00Z``)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be epoch seconds or ISO 8601 with a zone, got {text!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"must have a time zone (e.g. Z), got {text!r}")
+    return parsed.timestamp()
+
+
 DEAD_LETTER_FILTERS = (
     integration_arg(),
     arg("--stage", choices=("mapping", "api"), default=None, help="only this stage"),
     arg("--code", type=int, default=None, help="only this CleverTap code (api stage)"),
+    arg(
+        "--since", type=_when, default=None, help="only dead letters from this time on (epoch s or ISO 8601)"
+    ),
+    arg("--until", type=_when, default=None, help="only dead letters up to this time"),
 )
+
+
+def _matching(args: argparse.Namespace, store: Store) -> Iterator[dict[str, Any]]:
+    from pipeline.deadletters import iter_dead_letters
+
+    return iter_dead_letters(store, args.integration, args.stage, args.code, args.since, args.until)
+
+
 DEAD_LETTER_SELECTION = (
     arg("--id", action="append", default=[], help="a dead letter id (repeatable)"),
     arg("--all", action="store_true", help="every dead letter matching --stage/--code"),
@@ -385,13 +417,60 @@ def _selection(args: argparse.Namespace) -> list[str] | None:
     arg("--limit", type=int, default=100, help="at most this many"),
 )
 def dead_letters_list(args: argparse.Namespace) -> int:
-    from pipeline.deadletters import iter_dead_letters
-
     settings = load_settings()
     settings.integration(args.integration)
-    entries = iter_dead_letters(store_of(settings), args.integration, args.stage, args.code)
-    for entry in itertools.islice(entries, args.limit):
+    for entry in itertools.islice(_matching(args, store_of(settings)), args.limit):
         print(orjson.dumps(entry).decode())
+    return EXIT_OK
+
+
+@verb("dead-letters show", "Print one dead letter in full.", integration_arg(), arg("id", help="its id"))
+def dead_letters_show(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    settings.integration(args.integration)
+    (raw,) = store_of(settings).dead_letters(args.integration, [args.id])
+    if raw is None:
+        raise InputError(f"no dead letter {args.id} in integration {args.integration!r}")
+    print(orjson.dumps(orjson.loads(raw), option=orjson.OPT_INDENT_2).decode())
+    return EXIT_OK
+
+
+@verb("dead-letters count", "Count dead letters by stage and code (with --stage/--code/--since/--until).",
+      *DEAD_LETTER_FILTERS)  # fmt: skip
+def dead_letters_count(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    settings.integration(args.integration)
+    counts: dict[str, int] = {}
+    for entry in _matching(args, store_of(settings)):
+        key = f"{entry['stage']}:{entry.get('code')}" if entry["stage"] == "api" else "mapping"
+        counts[key] = counts.get(key, 0) + 1
+    print(
+        orjson.dumps(
+            {"total": sum(counts.values()), "by_stage_and_code": dict(sorted(counts.items()))}
+        ).decode()
+    )
+    return EXIT_OK
+
+
+@verb(
+    "dead-letters export",
+    "Write dead letters as JSON lines, oldest first, streaming (flat in memory however many).",
+    *DEAD_LETTER_FILTERS,
+    arg("--output", "-o", default="-", help="a file, or - for standard output"),
+)
+def dead_letters_export(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    settings.integration(args.integration)
+    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+    written = 0
+    try:
+        for entry in _matching(args, store_of(settings)):
+            out.write(orjson.dumps(entry) + b"\n")
+            written += 1
+    finally:
+        if args.output != "-":
+            out.close()
+    err(f"exported {written} dead letters")
     return EXIT_OK
 
 
@@ -401,6 +480,7 @@ def dead_letters_list(args: argparse.Namespace) -> int:
     "(fix the configuration first). Each one moves atomically.",
     *DEAD_LETTER_FILTERS,
     *DEAD_LETTER_SELECTION,
+    arg("--dry-run", action="store_true", help="say what would be replayed, change nothing"),
     arg(
         "--rename-event",
         action="append",
@@ -421,6 +501,10 @@ def dead_letters_replay(args: argparse.Namespace) -> int:
         if not sep or not old or not new:
             raise InputError(f"--rename-event must be OLD=NEW, got {pair!r}")
         renames[old] = new
+    if args.dry_run:
+        return _replay_dry_run(args, store_of(settings), ids)
+    if ids is None and (args.since is not None or args.until is not None):
+        ids = [e["id"] for e in _matching(args, store_of(settings))]
     res = replay(
         store_of(settings), settings.integration(args.integration), ids, args.stage, args.code, renames
     )
@@ -439,20 +523,67 @@ def dead_letters_replay(args: argparse.Namespace) -> int:
     return EXIT_FAILED if res.missing else EXIT_OK
 
 
+def _replay_dry_run(args: argparse.Namespace, store: Store, ids: list[str] | None) -> int:
+    """What a replay would do, changing nothing."""
+    if ids is not None:
+        raws = store.dead_letters(args.integration, ids)
+        entries = [orjson.loads(r) for r in raws if r is not None]
+        missing = [i for i, r in zip(ids, raws, strict=True) if r is None]
+    else:
+        entries, missing = list(_matching(args, store)), []
+    api = [e for e in entries if e.get("stage") == "api"]
+    print(
+        orjson.dumps(
+            {
+                "dry_run": True,
+                "would_replay_records": sum(1 for e in api if e.get("record") is not None),
+                "would_remap_events": sum(1 for e in entries if e.get("stage") == "mapping"),
+                "unreplayable": [e["id"] for e in api if e.get("record") is None],
+                "missing": missing,
+            }
+        ).decode()
+    )
+    return EXIT_FAILED if missing else EXIT_OK
+
+
+def _drop(args: argparse.Namespace, store: Store, ids: list[str]) -> int:
+    return sum(store.drop_dead_letters(args.integration, ids[i : i + 500]) for i in range(0, len(ids), 500))
+
+
 @verb("dead-letters drop", "Delete dead letters for good.", *DEAD_LETTER_FILTERS, *DEAD_LETTER_SELECTION)
 def dead_letters_drop(args: argparse.Namespace) -> int:
-    from pipeline.deadletters import iter_dead_letters
-
     settings = load_settings()
     settings.integration(args.integration)
     store = store_of(settings)
     ids = _selection(args)
     if ids is None:
-        ids = [e["id"] for e in iter_dead_letters(store, args.integration, args.stage, args.code)]
-    dropped = sum(
-        store.drop_dead_letters(args.integration, ids[i : i + 500]) for i in range(0, len(ids), 500)
-    )
-    print(orjson.dumps({"dropped": dropped}).decode())
+        ids = [e["id"] for e in _matching(args, store)]
+    print(orjson.dumps({"dropped": _drop(args, store, ids)}).decode())
+    return EXIT_OK
+
+
+@verb(
+    "dead-letters purge",
+    "Delete every dead letter matching the filters (all of them without any), after asking; --yes to skip "
+    "the question (scripts).",
+    *DEAD_LETTER_FILTERS,
+    arg("--yes", action="store_true", help="do not ask"),
+)
+def dead_letters_purge(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    settings.integration(args.integration)
+    store = store_of(settings)
+    ids = [e["id"] for e in _matching(args, store)]
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InputError(
+                f"would purge {len(ids)} dead letters: add --yes (standard input is not a terminal)"
+            )
+        answer = input(f"purge {len(ids)} dead letters of {args.integration!r} for good? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            err("nothing purged")
+            return EXIT_FAILED
+    print(orjson.dumps({"purged": _drop(args, store, ids)}).decode())
     return EXIT_OK
 
 

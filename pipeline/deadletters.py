@@ -22,11 +22,20 @@ PAGE = 500
 
 
 def iter_dead_letters(
-    store: Store, integration: str, stage: str | None = None, code: int | None = None
+    store: Store,
+    integration: str,
+    stage: str | None = None,
+    code: int | None = None,
+    since: float | None = None,
+    until: float | None = None,
 ) -> Iterator[dict[str, Any]]:
+    """Dead letters oldest first, matching ``stage``, ``code`` and the time range ``since``..``until`` (epoch
+    seconds, either end open), read PAGE at a time: flat in memory however many there are."""
     offset = 0
+    low = "-inf" if since is None else int(since * 1000)
+    high = "+inf" if until is None else int(until * 1000)
     while True:
-        ids = store.dead_letter_ids(integration, offset, PAGE)
+        ids = store.dead_letter_ids_between(integration, low, high, offset, PAGE)
         if not ids:
             return
         for raw in store.dead_letters(integration, ids):

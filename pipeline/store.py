@@ -520,6 +520,13 @@ class Store:
         ids = self.r.zrange(self.key(integration, "dead:idx"), offset, offset + limit - 1)
         return [_s(x) for x in cast(list[bytes], ids)]
 
+    def dead_letter_ids_between(
+        self, integration: str, low: int | str, high: int | str, offset: int, limit: int
+    ) -> list[str]:
+        """Dead letter ids stored between ``low`` and ``high`` (ms, or -inf/+inf), oldest first, a page."""
+        ids = self.r.zrangebyscore(self.key(integration, "dead:idx"), low, high, start=offset, num=limit)
+        return [_s(x) for x in cast(list[bytes], ids)]
+
     def dead_letters(self, integration: str, ids: Sequence[str]) -> list[bytes | None]:
         if not ids:
             return []

@@ -156,3 +156,46 @@ def test_listing_pages_through_every_dead_letter_and_filters_by_stage_and_code()
     assert [e["id"] for e in iter_dead_letters(store, "default", "mapping")] == ["m1"]
     summary = summarise(store, "default")
     assert {k: v["count"] for k, v in summary.items()} == {"api:513": 822, "api:522": 412, "mapping:x": 1}
+
+
+def test_cli_shows_counts_exports_dry_runs_and_purges_with_time_filters(
+    redis_url: str, store: Store, tmp_path: Any
+) -> None:
+    env = environment(redis_url, process=True)
+    for n in range(6):  # three an hour ago, three now: two api rows of code 513 and one mapping each time
+        at = int(time.time() * 1000) - (3_600_000 if n < 3 else 0)
+        stage = "mapping" if n % 3 == 2 else "api"
+        api = stage == "api"
+        did, body = dead_letter(
+            "default", stage, code=513 if api else None, error="x", record={"n": n} if api else None,
+            reasons=["r: s"], event={"n": n},
+        )  # fmt: skip
+        store.r.hset(store.key("default", "dead"), did, body)
+        store.r.zadd(store.key("default", "dead:idx"), {did: at})
+    half_an_hour_ago = str(time.time() - 1800)
+    counted = orjson.loads(run_cli("dead-letters", "count", env=env).stdout)
+    assert counted == {"total": 6, "by_stage_and_code": {"api:513": 4, "mapping": 2}}
+    recent = orjson.loads(run_cli("dead-letters", "count", "--since", half_an_hour_ago, env=env).stdout)
+    assert recent["total"] == 3
+    out = tmp_path / "dead.jsonl"
+    exported = run_cli(
+        "dead-letters", "export", "--stage", "api", "--until", half_an_hour_ago, "-o", str(out), env=env
+    )
+    assert exported.returncode == 0 and len(out.read_text().splitlines()) == 2
+    first = orjson.loads(out.read_text().splitlines()[0])
+    shown = run_cli("dead-letters", "show", first["id"], env=env)
+    assert orjson.loads(shown.stdout)["id"] == first["id"]
+    assert run_cli("dead-letters", "show", "no-such-id", env=env).returncode == 1
+    dry = orjson.loads(run_cli("dead-letters", "replay", "--all", "--dry-run", env=env).stdout)
+    assert (dry["would_replay_records"], dry["would_remap_events"]) == (4, 2) and store.dead_letter_count(
+        "default"
+    ) == 6
+    refused = run_cli(
+        "dead-letters", "purge", "--since", half_an_hour_ago, env=env
+    )  # no terminal: must say --yes
+    assert refused.returncode == 1 and b"--yes" in refused.stderr and store.dead_letter_count("default") == 6
+    purged = run_cli("dead-letters", "purge", "--since", half_an_hour_ago, "--yes", env=env)
+    assert orjson.loads(purged.stdout) == {"purged": 3} and store.dead_letter_count("default") == 3
+    assert (
+        run_cli("dead-letters", "count", "--since", "yesterday", env=env).returncode == 2
+    )  # a clear usage error

@@ -33,9 +33,9 @@ def runs(tmp_path: Path) -> Iterator[Callable[..., FaultRun]]:
         run.close()
 
 
-def finished(run: FaultRun, timeout_s: float = 120) -> str:
+def finished(run: FaultRun, timeout_s: float = 120, supervise: bool = False) -> str:
     """Wait until nothing is queued, open or held; return the accounting (asserted exact)."""
-    assert run.wait_drained(timeout_s), run.logs()
+    assert run.wait_drained(timeout_s, supervise), run.logs()
     a = run.account()
     print(a.summary())  # shown with -s, and on failure
     assert a.ok, a.summary() + "\n" + run.logs()
@@ -64,9 +64,13 @@ def test_2_redis_killed_and_restarted_mid_run_loses_nothing(runs: Callable[..., 
     assert run.stack.redis is not None
     run.stack.redis.kill()  # SIGKILL: what survives is the AOF
     time.sleep(2)
-    run.stack.redis.start()  # same port, same directory: workers and beat reconnect by themselves
+    run.stack.redis.start()  # same port, same directory: workers and beat reconnect
     run.ingest(1000)  # and ingest works again
-    finished(run, 150)
+    # A celery worker sometimes exits (status 1) when its broker dies under it: kombu fails closing its hub
+    # (AttributeError in the Redis transport's _connparams). In production its supervisor starts it again
+    # (compose: restart: unless-stopped); here the run does the same, and the accounting shows nothing lost.
+    finished(run, 150, supervise=True)
+    print(f"workers started again after exiting on their own: {run.restarts}")
 
 
 def test_3_an_api_outage_of_ten_seconds_then_back(runs: Callable[..., FaultRun]) -> None:
