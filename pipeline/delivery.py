@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import redis
 
 from pipeline.client import UploadClient, join_records
 from pipeline.config import IntegrationConfig, Settings
@@ -293,7 +294,6 @@ class Deliverer:
             lease.first_throttle_ms,
         )
         seen = _debugger_entry(batch_id, len(records), lease.attempts + 1, attempt)
-        self.store.record_request(config.account_key, str(attempt.status or "error"), attempt.elapsed_s)
         try:
             classified = classify(attempt, records)
             decision = decide(classified, records, history, config.give_up_age, self.rng)
@@ -310,6 +310,11 @@ class Deliverer:
                 config, batch_id, owner, records, unknown, decision, lease.attempts + 1, seen
             )
         report.elapsed_s = time.perf_counter() - started
+        # Metrics after the outcome, and never at its expense: a failure here loses a count, not a batch.
+        try:
+            self.store.record_request(config.account_key, str(attempt.status or "error"), attempt.elapsed_s)
+        except redis.RedisError as exc:
+            log.warning("account %s: request metrics not recorded: %s", config.account_key, where(exc))
         return report
 
     def _apply(
