@@ -15,7 +15,7 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
@@ -438,17 +438,13 @@ def dead_letters_show(args: argparse.Namespace) -> int:
 @verb("dead-letters count", "Count dead letters by stage and code (with --stage/--code/--since/--until).",
       *DEAD_LETTER_FILTERS)  # fmt: skip
 def dead_letters_count(args: argparse.Namespace) -> int:
+    from pipeline.deadletters import count
+
     settings = load_settings()
     settings.integration(args.integration)
-    counts: dict[str, int] = {}
-    for entry in _matching(args, store_of(settings)):
-        key = f"{entry['stage']}:{entry.get('code')}" if entry["stage"] == "api" else "mapping"
-        counts[key] = counts.get(key, 0) + 1
-    print(
-        orjson.dumps(
-            {"total": sum(counts.values()), "by_stage_and_code": dict(sorted(counts.items()))}
-        ).decode()
-    )
+    store = store_of(settings)
+    counts = count(store, args.integration, args.stage, args.code, args.since, args.until)
+    print(orjson.dumps({"total": sum(counts.values()), "by_stage_and_code": counts}).decode())
     return EXIT_OK
 
 
@@ -503,10 +499,15 @@ def dead_letters_replay(args: argparse.Namespace) -> int:
         renames[old] = new
     if args.dry_run:
         return _replay_dry_run(args, store_of(settings), ids)
-    if ids is None and (args.since is not None or args.until is not None):
-        ids = [e["id"] for e in _matching(args, store_of(settings))]
     res = replay(
-        store_of(settings), settings.integration(args.integration), ids, args.stage, args.code, renames
+        store_of(settings),
+        settings.integration(args.integration),
+        ids,
+        args.stage,
+        args.code,
+        renames,
+        args.since,
+        args.until,
     )
     print(
         orjson.dumps(
@@ -524,21 +525,30 @@ def dead_letters_replay(args: argparse.Namespace) -> int:
 
 
 def _replay_dry_run(args: argparse.Namespace, store: Store, ids: list[str] | None) -> int:
-    """What a replay would do, changing nothing."""
+    """What a replay would do, changing nothing (streaming: flat in memory however many)."""
+    missing: list[str] = []
     if ids is not None:
         raws = store.dead_letters(args.integration, ids)
-        entries = [orjson.loads(r) for r in raws if r is not None]
+        entries: Iterable[dict[str, Any]] = [orjson.loads(r) for r in raws if r is not None]
         missing = [i for i, r in zip(ids, raws, strict=True) if r is None]
     else:
-        entries, missing = list(_matching(args, store)), []
-    api = [e for e in entries if e.get("stage") == "api"]
+        entries = _matching(args, store)
+    records = events = 0
+    unreplayable = []
+    for e in entries:
+        if e.get("stage") == "mapping":
+            events += 1
+        elif e.get("record") is None:
+            unreplayable.append(e["id"])
+        else:
+            records += 1
     print(
         orjson.dumps(
             {
                 "dry_run": True,
-                "would_replay_records": sum(1 for e in api if e.get("record") is not None),
-                "would_remap_events": sum(1 for e in entries if e.get("stage") == "mapping"),
-                "unreplayable": [e["id"] for e in api if e.get("record") is None],
+                "would_replay_records": records,
+                "would_remap_events": events,
+                "unreplayable": unreplayable,
                 "missing": missing,
             }
         ).decode()
@@ -546,19 +556,17 @@ def _replay_dry_run(args: argparse.Namespace, store: Store, ids: list[str] | Non
     return EXIT_FAILED if missing else EXIT_OK
 
 
-def _drop(args: argparse.Namespace, store: Store, ids: list[str]) -> int:
-    return sum(store.drop_dead_letters(args.integration, ids[i : i + 500]) for i in range(0, len(ids), 500))
+def _drop(args: argparse.Namespace, store: Store, ids: list[str] | None) -> int:
+    from pipeline.deadletters import drop
+
+    return drop(store, args.integration, ids, args.stage, args.code, args.since, args.until)
 
 
 @verb("dead-letters drop", "Delete dead letters for good.", *DEAD_LETTER_FILTERS, *DEAD_LETTER_SELECTION)
 def dead_letters_drop(args: argparse.Namespace) -> int:
     settings = load_settings()
     settings.integration(args.integration)
-    store = store_of(settings)
-    ids = _selection(args)
-    if ids is None:
-        ids = [e["id"] for e in _matching(args, store)]
-    print(orjson.dumps({"dropped": _drop(args, store, ids)}).decode())
+    print(orjson.dumps({"dropped": _drop(args, store_of(settings), _selection(args))}).decode())
     return EXIT_OK
 
 
@@ -573,17 +581,17 @@ def dead_letters_purge(args: argparse.Namespace) -> int:
     settings = load_settings()
     settings.integration(args.integration)
     store = store_of(settings)
-    ids = [e["id"] for e in _matching(args, store)]
     if not args.yes:
+        from pipeline.deadletters import count
+
+        n = sum(count(store, args.integration, args.stage, args.code, args.since, args.until).values())
         if not sys.stdin.isatty():
-            raise InputError(
-                f"would purge {len(ids)} dead letters: add --yes (standard input is not a terminal)"
-            )
-        answer = input(f"purge {len(ids)} dead letters of {args.integration!r} for good? [y/N] ")
+            raise InputError(f"would purge {n} dead letters: add --yes (standard input is not a terminal)")
+        answer = input(f"purge {n} dead letters of {args.integration!r} for good? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             err("nothing purged")
             return EXIT_FAILED
-    print(orjson.dumps({"purged": _drop(args, store, ids)}).decode())
+    print(orjson.dumps({"purged": _drop(args, store, None)}).decode())
     return EXIT_OK
 
 

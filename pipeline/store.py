@@ -26,6 +26,8 @@ key                                   type    holds
 ``P:{I}:auth``                        hash    reason, since, next_probe, probe: present only while auth fails
 ``P:{I}:dead``                        hash    dead-letter id -> JSON entry (stage, code, error, record/event)
 ``P:{I}:dead:idx``                    zset    dead-letter id -> ms, for listing in order
+``P:{I}:dead:kinds``                  hash    dead letters kept, by kind (``api:<code>``,
+                                              ``mapping:<reason>``), kept by the scripts that add/remove
 ``P:{I}:stats``                       hash    counters (accepted, delivered, retries_throttled, ...)
 ``P:{I}:debug``                       list    the event debugger: the last debugger_size send attempts, newest
                                               first (JSON: time, batch, records, attempt, HTTP status,
@@ -86,7 +88,7 @@ SCRIPTS: dict[str, str] = {
     name: _lua(name)
     for name in (
         "enqueue", "assemble", "lease", "unlease", "finish", "retry", "hold", "split", "sweep", "acquire",
-        "release", "adapt", "replay_records", "unlock",
+        "release", "adapt", "replay_records", "unlock", "drop_dead", "dead_page",
     )
 }  # fmt: skip
 
@@ -111,10 +113,39 @@ def new_id() -> str:
     return f"{int(time.time() * 1000):013d}-{seq:06d}-{os.getpid() % 100000:05d}{secrets.token_hex(3)}"
 
 
+def dead_letter_kind(stage: str, fields: dict[str, Any]) -> str:
+    """What ``dead:kinds`` counts a dead letter under: ``api:<code>``, or ``mapping:`` and the part of its
+    first reason before a colon (``mapping:missing identity``); letters, digits and ``_.- ()`` only."""
+    if stage == "api":
+        kind = f"api:{fields.get('code')}"
+    else:
+        reasons = fields.get("reasons") or [""]
+        kind = "mapping:" + str(reasons[0]).split(":")[0]
+    return _KIND_UNSAFE.sub("", kind)[:80]
+
+
+_KIND_UNSAFE = re.compile(r"[^A-Za-z0-9_.: ()-]")
+_KIND = re.compile(rb'^{"id":"[^"]*","kind":"([^"]*)"')
+
+
+def kind_of(body: bytes) -> str | None:
+    """The kind written into a dead-letter entry (as the Lua ``kind_of`` reads it)."""
+    m = _KIND.match(body)
+    return m.group(1).decode() if m else None
+
+
 def dead_letter(integration: str, stage: str, **fields: Any) -> tuple[str, bytes]:
-    """A dead-letter entry (``stage`` mapping or api) and its id, ready for the scripts that store it."""
+    """A dead-letter entry (``stage`` mapping or api) and its id, ready for the scripts that store it. Its
+    kind is the second key: the scripts count dead letters by kind without decoding them."""
     did = new_id()
-    entry = {"id": did, "integration": integration, "stage": stage, "time": round(time.time(), 3), **fields}
+    entry = {
+        "id": did,
+        "kind": dead_letter_kind(stage, fields),
+        "integration": integration,
+        "stage": stage,
+        "time": round(time.time(), 3),
+        **fields,
+    }
     try:
         return did, orjson.dumps(entry, default=str)
     except TypeError:  # what a dead letter keeps may be anything that arrived, e.g. an integer over 64 bits
@@ -278,6 +309,7 @@ class Store:
         )
         keys.append(self.key(integration, f"ingest:{progress[0] if progress else ''}"))
         keys.append(self.key(integration, "ids:seen"))
+        keys.append(self.key(integration, "dead:kinds"))
         pipe = self.r.pipeline(transaction=False)
         self._run("enqueue", keys, args, client=pipe)
         pipe.sadd(self.ready_key, integration)
@@ -308,6 +340,9 @@ class Store:
         for did, body in letters:
             pipe.hset(self.key(integration, "dead"), did, body)
             pipe.zadd(self.key(integration, "dead:idx"), {did: int(time.time() * 1000)})
+            kind = kind_of(body)
+            if kind:
+                pipe.hincrby(self.key(integration, "dead:kinds"), kind, 1)
         pipe.hincrby(self.key(integration, "stats"), "rejected_mapping", len(letters))
         pipe.set(self.key(integration, f"ingest:{progress[0]}"), progress[1], ex=86_400)
         pipe.execute()
@@ -372,7 +407,9 @@ class Store:
         """Remove the batch; count delivered rows; dead-letter the rest. ``authenticated``: the answer proved
         the credentials (any 200), which releases held batches. Returns (applied, [(released bid,
         its generation)])."""
-        keys = self.keys(integration, "open", "held", "auth", "dead", "dead:idx", "stats", "debug")
+        keys = self.keys(
+            integration, "open", "held", "auth", "dead", "dead:idx", "stats", "debug", "dead:kinds"
+        )
         counts = orjson.dumps({k: v for k, v in counters.items() if v})
         args: list[Any] = [
             self.base(integration),
@@ -441,7 +478,9 @@ class Store:
         dead_max_age_s: float = 0,
         dead_max_count: int = 0,
     ) -> SweepResult:
-        keys = self.keys(integration, "open", "held", "auth", "pending", "stats", "dead", "dead:idx", "debug")
+        keys = self.keys(
+            integration, "open", "held", "auth", "pending", "stats", "dead", "dead:idx", "debug", "dead:kinds"
+        )
         args = [
             self.base(integration), int(grace_s * 1000), int(probe_s * 1000), int(dead_max_age_s * 1000),
             dead_max_count,
@@ -520,12 +559,35 @@ class Store:
         ids = self.r.zrange(self.key(integration, "dead:idx"), offset, offset + limit - 1)
         return [_s(x) for x in cast(list[bytes], ids)]
 
-    def dead_letter_ids_between(
-        self, integration: str, low: int | str, high: int | str, offset: int, limit: int
-    ) -> list[str]:
-        """Dead letter ids stored between ``low`` and ``high`` (ms, or -inf/+inf), oldest first, a page."""
-        ids = self.r.zrangebyscore(self.key(integration, "dead:idx"), low, high, start=offset, num=limit)
+    def dead_letter_page(
+        self, integration: str, after: tuple[str, str], low: int | str, high: int | str, limit: int
+    ) -> list[tuple[str, str]]:
+        """Up to ``limit`` (id, ms) of dead letters stored between ``low`` and ``high`` (ms, or -inf/+inf),
+        oldest first, after the cursor ``after`` = (ms, id) of the last one seen (``("-inf", "")`` first)."""
+        res = cast(
+            list[bytes],
+            self._run("dead_page", [self.key(integration, "dead:idx")], [*after, low, high, limit]),
+        )
+        return [(_s(res[i]), _s(res[i + 1])) for i in range(0, len(res), 2)]
+
+    def newest_dead_letter_ids(self, integration: str, limit: int) -> list[str]:
+        ids = self.r.zrevrange(self.key(integration, "dead:idx"), 0, limit - 1)
         return [_s(x) for x in cast(list[bytes], ids)]
+
+    def now_ms(self) -> int:
+        """Redis's clock, epoch ms (the clock dead letters and due times are stamped with)."""
+        return self._now_ms()
+
+    def dead_letter_kinds(self, integration: str) -> dict[str, int]:
+        """Dead letters kept, by kind; those stored before kinds were counted show as ``unknown``."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.key(integration, "dead:kinds"))
+        pipe.hlen(self.key(integration, "dead"))
+        raw, total = pipe.execute()
+        kinds = {_s(k): int(v) for k, v in cast(dict[bytes, bytes], raw).items() if int(v) > 0}
+        if total > sum(kinds.values()):
+            kinds["unknown"] = total - sum(kinds.values())
+        return dict(sorted(kinds.items()))
 
     def dead_letters(self, integration: str, ids: Sequence[str]) -> list[bytes | None]:
         if not ids:
@@ -558,7 +620,8 @@ class Store:
         return int(self.r.hlen(self.key(integration, "dead")))
 
     def replay_records(self, integration: str, items: Sequence[tuple[str, bytes]]) -> list[str]:
-        keys = self.keys(integration, "dead", "dead:idx", "pending", "arrivals", "flow", "stats")
+        names = ("dead", "dead:idx", "pending", "arrivals", "flow", "stats", "dead:kinds")
+        keys = self.keys(integration, *names)
         args: list[Any] = [x for pair in items for x in pair]
         pipe = self.r.pipeline(transaction=False)
         self._run("replay_records", keys, args, client=pipe)
@@ -568,10 +631,8 @@ class Store:
     def drop_dead_letters(self, integration: str, ids: Sequence[str]) -> int:
         if not ids:
             return 0
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hdel(self.key(integration, "dead"), *ids)
-        pipe.zrem(self.key(integration, "dead:idx"), *ids)
-        return int(pipe.execute()[0])
+        keys = self.keys(integration, "dead", "dead:idx", "dead:kinds", "stats")
+        return int(self._run("drop_dead", keys, list(ids)))
 
     # ----------------------------------------------------------------------------------------- status
 

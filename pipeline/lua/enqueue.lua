@@ -8,8 +8,8 @@
 -- two replays of one dead letter queue it once.
 -- Returns {records pushed, events skipped as already replayed, 0-based index of each duplicate event...},
 -- or {-1} when the integration's queue is past its high-water mark (nothing written).
-local pending, arrivals, flow, seen, ids, dead, dead_idx, stats, progress, ids_seen =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local pending, arrivals, flow, seen, ids, dead, dead_idx, stats, progress, ids_seen, dead_kinds =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local window_ms = tonumber(ARGV[1])
 local message_ids = cjson.decode(ARGV[2])   -- one per event, '' when it has none
 local counts = cjson.decode(ARGV[3])        -- records per event
@@ -27,12 +27,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 --! include arrivals
+--! include dead
 
 local function claim(id)  -- true when the dead letter was there (and is now gone)
   if id == '' then return true end
-  if redis.call('HDEL', dead, id) == 0 then return false end
-  redis.call('ZREM', dead_idx, id)
-  return true
+  return remove_dead(id)
 end
 
 if high_water > 0 and redis.call('LLEN', pending) >= high_water then return {-1} end
@@ -87,10 +86,7 @@ if identity_ms > 0 then
   end
 end
 for _, letter in ipairs(letters) do
-  if claim(letter[3] or '') then
-    redis.call('HSET', dead, letter[1], letter[2])
-    redis.call('ZADD', dead_idx, now, letter[1])
-  end
+  if claim(letter[3] or '') then add_dead(letter[1], letter[2], now) end
 end
 for _, id in ipairs(drops) do claim(id) end
 for field, n in pairs(counters) do redis.call('HINCRBY', stats, field, n) end

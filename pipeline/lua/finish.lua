@@ -3,7 +3,8 @@
 -- authentication failure and puts every held batch back in the open set, due now, each under a new
 -- dispatch generation.
 -- Returns {1, (released held bid, generation)...}, or {0} when the batch was already finished elsewhere.
-local open, held, auth, dead, dead_idx, stats, debug = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local open, held, auth, dead, dead_idx, stats, debug, dead_kinds =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local base, bid, owner = ARGV[1], ARGV[2], ARGV[3]
 local delivered, authenticated = tonumber(ARGV[4]), ARGV[5] == '1'
 local counters = cjson.decode(ARGV[6])   -- {field: increment}
@@ -14,15 +15,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 --! include debugger
+--! include dead
 
 local meta, lease = base .. 'meta:' .. bid, base .. 'lease:' .. bid
 if redis.call('GET', lease) == owner then redis.call('DEL', lease) end
 if redis.call('EXISTS', meta) == 0 then return {0} end
 redis.call('HINCRBY', stats, 'delivered', delivered)
-for i = 9, #ARGV, 2 do
-  redis.call('HSET', dead, ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', dead_idx, now, ARGV[i])
-end
+for i = 9, #ARGV, 2 do add_dead(ARGV[i], ARGV[i + 1], now) end
 for field, n in pairs(counters) do redis.call('HINCRBY', stats, field, n) end
 record_attempt()
 

@@ -1,18 +1,19 @@
 -- Move api-stage dead letters' records back to the pending queue, each only if its dead letter is
 -- still there (two replays of one dead letter queue it once). Returns the ids moved.
-local dead, dead_idx, pending, arrivals, flow, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local dead, dead_idx, pending, arrivals, flow, stats, dead_kinds =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 -- ARGV: (dead letter id, record) pairs
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 --! include arrivals
+--! include dead
 
 local moved = {}
 for i = 1, #ARGV, 2 do
   local id, record = ARGV[i], ARGV[i + 1]
-  if redis.call('HDEL', dead, id) == 1 then
-    redis.call('ZREM', dead_idx, id)
+  if remove_dead(id) then
     redis.call('RPUSH', pending, record)
     moved[#moved + 1] = id
   end

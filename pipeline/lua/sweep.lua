@@ -5,10 +5,12 @@
 -- still in the queue is stale when it arrives. One live message a batch, whatever the backlog.
 -- Dead letters are kept dead_max_age_ms and dead_max_count at most (the oldest go first).
 -- Returns {open, held, pending, probe bid or '', probe generation, (re-published bid, generation)...}.
-local open, held, auth, pending, stats, dead, dead_idx, debug =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local open, held, auth, pending, stats, dead, dead_idx, debug, dead_kinds =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local base, grace_ms, probe_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local dead_max_age_ms, dead_max_count = tonumber(ARGV[4]), tonumber(ARGV[5])   -- 0: no limit
+
+--! include dead
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -63,8 +65,7 @@ if dead_max_age_ms > 0 then
   end
 end
 if #expired > 0 then
-  redis.call('HDEL', dead, unpack(expired))
-  redis.call('ZREM', dead_idx, unpack(expired))
+  for _, id in ipairs(expired) do remove_dead(id) end
   redis.call('HINCRBY', stats, 'dead_letters_expired', #expired)
 end
 local out = {redis.call('ZCARD', open), redis.call('ZCARD', held), redis.call('LLEN', pending), probe, probe_gen}

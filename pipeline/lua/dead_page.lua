@@ -1,0 +1,25 @@
+-- One page of dead-letter ids, oldest first, after a cursor: the (ms, id) of the last one the caller saw.
+-- Members of dead_idx are ordered by ms, then id; a cursor, unlike an offset, neither skips nor repeats
+-- when letters are removed (replayed, purged, expired) between pages.
+-- Returns {id, ms, id, ms, ...}.
+local dead_idx = KEYS[1]
+local after_ms, after_id = ARGV[1], ARGV[2]   -- '-inf' and '' for the first page
+local low, high, count = ARGV[3], ARGV[4], tonumber(ARGV[5])   -- the time range (ms, or -inf/+inf)
+
+local floor = after_ms
+if after_ms == '-inf' or (low ~= '-inf' and tonumber(low) > tonumber(after_ms)) then floor = low end
+local after = tonumber(after_ms) or -math.huge
+local out, offset = {}, 0
+while #out < 2 * count do
+  local chunk = redis.call('ZRANGEBYSCORE', dead_idx, floor, high, 'WITHSCORES', 'LIMIT', offset, count)
+  if #chunk == 0 then break end
+  for i = 1, #chunk, 2 do
+    local id, ms = chunk[i], tonumber(chunk[i + 1])
+    if (ms > after or (ms == after and id > after_id)) and #out < 2 * count then
+      out[#out + 1] = id
+      out[#out + 1] = chunk[i + 1]
+    end
+  end
+  offset = offset + #chunk / 2
+end
+return out
