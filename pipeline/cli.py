@@ -306,53 +306,94 @@ def preview(args: argparse.Namespace) -> int:
     "status",
     "Queues, counters, authentication state, in-flight tokens and dead letters.",
     integration_arg("one integration (default: all)", default=None),
-    arg("--json", action="store_true", help="print one JSON object"),
+    arg("--json", action="store_true", help="print one JSON object (with --watch: one per line)"),
+    arg(
+        "--watch",
+        action="store_true",
+        help="refresh in place every --interval seconds, with delivered records/s (Ctrl-C to stop)",
+    ),
+    arg("--interval", type=float, default=2.0, help="seconds between refreshes with --watch"),
+    arg("--count", type=int, default=0, help="with --watch: stop after this many refreshes (0: never)"),
 )
 def status(args: argparse.Namespace) -> int:
     from pipeline.status import integration_status
 
+    if args.interval <= 0:
+        raise InputError(f"--interval must be above 0, got {args.interval}")
     settings = load_settings()
     names = [args.integration] if args.integration else sorted(settings.integrations)
     store = store_of(settings)
-    found = {name: integration_status(settings, store, name) for name in names}
-    if args.json:
-        print(orjson.dumps({"integrations": found}).decode())
-        return EXIT_OK
-    for name, s in found.items():
-        q, c = s["queues"], s["counters"]
-        age = s["oldest_pending_age_s"]
-        print(
-            f"integration {name} (account {s['account_id']})"
-            + (f": oldest record waiting {age:.1f} s" if age is not None else "")
+    previous: dict[str, tuple[float, int]] = {}
+    refreshes = 0
+    tty = sys.stdout.isatty()
+    while True:
+        found = {name: integration_status(settings, store, name) for name in names}
+        if args.watch:
+            for name, s in found.items():  # the rate over the last interval, from Redis's counter
+                at, delivered = s["as_of"], s["delivered"]
+                if name in previous and at > previous[name][0]:
+                    s["delivered_per_s"] = round(
+                        (delivered - previous[name][1]) / (at - previous[name][0]), 1
+                    )
+                else:
+                    s["delivered_per_s"] = None
+                previous[name] = (at, delivered)
+        if args.json:
+            print(orjson.dumps({"integrations": found}).decode(), flush=True)
+        else:
+            text = "\n".join(_status_text(name, s) for name, s in found.items())
+            if args.watch and tty:
+                text = "\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + f"every {args.interval:g} s\n" + text
+            print(text, flush=True)
+        refreshes += 1
+        if not args.watch or (args.count and refreshes >= args.count):
+            return EXIT_OK
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return EXIT_OK
+
+
+def _status_text(name: str, s: dict[str, Any]) -> str:
+    q, c = s["queues"], s["counters"]
+    age = s["oldest_pending_age_s"]
+    lines = [
+        f"integration {name} (account {s['account_id']})"
+        + (f": oldest record waiting {age:.1f} s" if age is not None else "")
+    ]
+    if "delivered_per_s" in s:
+        rate = s["delivered_per_s"]
+        lines.append("  delivering " + ("... (measuring)" if rate is None else f"{rate:,.1f} records/s"))
+    lines.append(
+        f"  queued {q['pending']:,} records; {q['open_batches']} open and {q['held_batches']} held "
+        f"batches; in flight {s['in_flight']} (peak {s['peak_in_flight']}, limit {s['effective_limit']}"
+        + (
+            f" of {s['limit']}: lowered, another client uses the account)"
+            if s["effective_limit"] < s["limit"]
+            else ")"
         )
-        print(
-            f"  queued {q['pending']:,} records; {q['open_batches']} open and {q['held_batches']} held "
-            f"batches; in flight {s['in_flight']} (peak {s['peak_in_flight']}, limit {s['effective_limit']}"
-            + (
-                f" of {s['limit']}: lowered, another client uses the account)"
-                if s["effective_limit"] < s["limit"]
-                else ")"
-            )
+    )
+    lines.append(
+        f"  ingested: accepted {c.get('accepted', 0):,}, filtered {c.get('filtered', 0):,}, "
+        f"duplicate {c.get('duplicate', 0):,}, rejected at mapping {c.get('rejected_mapping', 0):,}"
+    )
+    lines.append(
+        f"  delivered {c.get('delivered', 0):,} records in {c.get('batches_sent', 0):,} batches; "
+        f"{c.get('batches_partial', 0)} partial; rejected by CleverTap {c.get('rejected_api', 0):,}; "
+        f"retries: {c.get('retries_throttles', 0)} throttled, {c.get('retries_failures', 0)} failed; "
+        f"given up {c.get('batches_given_up', 0)}"
+    )
+    if s["auth"] != "ok":
+        lines.append(f"  AUTHENTICATION FAILING since {s['auth'].get('since')}: {s['auth'].get('reason')}")
+    if s["last_error"]:
+        e = s["last_error"]
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(e["time"])))
+        lines.append(f"  last error {when}, batch {e['batch']}: {e['reason'][:200]}")
+    for key, d in sorted(s["dead_letters"].items()):
+        lines.append(
+            f"  dead letters {key}: {d['count']:,}" + (f", e.g. {d['example'][:160]}" if d["example"] else "")
         )
-        print(
-            f"  ingested: accepted {c.get('accepted', 0):,}, filtered {c.get('filtered', 0):,}, "
-            f"duplicate {c.get('duplicate', 0):,}, rejected at mapping {c.get('rejected_mapping', 0):,}"
-        )
-        print(
-            f"  delivered {c.get('delivered', 0):,} records in {c.get('batches_sent', 0):,} batches; "
-            f"{c.get('batches_partial', 0)} partial; rejected by CleverTap {c.get('rejected_api', 0):,}; "
-            f"retries: {c.get('retries_throttles', 0)} throttled, {c.get('retries_failures', 0)} failed; "
-            f"given up {c.get('batches_given_up', 0)}"
-        )
-        if s["auth"] != "ok":
-            print(f"  AUTHENTICATION FAILING since {s['auth'].get('since')}: {s['auth'].get('reason')}")
-        if s["last_error"]:
-            e = s["last_error"]
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(e["time"])))
-            print(f"  last error {when}, batch {e['batch']}: {e['reason'][:200]}")
-        for key, d in sorted(s["dead_letters"].items()):
-            print(f"  dead letters {key}: {d['count']:,}, e.g. {d['example'][:160]}")
-    return EXIT_OK
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------------- dead letters

@@ -289,6 +289,12 @@ class Settings:
     sweep_grace: float = setting(
         fields.Float(load_default=C.DEFAULT_SWEEP_GRACE_S, validate=_range(1, 3600, " s"))
     )
+    log_format: str = setting(
+        fields.String(
+            load_default="text", validate=validate.OneOf(("text", "json"), error="must be text or json")
+        ),
+        env="CLEVERTAP_LOG_FORMAT",
+    )
     source: str = "environment"
 
     def integration(self, name: str) -> IntegrationConfig:

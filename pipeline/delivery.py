@@ -40,6 +40,8 @@ from pipeline.policy import (
 from pipeline.store import Debug, LeaseStatus, Store, dead_letter
 
 log = logging.getLogger("pipeline.delivery")
+#: One line per send_batch run, with the outcome's fields attached (see pipeline.logs).
+outcomes = logging.getLogger("pipeline.outcomes")
 
 #: How delivery asks for a send of a batch to be published: (integration, batch id, countdown s, dispatch
 #: generation). The generation makes every other message for that batch stale (see lua/lease.lua).
@@ -114,6 +116,27 @@ class SendReport:
     delay_s: float = 0.0
     detail: str = ""
     elapsed_s: float = 0.0
+    attempt: int = 0  # which attempt at this batch this was (0: nothing was sent)
+    http_status: int | None = None  # CleverTap's answer (None: none, or nothing was sent)
+    latency_s: float = 0.0  # from sending the request to its answer
+
+    @property
+    def outcome(self) -> dict[str, Any]:
+        """The fields of the outcome's log line (``--log-format json`` makes them top-level keys)."""
+        return {
+            "integration": self.integration,
+            "batch_id": self.batch_id,
+            "records": self.records,
+            "status": self.result.value,
+            "http_status": self.http_status,
+            "processed": self.delivered,
+            "rejected": self.dead_lettered,
+            "codes": self.codes,
+            "attempt": self.attempt,
+            "latency_s": round(self.latency_s, 4),
+            "delay_s": round(self.delay_s, 3),
+            "detail": self.detail[:500],
+        }
 
     @property
     def summary(self) -> str:
@@ -253,7 +276,15 @@ class Deliverer:
     def send(self, name: str, batch_id: str, generation: int | None = None) -> SendReport:
         """Send one batch for the message of dispatch ``generation`` (None: a message from before
         generations). Whatever CleverTap answers, and whatever goes wrong after it answered, the attempt is
-        recorded: nothing loops for ever."""
+        recorded: nothing loops for ever. Each run logs one line on ``pipeline.outcomes`` (an error for a
+        partial, refused or given-up batch) with the outcome's fields attached."""
+        report = self._send(name, batch_id, generation)
+        level = logging.ERROR if report.is_error else logging.INFO
+        if outcomes.isEnabledFor(level):
+            outcomes.log(level, "%s", report.summary, extra={"outcome": report.outcome})
+        return report
+
+    def _send(self, name: str, batch_id: str, generation: int | None) -> SendReport:
         config = self.settings.integration(name)
         # One owner per send (not per process): threads of one worker never release each other's lease.
         owner = f"{self.owner}-{secrets.token_hex(4)}"
@@ -310,6 +341,8 @@ class Deliverer:
                 config, batch_id, owner, records, unknown, decision, lease.attempts + 1, seen
             )
         report.elapsed_s = time.perf_counter() - started
+        report.attempt, report.http_status = lease.attempts + 1, attempt.status
+        report.latency_s = attempt.elapsed_s
         # Metrics after the outcome, and never at its expense: a failure here loses a count, not a batch.
         try:
             self.store.record_request(config.account_key, str(attempt.status or "error"), attempt.elapsed_s)

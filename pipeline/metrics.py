@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 
 from pipeline import constants as C
 from pipeline.config import Settings
-from pipeline.deadletters import summarise
+from pipeline.deadletters import count
 from pipeline.store import Store
 
 #: ingest's counters -> the ``outcome`` label of clevertap_events_ingested_total.
@@ -46,6 +46,11 @@ class RedisCollector(Collector):
             "How long the oldest queued record has waited",
             labels=["integration"],
         )
+        dead_lettered = CounterMetricFamily(
+            "clevertap_records_dead_lettered",
+            "Records that became dead letters (api: refused by CleverTap or given up; mapping: not mappable)",
+            labels=["integration", "stage"],
+        )
         dead = GaugeMetricFamily(
             "clevertap_dead_letters",
             "Dead letters kept, by stage and CleverTap code",
@@ -63,11 +68,13 @@ class RedisCollector(Collector):
             delivered.add_metric([name], stats.get("delivered", 0))
             pending.add_metric([name], self.store.depth(name)["pending"])
             oldest.add_metric([name], self.store.oldest_pending_age_s(name) or 0.0)
-            for key, entry in summarise(self.store, name).items():
+            dead_lettered.add_metric([name, "api"], stats.get("rejected_api", 0))
+            dead_lettered.add_metric([name, "mapping"], stats.get("rejected_mapping", 0))
+            for key, n in count(self.store, name).items():  # from the counts kept in Redis: no letter read
                 stage, _, code = key.partition(":")
-                dead.add_metric([name, stage, code if stage == "api" else ""], entry["count"])
+                dead.add_metric([name, stage, code], n)
             auth.add_metric([name], 0 if self.store.auth_state(name) else 1)
-        yield from (ingested, delivered, pending, oldest, dead, auth)
+        yield from (ingested, delivered, pending, oldest, dead_lettered, dead, auth)
         yield from self._accounts()
 
     def _accounts(self) -> Iterator[Metric]:

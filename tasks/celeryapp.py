@@ -13,12 +13,13 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 from kombu.entity import Queue
 
 from pipeline import constants as C
 from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError
+from pipeline.logs import use_format
 from pipeline.store import eviction_warning
 
 log = logging.getLogger(__name__)
@@ -84,3 +85,11 @@ def _check_settings(**_: Any) -> None:
     warning = eviction_warning(settings.redis_url)
     if warning:
         log.warning("%s", warning)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: Any) -> None:
+    """``log_format = "json"`` (CLEVERTAP_LOG_FORMAT=json): one JSON object per log line, in workers and
+    beat alike."""
+    use_format(_settings.log_format if _settings else os.environ.get("CLEVERTAP_LOG_FORMAT", "text"), logger)

@@ -61,12 +61,11 @@ def assemble() -> dict[str, int] | None:
 @app.task(name="clevertap.send_batch", throws=(PartialDelivery,))
 def send_batch(integration: str, batch_id: str, generation: int | None = None) -> str:
     """Send one stored batch under the account's in-flight limit and record the outcome. ``generation``
-    tells this message from stale copies (None: a message from before generations)."""
+    tells this message from stale copies (None: a message from before generations). The outcome's log
+    line is written by the deliverer (pipeline.outcomes)."""
     report = _deliverer().send(integration, batch_id, generation)
     if report.is_error:
-        log.error("%s", report.summary)
         raise PartialDelivery(report.summary)
-    log.info("%s", report.summary)
     return report.result.value
 
 

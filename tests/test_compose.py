@@ -60,7 +60,9 @@ def test_credentials_come_from_an_env_file_never_from_the_compose_file(compose: 
     for name, service in compose["services"].items():
         env = service.get("environment", {})
         assert "CLEVERTAP_PASSCODE" not in env and "CLEVERTAP_ACCOUNT_ID" not in env, name
-        if name != "redis":
+        if name in ("prometheus", "grafana"):  # third-party images get no .env: it holds the passcode
+            assert "env_file" not in service, name
+        elif name != "redis":
             assert service["env_file"] == ".env"
     assert "CLEVERTAP_PASSCODE=" not in text and "CLEVERTAP_PASSCODE:" not in text
     assert ".env" in (ROOT / ".gitignore").read_text().split()
@@ -72,3 +74,28 @@ def test_the_image_installs_the_package_with_flower() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11" in dockerfile and "pip install '.[flower]'" in dockerfile
     assert "USER pipeline" in dockerfile
+
+
+def test_monitoring_profile_runs_the_exporter_prometheus_and_grafana_from_deploy(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name in ("metrics", "prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"], name
+        assert all(p.startswith("127.0.0.1:") for p in services[name].get("ports", [])), name
+    assert services["metrics"]["command"][:2] == ["clevertap-pipeline", "metrics"]
+    assert "ports" not in services["metrics"]  # scraped inside the compose network only
+    for service in ("prometheus", "grafana"):
+        for volume in services[service]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), volume
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["metrics:9464"]
+    assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    grafana = services["grafana"]
+    assert "GRAFANA_ADMIN_PASSWORD" in " ".join(grafana["entrypoint"]) and "exit 1" in " ".join(
+        grafana["entrypoint"]
+    )
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GRAFANA_ADMIN_PASSWORD=" in (ROOT / ".env.example").read_text()

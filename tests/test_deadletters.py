@@ -256,12 +256,14 @@ def test_a_million_dead_letters_stream_flat_in_memory(redis_url: str, store: Sto
     base = int(time.time() * 1000) - n
     for start in range(0, n, chunk):
         pipe = store.r.pipeline(transaction=False)
-        letters = {}
-        for i in range(start, start + chunk):
-            did, body = dead_letter("default", "api", code=513 if i % 4 else 522, error="e", record={"i": i})
-            letters[did] = body
-        pipe.hset(store.key("default", "dead"), mapping=letters)
-        pipe.zadd(store.key("default", "dead:idx"), {did: base + i for i, did in enumerate(letters, start)})
+        letters = [
+            dead_letter("default", "api", code=513 if i % 4 else 522, error="e", record={"i": i})
+            for i in range(start, start + chunk)
+        ]
+        pipe.hset(store.key("default", "dead"), mapping=dict(letters))
+        pipe.zadd(
+            store.key("default", "dead:idx"), {did: base + start + k for k, (did, _) in enumerate(letters)}
+        )
         pipe.hincrby(store.key("default", "dead:kinds"), "api:513", chunk * 3 // 4)
         pipe.hincrby(store.key("default", "dead:kinds"), "api:522", chunk // 4)
         pipe.execute()
