@@ -247,12 +247,16 @@ def ingest(args: argparse.Namespace) -> int:
                 res = ingestor.ingest_chunk(chunk)
                 for rej in res.rejections:
                     bar.write(f"line {rej.index}: rejected: {'; '.join(rej.reasons)}", file=sys.stderr)
+                for warned in res.warnings:
+                    bar.write(f"line {warned.index}: sent, but {'; '.join(warned.reasons)}", file=sys.stderr)
                 res.rejections.clear()  # reported; keep memory flat on big inputs
+                res.warnings.clear()
                 total.add(res)
                 bar.update(stream.tell() - bar.n if from_file else len(chunk))
                 bar.set_postfix_str(
                     f"{total.accepted:,} accepted, {total.filtered:,} filtered, "
-                    f"{total.duplicate:,} duplicate, {total.rejected:,} rejected",
+                    f"{total.duplicate:,} duplicate, {total.rejected:,} rejected"
+                    + (f", {total.fields_dropped:,} fields dropped" if total.fields_dropped else ""),
                     refresh=False,
                 )
     finally:
@@ -265,6 +269,11 @@ def ingest(args: argparse.Namespace) -> int:
             f"accepted {total.accepted}, filtered {total.filtered}, duplicate {total.duplicate}, "
             f"rejected {total.rejected} ({total.records} records queued for integration "
             f"{args.integration!r}; rejected events are kept as dead letters)"
+            + (
+                f"; {total.fields_dropped} invalid profile values left out (preview shows which)"
+                if total.fields_dropped
+                else ""
+            )
         )
     return EXIT_FAILED if args.strict and total.rejected else EXIT_OK
 
@@ -295,6 +304,8 @@ def preview(args: argparse.Namespace) -> int:
             out: dict[str, Any] = {"line": line.index, "outcome": line.status.value, "records": line.records}
             if line.reasons:
                 out["reason"] = "; ".join(line.reasons)
+            if line.warnings:
+                out["warnings"] = line.warnings
             sys.stdout.write(orjson.dumps(out).decode() + "\n")
     finally:
         if args.file != "-":
@@ -383,6 +394,9 @@ def _status_text(name: str, s: dict[str, Any]) -> str:
         f"retries: {c.get('retries_throttles', 0)} throttled, {c.get('retries_failures', 0)} failed; "
         f"given up {c.get('batches_given_up', 0)}"
     )
+    if s["fields_dropped"]:
+        by_key = ", ".join(f"{k} {n:,}" for k, n in s["fields_dropped_by_key"].items())
+        lines.append(f"  invalid profile values left out: {s['fields_dropped']:,} ({by_key})")
     if s["auth"] != "ok":
         lines.append(f"  AUTHENTICATION FAILING since {s['auth'].get('since')}: {s['auth'].get('reason')}")
     if s["last_error"]:

@@ -64,11 +64,15 @@ class Secret:
 
 @dataclass(frozen=True)
 class Preset:
-    """Field mappings as data: event renames and, per source event, target property <- source candidates."""
+    """Field mappings as data: event renames; per source event, target property <- source candidates; per
+    CleverTap profile key, the trait names it is read from (the first present wins); and the trait names
+    a Name is put together from when there is no ``name``."""
 
     name: str
     events: Mapping[str, str]
     properties: Mapping[str, Mapping[str, tuple[str, ...]]]
+    profile: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    name_parts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def load_preset(name: str) -> Preset:
@@ -84,6 +88,8 @@ def load_preset(name: str) -> Preset:
             ev: {target: tuple(sources) for target, sources in props.items()}
             for ev, props in raw.get("properties", {}).items()
         },
+        profile={target: tuple(sources) for target, sources in raw.get("profile", {}).items()},
+        name_parts={part: tuple(sources) for part, sources in raw.get("name_parts", {}).items()},
     )
 
 
@@ -207,6 +213,27 @@ class IntegrationConfig:
             validate=validate.OneOf(("stringify", "reject"), error="must be stringify or reject"),
         )
     )
+    invalid_fields: str = setting(
+        fields.String(
+            load_default="drop",
+            validate=validate.OneOf(("drop", "reject"), error="must be drop or reject"),
+        )
+    )
+    default_country_code: str | None = setting(
+        fields.String(
+            load_default=None,
+            allow_none=True,
+            validate=validate.Regexp(r"^\+[1-9]\d{0,3}$", error="must be + and 1-4 digits, e.g. +1 or +44"),
+        )
+    )
+    anonymous: str = setting(
+        fields.String(
+            load_default="filter",
+            validate=validate.OneOf(
+                ("filter", "object_id", "reject"), error="must be filter, object_id or reject"
+            ),
+        )
+    )
     max_event_properties: int = setting(
         fields.Integer(load_default=C.DEFAULT_MAX_EVENT_PROPERTIES, validate=_range(1, 1024))
     )
@@ -241,6 +268,16 @@ class IntegrationConfig:
         ),
         env=None,
         convert=lambda renames: {event: dict(props) for event, props in renames.items()},
+    )
+    profile_fields: Mapping[str, tuple[str, ...]] = setting(
+        fields.Dict(
+            keys=fields.String(validate=validate.Length(min=1, max=C.MAX_KEY_CHARS)),
+            values=fields.List(fields.String(validate=validate.Length(min=1))),
+            load_default=dict,
+            data_key="profile",
+        ),
+        env=None,
+        convert=lambda fields_: {target: tuple(sources) for target, sources in fields_.items()},
     )
 
     @property

@@ -15,7 +15,9 @@ from typing import Any
 
 from pipeline import constants as C
 
-EVENT_TYPES = ("track", "page", "identify")
+EVENT_TYPES = ("track", "page", "screen", "identify", "alias", "group")
+#: Call types that carry no user event or profile for CleverTap: valid Segment, filtered at mapping.
+NOT_FOR_CLEVERTAP = frozenset(("alias", "group"))
 _TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
 #: Epoch values at or above this are milliseconds (1e11 seconds is the year 5138).
 #: CleverTap takes ``ts`` in epoch seconds, ten digits at most (up to 2286-11-20). A number from there on is
@@ -38,6 +40,7 @@ class Event:
         "ts",
         "type",
         "user_id",
+        "warnings",
     )
 
     def __init__(
@@ -53,6 +56,7 @@ class Event:
         traits: Mapping[str, Any],
         email: str | None,
         consent: frozenset[str] | None,
+        warnings: list[str] | None = None,
     ) -> None:
         self.raw = raw
         self.type = type
@@ -65,6 +69,7 @@ class Event:
         self.traits = traits
         self.email = email
         self.consent = consent
+        self.warnings = warnings  # what was ignored without sinking the event (a bad properties.ts)
 
 
 def parse_timestamp(value: Any) -> int | None:
@@ -163,17 +168,17 @@ def validate_event(obj: Any) -> tuple[Event | None, list[str]]:
             name = raw_name
         else:
             errors.append("event: required for track, a non-empty string")
-    elif etype == "page":
+    elif etype in ("page", "screen"):  # a tuple: etype may be anything, even unhashable
         raw_name = get("name")
         if raw_name is None or type(raw_name) is str:
             name = raw_name
         else:
             errors.append(f"name: must be a string, got {type(raw_name).__name__}")
-    elif etype != "identify":
+    elif etype not in EVENT_TYPES:
         if etype is None:
-            errors.append("type: required (one of track, page, identify)")
+            errors.append(f"type: required (one of {', '.join(EVENT_TYPES)})")
         else:
-            errors.append(f"type: {etype!r} is not one of track, page, identify")
+            errors.append(f"type: {etype!r} is not one of {', '.join(EVENT_TYPES)}")
 
     user_id = get("userId")
     if type(user_id) is not str:
@@ -205,7 +210,7 @@ def validate_event(obj: Any) -> tuple[Event | None, list[str]]:
         traits = get("traits") or _EMPTY
         if type(traits) is not dict:
             traits = _object(traits, "traits", errors)
-    else:
+    elif etype != "group":  # a group's traits describe the group (a company), not the user
         properties = get("properties") or _EMPTY
         if type(properties) is not dict:
             properties = _object(properties, "properties", errors)
@@ -217,14 +222,30 @@ def validate_event(obj: Any) -> tuple[Event | None, list[str]]:
         ctx_traits = _object(ctx_traits, "context.traits", errors)
 
     email: str | None = None
+    warnings: list[str] | None = None
     for path, source in (("traits.email", traits), ("context.traits.email", ctx_traits)):
         value = source.get("email")
         if not value:
             continue
-        if type(value) is not str:
-            errors.append(f"{path}: must be a string, got {type(value).__name__}")
+        if type(value) is not str:  # not the identity: the event goes on without it (one bad field)
+            warnings = [*(warnings or []), f"{path}: must be a string, got {type(value).__name__}: ignored"]
         elif email is None:
             email = value.strip()
+    # Mobile SDKs send traits in context.traits; the call's own traits win where both have a key.
+    if ctx_traits:
+        traits = {**ctx_traits, **traits} if traits else ctx_traits
+    if ts is None and ("ts" in properties or "ts" in traits):  # the event's time, when it has no other
+        for path, source in (("properties.ts", properties), ("traits.ts", traits)):
+            value = source.get("ts")
+            if value is None:
+                continue
+            ts = parse_timestamp(value)
+            if ts is None:
+                warnings = [
+                    *(warnings or []),
+                    f"{path}: {value!r:.60} is not a timestamp (epoch seconds): ignored",
+                ]
+            break
     consent_raw = context.get("consent")
     consent = None
     if consent_raw is not None:
@@ -232,7 +253,7 @@ def validate_event(obj: Any) -> tuple[Event | None, list[str]]:
     if errors:
         return None, errors
     assert isinstance(etype, str)
-    return (
-        Event(obj, etype, name, user_id, anonymous_id, message_id, ts, properties, traits, email, consent),
-        [],
+    event = Event(
+        obj, etype, name, user_id, anonymous_id, message_id, ts, properties, traits, email, consent, warnings
     )
+    return event, []

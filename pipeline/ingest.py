@@ -40,7 +40,9 @@ class IngestResult:
     rejected: int = 0
     records: int = 0
     already_replayed: int = 0  # replayed dead letters another replay had queued already
+    fields_dropped: int = 0  # profile values left out of records that were still sent (invalid_fields)
     rejections: list[Rejection] = field(default_factory=list)
+    warnings: list[Rejection] = field(default_factory=list)  # events sent with something left out, and why
 
     def counts(self) -> dict[str, int]:
         return {
@@ -48,6 +50,7 @@ class IngestResult:
             "filtered": self.filtered,
             "duplicate": self.duplicate,
             "rejected": self.rejected,
+            "fields_dropped": self.fields_dropped,
         }
 
     def add(self, other: IngestResult) -> None:
@@ -57,7 +60,9 @@ class IngestResult:
         self.rejected += other.rejected
         self.records += other.records
         self.already_replayed += other.already_replayed
+        self.fields_dropped += other.fields_dropped
         self.rejections.extend(other.rejections)
+        self.warnings.extend(other.warnings)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class LineResult:
     status: MapStatus
     records: list[dict[str, Any]]
     reasons: list[str]
+    warnings: list[str] = field(default_factory=list)
 
 
 #: Redis errors that pass: a message that meets one is tried again later, from where it stopped.
@@ -156,6 +162,7 @@ class Ingestor:
         dead: list[tuple[str, bytes, str]] = []
         drops: list[str] = []
         filtered = rejected = 0
+        dropped_by_key: dict[str, int] = {}
         per_line: dict[int, LineResult] = {}
         for position, (index, raw, result, encoded) in enumerate(mapped):
             replaced = replaces[position] if replaces else ""
@@ -164,6 +171,10 @@ class Ingestor:
                     identities.append(result.identity_update)
                 groups.append((str(raw.get("messageId") or ""), encoded, replaced))
                 group_index.append(index)
+                for key in result.dropped:
+                    dropped_by_key[key] = dropped_by_key.get(key, 0) + 1
+                if result.warnings:
+                    res.warnings.append(Rejection(index, result.warnings))
             elif result.status == FILTERED:
                 filtered += 1
                 if replaced:
@@ -174,13 +185,18 @@ class Ingestor:
                 did, body = mapping_dead_letter(self.config.name, raw, result.reasons)
                 dead.append((did, body, replaced))
             if lines is not None:
-                per_line[index] = LineResult(index, result.status, result.records, result.reasons)
+                per_line[index] = LineResult(
+                    index, result.status, result.records, result.reasons, result.warnings
+                )
+        fields_dropped = sum(dropped_by_key.values())
+        counters = {"filtered": filtered, "rejected_mapping": rejected, "fields_dropped": fields_dropped}
+        counters.update({f"fields_dropped:{key}": n for key, n in dropped_by_key.items()})
         pushed, skipped, dups = self.store.enqueue(
             self.config.name,
             groups,
             identities,
             dead,
-            {"filtered": filtered, "rejected_mapping": rejected},
+            counters,
             self.config.dedup_window,
             drops,
             progress,
@@ -191,6 +207,7 @@ class Ingestor:
         res.accepted = len(groups) - len(dups) - skipped
         res.records = pushed
         res.already_replayed = skipped
+        res.fields_dropped = fields_dropped
         if lines is not None:
             for g in dups:
                 o = per_line[group_index[g]]
@@ -247,7 +264,7 @@ class Ingestor:
                         yield LineResult(index, DUPLICATE, [], ["duplicate messageId within the window"])
                         continue
                     seen.add(mid)
-                yield LineResult(index, result.status, result.records, result.reasons)
+                yield LineResult(index, result.status, result.records, result.reasons, result.warnings)
 
 
 class _BadInput:

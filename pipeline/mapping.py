@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +15,8 @@ import orjson
 
 from pipeline import constants as C
 from pipeline.config import IntegrationConfig
-from pipeline.events import Event
+from pipeline.events import NOT_FOR_CLEVERTAP, Event
+from pipeline.profile import RESERVED
 
 
 class MapStatus(enum.StrEnum):
@@ -33,8 +33,10 @@ MISSING_IDENTITY = (
     "missing identity: no email (context.traits.email, traits.email, or an earlier identify for this "
     "userId) and no userId"
 )
-_PHONE_STRIP = re.compile(r"[\s\-().]")
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+ANONYMOUS = "anonymous: no email or userId"
+NOT_SENT = "not sent to CleverTap"
+#: Keys that identify a user or time an event rather than describe it: never custom properties.
+NOT_PROPERTIES = frozenset(("userId", "anonymousId", "id", "ts"))
 # A string of at most this many characters is at most 512 bytes in UTF-8 (4 bytes a character at most),
 # so only longer strings need encoding to measure.
 _SAFE_CHARS = C.MAX_VALUE_BYTES // 4
@@ -44,7 +46,7 @@ _NUMERIC = (int, float, bool)
 class MapResult:
     """What one event became: a status, the records to queue, and reasons when filtered or rejected."""
 
-    __slots__ = ("identity_update", "reasons", "records", "status")
+    __slots__ = ("dropped", "identity_update", "reasons", "records", "status", "warnings")
 
     def __init__(
         self,
@@ -52,23 +54,15 @@ class MapResult:
         records: list[dict[str, Any]] | None = None,
         reasons: list[str] | None = None,
         identity_update: tuple[str, str] | None = None,
+        warnings: list[str] | None = None,
+        dropped: list[str] | None = None,
     ) -> None:
         self.status = status
         self.records = records or []
         self.reasons = reasons or []
         self.identity_update = identity_update
-
-
-def normalise_phone(value: Any) -> str | None:
-    """``+<country code><number>`` or None. ``00`` international prefixes become ``+``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        return None
-    text = _PHONE_STRIP.sub("", value)
-    if text.startswith("00"):
-        text = "+" + text[2:]
-    return text if _E164.match(text) else None
+        self.warnings = warnings or []  # what was left out of a record that was still sent, and why
+        self.dropped = dropped or []  # the profile keys left out (status counts them by key)
 
 
 _name_checks: dict[str, list[str]] = {}
@@ -141,10 +135,27 @@ class Mapper:
         self.property_maps: dict[str, list[tuple[str, tuple[str, ...]]]] = {
             ev: [(t, s) for t, s in targets.items() if s] for ev, targets in props.items()
         }
+        # Profile keys <- trait names: the preset's, with the integration's overrides replacing a key's
+        # sources (an empty list turns a key off).
+        profile = {**config.preset.profile, **config.profile_fields}
+        self.profile_map: list[tuple[str, tuple[str, ...]]] = [(t, s) for t, s in profile.items() if s]
+        parts = config.preset.name_parts
+        self.first_names: tuple[str, ...] = tuple(parts.get("first", ()))
+        self.last_names: tuple[str, ...] = tuple(parts.get("last", ()))
+        # Trait names that feed a profile key are never custom properties as well.
+        self.profile_sources = (
+            frozenset(src for _, sources in self.profile_map for src in sources)
+            | frozenset(self.first_names)
+            | frozenset(self.last_names)
+            | NOT_PROPERTIES
+        )
+        self.drop_invalid = config.invalid_fields == "drop"
 
     # ------------------------------------------------------------------------------------------ events
 
     def map(self, event: Event, known_email: str | None, now: int) -> MapResult:
+        if event.type in NOT_FOR_CLEVERTAP:
+            return MapResult(FILTERED, reasons=[f"{event.type}: {NOT_SENT}"])
         if self.required_consent:
             granted = event.consent
             if granted is None or not self.required_consent <= granted:
@@ -155,24 +166,32 @@ class Mapper:
             ident_key, ident = "identity", email
         elif event.user_id:
             ident_key, ident = "objectId", event.user_id
+        elif event.anonymous_id and self.config.anonymous == "object_id":
+            ident_key, ident = "objectId", event.anonymous_id
+        elif event.anonymous_id and self.config.anonymous == "filter":
+            return MapResult(FILTERED, reasons=[ANONYMOUS])
         else:
             return MapResult(REJECTED, reasons=[MISSING_IDENTITY])
         ts = event.ts if event.ts is not None else now
+        warnings = list(event.warnings) if event.warnings else []
 
         if event.type == "identify":
             update = (event.user_id, event.email) if event.user_id and event.email else None
             if not self.config.send_profiles:
-                return MapResult(MAPPED, identity_update=update)
+                return MapResult(MAPPED, identity_update=update, warnings=warnings)
             reasons: list[str] = []
-            profile = self._profile_data(event.traits, reasons)
+            dropped: list[str] = []
+            profile = self._profile_data(event.traits, reasons, warnings, dropped)
             if reasons:
                 return MapResult(REJECTED, reasons=reasons)
             record = {"type": "profile", ident_key: ident, "ts": ts, "profileData": profile}
-            return MapResult(MAPPED, [record], identity_update=update)
+            return MapResult(MAPPED, [record], identity_update=update, warnings=warnings, dropped=dropped)
 
-        if event.type == "page":
-            source_name = "page"
-            evt_name = self.event_names.get("page", "Web Page Viewed")
+        if event.type in ("page", "screen"):
+            source_name = event.type
+            evt_name = self.event_names.get(source_name) or (
+                "Web Page Viewed" if source_name == "page" else "Screen Viewed"
+            )
             props: Mapping[str, Any] = event.properties
             if event.name and "name" not in props:
                 props = {**props, "name": event.name}
@@ -190,7 +209,9 @@ class Mapper:
         if reasons:
             return MapResult(REJECTED, reasons=reasons)
         return MapResult(
-            MAPPED, [{"type": "event", ident_key: ident, "ts": ts, "evtName": evt_name, "evtData": evt_data}]
+            MAPPED,
+            [{"type": "event", ident_key: ident, "ts": ts, "evtName": evt_name, "evtData": evt_data}],
+            warnings=warnings,
         )
 
     # ------------------------------------------------------------------------------------- properties
@@ -208,7 +229,7 @@ class Mapper:
                         self._put(out, target, f"properties.{source}", value, reasons)
                         break
         for key, value in props.items():
-            if value is None or key in used or key in out:
+            if value is None or key in used or key in out or key in NOT_PROPERTIES:
                 continue
             kind = type(value)
             # Fast path for the common case: a short key and a scalar value that cannot be over 512 bytes.
@@ -227,31 +248,58 @@ class Mapper:
             )
         return out
 
-    def _profile_data(self, traits: Mapping[str, Any], reasons: list[str]) -> dict[str, Any]:
+    def _profile_data(
+        self, traits: Mapping[str, Any], reasons: list[str], warnings: list[str], dropped: list[str]
+    ) -> dict[str, Any]:
+        """CleverTap's built-in profile keys from the traits that feed them (in CleverTap's formats), then
+        every other trait as a custom property. A value that cannot be sent is left out with a warning
+        (``invalid_fields = "drop"``) or rejects the record (``"reject"``)."""
         out: dict[str, Any] = {}
-        email = traits.get("email")
-        if email:
-            out["Email"] = email
-        name = traits.get("name")
-        if not name and (traits.get("firstName") or traits.get("lastName")):
-            name = " ".join(str(traits[k]) for k in ("firstName", "lastName") if traits.get(k))
-        if name:
-            self._put(out, "Name", "traits.name", name, reasons)
-        phone = traits.get("phone")
-        if phone:
-            normalised = normalise_phone(phone)
-            if normalised is None:
-                reasons.append(
-                    "traits.phone: must be an international number, +<country code><number> "
-                    "(e.g. +14155550100)"
+        problems: list[str] = []
+        for target, sources in self.profile_map:
+            for source in sources:
+                value = traits.get(source)
+                if value is None or value == "":
+                    continue
+                convert = RESERVED.get(target)
+                if convert is None:  # a custom key the integration maps a trait to
+                    self._put(out, target, f"traits.{source}", value, problems)
+                else:
+                    converted, problem = convert(value, self.config.default_country_code)
+                    if problem is None:
+                        self._put(out, target, f"traits.{source}", converted, problems)
+                    else:
+                        problems.append(f"traits.{source}: {_shown(value)} {problem}")
+                if problems:
+                    self._invalid(target, problems, reasons, warnings, dropped)
+                break
+        if "Name" not in out and self.first_names:
+            first = next((traits[k] for k in self.first_names if traits.get(k)), None)
+            last = next((traits[k] for k in self.last_names if traits.get(k)), None)
+            if first or last:
+                self._put(
+                    out, "Name", "traits.firstName", " ".join(str(x) for x in (first, last) if x), problems
                 )
-            else:
-                out["Phone"] = normalised
+                if problems:
+                    self._invalid("Name", problems, reasons, warnings, dropped)
         for key, value in traits.items():
-            if value is None or key in ("email", "name", "phone"):
+            if value is None or key in self.profile_sources or key in out:
                 continue
-            self._put(out, key, f"traits.{key}", value, reasons)
+            self._put(out, key, f"traits.{key}", value, problems)
+            if problems:
+                self._invalid(key, problems, reasons, warnings, dropped)
         return out
+
+    def _invalid(
+        self, key: str, problems: list[str], reasons: list[str], warnings: list[str], dropped: list[str]
+    ) -> None:
+        """A profile value that cannot be sent: a warning and the key left out, or a reason to reject."""
+        if self.drop_invalid:
+            warnings.extend(f"{p}: left out of the profile" for p in problems)
+            dropped.append(key)
+        else:
+            reasons.extend(problems)
+        problems.clear()
 
     def _put(self, out: dict[str, Any], key: str, path: str, value: Any, reasons: list[str]) -> None:
         if len(key) > C.MAX_KEY_CHARS:
@@ -301,3 +349,9 @@ class Mapper:
                     reasons.append(f"{path}[{n}].{key}: {problem}")
             items.append(fixed)
         return items
+
+
+def _shown(value: Any) -> str:
+    """A value as a warning quotes it: short, whatever it is."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -45,10 +45,14 @@ def integration_status(settings: Settings, store: Store, name: str) -> dict[str,
         "duplicates": counters.get("duplicate", 0),
         "retries": counters.get("retries_failures", 0) + counters.get("retries_throttles", 0),
         "throttled": counters.get("retries_throttles", 0),
+        "fields_dropped": counters.get("fields_dropped", 0),
         "last_error": last_error,
         # nested: the detail
         "account_id": config.account_id,
         "queues": depth,
+        "fields_dropped_by_key": {
+            k.partition(":")[2]: v for k, v in sorted(counters.items()) if k.startswith("fields_dropped:")
+        },
         "counters": counters,
         "auth": auth or "ok",
         "peak_in_flight": store.peak_in_flight(config.account_key),

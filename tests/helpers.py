@@ -21,7 +21,7 @@ import requests
 
 from pipeline.config import Settings, load_settings
 from pipeline.delivery import Deliverer, SendReport
-from pipeline.ingest import ingest
+from pipeline.ingest import IngestResult, ingest
 from pipeline.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,6 +162,7 @@ class Delivery:
     settings: Settings
     deliverer: Deliverer
     dispatched: Dispatched
+    ingested: IngestResult | None = None
 
     def drain(self, rounds: int = 50) -> list[SendReport]:
         return drain(self.deliverer, self.dispatched, rounds)
@@ -182,7 +183,7 @@ def deliver_through(
     settings = load_settings(env)
     dispatched = Dispatched()
     delivery = Delivery(env, settings, Deliverer(settings, store, dispatched), dispatched)
-    ingest(to_send, settings=settings, store=store)
+    delivery.ingested = ingest(to_send, settings=settings, store=store)
     time.sleep(settings.integration("default").flush_interval + 0.01)
     delivery.deliverer.assemble()
     if send:

@@ -21,7 +21,6 @@ LINES = (
                 {
                     "type": "track",
                     "event": "X",
-                    "anonymousId": "a",
                     "context": {"consent": {"categories": ["marketing"]}},
                 }
             ),
@@ -46,6 +45,7 @@ def test_ingest_reports_every_bad_line_by_number_and_ends_with_a_json_summary(en
         "filtered": 1,
         "duplicate": 1,
         "rejected": 2,
+        "fields_dropped": 0,
     }
     errors = out.stderr.decode().splitlines()
     assert errors[0].startswith("line 2: rejected: not JSON")

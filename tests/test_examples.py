@@ -32,7 +32,9 @@ def test_python_api_example(redis_url: str, store: Store) -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    assert orjson.loads(out.stdout) == {"accepted": 3, "filtered": 0, "duplicate": 0, "rejected": 0}
+    assert orjson.loads(out.stdout) == {
+        "accepted": 3, "filtered": 0, "duplicate": 0, "rejected": 0, "fields_dropped": 0,
+    }  # fmt: skip
     assert store.r.llen(store.key("default", "pending")) == 3
 
 
@@ -46,7 +48,8 @@ def test_shell_example(redis_url: str, store: Store) -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    assert b'clevertap ingest: {"accepted":3,"filtered":0,"duplicate":0,"rejected":0}' in out.stdout
+    expected = b'clevertap ingest: {"accepted":3,"filtered":0,"duplicate":0,"rejected":0,"fields_dropped":0}'
+    assert expected in out.stdout
 
 
 @pytest.mark.e2e

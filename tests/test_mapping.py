@@ -145,7 +145,11 @@ def test_identity_resolution_order() -> None:
     assert map_one(bare, known_email="known@example.com").records[0]["identity"] == "known@example.com"
     object_only = map_one(bare).records[0]
     assert object_only["objectId"] == "u9" and "identity" not in object_only
-    nobody = map_one({"type": "track", "event": "X", "anonymousId": "anon"})
+    anonymous = {"type": "track", "event": "X", "anonymousId": "anon"}
+    assert map_one(anonymous).status == FILTERED  # traffic never meant for CleverTap (anonymous = filter)
+    strict = map_one(anonymous, CLEVERTAP_ANONYMOUS="reject")
+    assert strict.status == REJECTED and strict.reasons == [MISSING_IDENTITY]
+    nobody = map_one({"type": "track", "event": "X"})
     assert nobody.status == REJECTED and nobody.reasons == [MISSING_IDENTITY]
 
 
@@ -202,10 +206,8 @@ def test_identify_remembers_the_email_and_sends_a_profile() -> None:
             "ts": 1706540000,
             "profileData": {
                 "Email": "jane@example.com",
-                "Name": "Jane Doe",
                 "Phone": "+442079460958",
-                "firstName": "Jane",
-                "lastName": "Doe",
+                "Name": "Jane Doe",  # from firstName and lastName, which are not custom properties as well
                 "plan": "pro",
             },
         }
@@ -216,10 +218,14 @@ def test_identify_remembers_the_email_and_sends_a_profile() -> None:
     )
 
 
-def test_phone_without_country_code_is_a_rejection_naming_the_field() -> None:
-    result = map_one(
-        {"type": "identify", "userId": "u1", "traits": {"email": "j@x.com", "phone": "555-1234"}}
-    )
+def test_phone_without_country_code_is_left_out_or_a_rejection_naming_the_field() -> None:
+    event = {"type": "identify", "userId": "u1", "traits": {"email": "j@x.com", "phone": "555-1234"}}
+    kept = map_one(event)
+    assert kept.status == MAPPED and kept.records[0]["profileData"] == {"Email": "j@x.com"}
+    assert kept.warnings[0].startswith("traits.phone: '555-1234' has no country code") and kept.dropped == [
+        "Phone"
+    ]
+    result = map_one(event, CLEVERTAP_INVALID_FIELDS="reject")
     assert result.status == REJECTED and result.reasons[0].startswith("traits.phone:")
 
 

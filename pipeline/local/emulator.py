@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -211,6 +212,10 @@ def check_record(rec: Any, faults: Faults) -> tuple[int, str] | None:
         data = rec.get("profileData", _NO_DATA)
     if type(data) is not dict:
         return _fail(512, "Invalid event structure", "Event data must be an object")
+    if rtype == "profile":
+        problem = _check_profile(data)
+        if problem:
+            return problem
     if len(data) > faults.max_properties:
         return _fail(522, "Event properties limit exceeded", f"At most {faults.max_properties} properties")
     for key, value in data.items():
@@ -224,6 +229,38 @@ def check_record(rec: Any, faults: Faults) -> tuple[int, str] | None:
 
 
 _NO_DATA: dict[str, Any] = {}
+
+# CleverTap's built-in profile keys, checked as CleverTap documents them (docs/clevertap-api.md, "Profile
+# fields"), independently of the pipeline's converters (pipeline/profile.py): the tests hold one against the
+# other. Codes 514-520 are CleverTap's; which code a bad DOB or MSG-* flag gets is not documented (520, the
+# age code, and 512 here).
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+_DATE_RE = re.compile(r"^\$D_-?\d+$")
+_PROFILE_CHECKS: dict[str, tuple[Callable[[Any], bool], int, str]] = {
+    "Gender": (lambda v: v in ("M", "F"), 514, "Gender value is invalid, it must be M or F"),
+    "Email": (lambda v: type(v) is str and bool(_EMAIL_RE.match(v)), 515, "Email is invalid"),
+    "Phone": (lambda v: type(v) is str and bool(_PHONE_RE.match(v)), 516, "Phone number is invalid"),
+    "Employed": (lambda v: v in ("Y", "N"), 517, "Employment status is invalid, it must be Y or N"),
+    "Education": (
+        lambda v: v in ("School", "College", "Graduate"), 518,
+        "Education status is invalid, it must be School, College or Graduate",
+    ),
+    "Married": (lambda v: v in ("Y", "N"), 519, "Marital status is invalid, it must be Y or N"),
+    "Age": (lambda v: type(v) is int and 0 <= v <= 150, 520, "Age is invalid"),
+    "DOB": (lambda v: type(v) is str and bool(_DATE_RE.match(v)), 520, "DOB is invalid, must be $D_<epoch>"),
+    "MSG-email": (lambda v: type(v) is bool, 512, "MSG-email must be true or false"),
+    "MSG-push": (lambda v: type(v) is bool, 512, "MSG-push must be true or false"),
+    "MSG-sms": (lambda v: type(v) is bool, 512, "MSG-sms must be true or false"),
+    "MSG-whatsapp": (lambda v: type(v) is bool, 512, "MSG-whatsapp must be true or false"),
+}  # fmt: skip
+
+
+def _check_profile(data: dict[str, Any]) -> tuple[int, str] | None:
+    for key, (valid, code, detail) in _PROFILE_CHECKS.items():
+        if key in data and not valid(data[key]):
+            return _fail(code, "Invalid profile field", detail)
+    return None
 
 
 class EmulatorState:

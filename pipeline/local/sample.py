@@ -161,8 +161,7 @@ def edge_cases() -> list[dict[str, Any]]:
         {
             "type": "track",
             "event": "Product Viewed",
-            "messageId": "edge-no-identity",
-            "anonymousId": "anon-x",
+            "messageId": "edge-no-identity",  # no userId, email or anonymousId: a malformed event
             "timestamp": BASE_TS,
             "context": {"consent": consent},
             "properties": {"product_id": "SKU-A"},
