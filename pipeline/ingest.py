@@ -189,7 +189,8 @@ class Ingestor:
                     index, result.status, result.records, result.reasons, result.warnings
                 )
         fields_dropped = sum(dropped_by_key.values())
-        counters = {"filtered": filtered, "rejected_mapping": rejected, "fields_dropped": fields_dropped}
+        # rejected_mapping is counted by the script, for the dead letters it actually adds
+        counters = {"filtered": filtered, "fields_dropped": fields_dropped}
         counters.update({f"fields_dropped:{key}": n for key, n in dropped_by_key.items()})
         pushed, skipped, dups = self.store.enqueue(
             self.config.name,

@@ -3,7 +3,8 @@
 
 Every batch outcome is logged once, by ``pipeline.delivery`` on the ``pipeline.outcomes`` logger, with its
 fields attached (``extra={"outcome": {...}}``): in JSON they become top-level keys (integration, batch_id,
-records, status, http_status, processed, rejected, codes, attempt, latency_s, detail). No log line holds a
+records, status, http_status, processed, rejected, codes, attempt, latency_s, detail). Other extras are
+left out (Celery attaches task arguments, which for an ingest message are events), so no JSON line holds a
 record or the passcode.
 """
 
@@ -14,16 +15,16 @@ import time
 from typing import Any
 
 import orjson
+from celery import current_task
 
 FORMATS = ("text", "json")
 
-#: LogRecord attributes that are not ``extra``: everything else a caller attached is kept in JSON.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, then the record's extras
-    (``outcome``'s fields at the top level; Celery's task_name and task_id when it adds them)."""
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, the task's ``task_id`` and
+    ``task_name`` inside a Celery task, and an ``outcome``'s fields at the top level. Nothing else a caller
+    attached is written: Celery attaches a task's arguments to its own lines (``extra={"data": ...}``), and
+    an ingest message's arguments are events, which hold emails."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -33,14 +34,22 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key == "outcome" and isinstance(value, dict):
-                out.update(value)
-            elif key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+        task = _current_task()
+        if task is not None:
+            out["task_id"], out["task_name"] = task
+        outcome = getattr(record, "outcome", None)
+        if isinstance(outcome, dict):
+            out.update(outcome)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _current_task() -> tuple[str, str] | None:
+    """(id, name) of the Celery task running in this thread, if any."""
+    request = getattr(current_task, "request", None) if current_task else None
+    task_id = getattr(request, "id", None)
+    return (task_id, current_task.name) if task_id else None
 
 
 def use_format(fmt: str, logger: logging.Logger | None = None) -> None:

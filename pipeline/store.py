@@ -336,10 +336,11 @@ class Store:
     ) -> None:
         """Events that could not be queued become mapping dead letters, with the message's progress, in one
         MULTI (no script: a script may be what failed)."""
+        now_ms = self._now_ms()  # Redis's clock, as the scripts stamp dead letters (replay's fence uses it)
         pipe = self.r.pipeline(transaction=True)
         for did, body in letters:
             pipe.hset(self.key(integration, "dead"), did, body)
-            pipe.zadd(self.key(integration, "dead:idx"), {did: int(time.time() * 1000)})
+            pipe.zadd(self.key(integration, "dead:idx"), {did: now_ms})
             kind = kind_of(body)
             if kind:
                 pipe.hincrby(self.key(integration, "dead:kinds"), kind, 1)

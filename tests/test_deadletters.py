@@ -39,10 +39,12 @@ def test_rows_clevertap_refused_deliver_when_replayed_after_the_cause_is_fixed(
         delivery = deliver_through(emu.url, redis_url, store, events(2) + page_events(3))
         settings, d, dispatched = delivery.settings, delivery.deliverer, delivery.dispatched
         assert summarise(store, "default")["api:513"]["count"] == 3
+        assert store.dead_letter_kinds("default") == {"api:513": 3}  # counted by the finish script
         # The account's restriction is lifted (or the preset changed); replay the refused rows.
         requests.post(emu.url + "/_emulator/faults", json={"restricted_events": []}, timeout=5)
         result = replay(store, settings.integration("default"), stage="api")
         assert result.replayed_records == 3 and store.dead_letter_count("default") == 0
+        assert store.dead_letter_kinds("default") == {}  # and uncounted by the replay script
         time.sleep(0.06)
         d.assemble()
         drain(d, dispatched)
@@ -66,6 +68,12 @@ def test_mapping_dead_letters_replay_through_the_current_mappings(redis_url: str
     assert (result.remapped_events, result.rejected_again) == (1, 1)
     (left,) = list(iter_dead_letters(store, "default"))
     assert left["event"]["messageId"] == "n2" and "missing identity" in left["reasons"][0]
+    assert store.dead_letter_kinds("default") == {"mapping:missing identity": 1}
+    # Replaying it again while another replay has taken it adds and counts nothing twice.
+    before = store.stats("default")["rejected_mapping"]
+    again = replay(store, lenient.integration("default"), ids=[left["id"], left["id"]])
+    assert again.rejected_again + again.already_replayed == 2 and store.dead_letter_count("default") == 1
+    assert store.stats("default")["rejected_mapping"] == before + 1
     (queued,) = [orjson.loads(r) for r in store.r.lrange(store.key("default", "pending"), 0, -1)]
     assert queued["evtData"] == {"dims": '{"w":1}'}
 

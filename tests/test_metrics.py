@@ -84,7 +84,9 @@ def test_status_watch_refreshes_with_the_delivery_rate(redis_url: str, store: St
         for line in watched.stdout.splitlines()
     ]
     assert rates[0] is None and len(rates) == 4
-    assert all(500 < r < 1500 for r in rates[1:]), rates
+    # The feeder adds at most 100 every 0.1 s (1,000/s; a little more when a wait runs short), so any rate
+    # is above 0 and well under 1,500/s, however loaded the machine.
+    assert all(0 < r < 1500 for r in rates[1:]), rates
     blocks = text.stdout.decode().split("integration default")
     assert "delivering ... (measuring)" in blocks[1] and re.search(r"delivering [\d,.]+ records/s", blocks[2])
     bad = run_cli("status", "--watch", "--interval", "0", env=env)

@@ -84,15 +84,24 @@ def test_dead_letters_are_kept_for_their_age_and_count(redis_url: str, store: St
         redis_url, "http://unused", CLEVERTAP_DEAD_LETTER_MAX_AGE="1", CLEVERTAP_DEAD_LETTER_MAX_COUNT="3"
     )
     d = Deliverer(settings, store, Dispatched())
-    for n in range(5):
-        did, body = dead_letter("default", "api", code=509, error="x", record={"n": n})
+    for n in range(5):  # stored as the finish script stores them, with their kind counted
+        did, body = dead_letter("default", "api", code=509 if n % 2 else 513, error="x", record={"n": n})
         store.r.hset(store.key("default", "dead"), did, body)
         store.r.zadd(store.key("default", "dead:idx"), {did: int(time.time() * 1000) + n})
+        store.r.hincrby(store.key("default", "dead:kinds"), f"api:{509 if n % 2 else 513}", 1)
+    store.r.zadd(store.key("default", "dead:idx"), {"orphan": 0})  # an index entry whose letter is gone
     d.sweep()
     assert store.dead_letter_count("default") == 3  # the two oldest went: at most three are kept
+    assert store.r.zscore(store.key("default", "dead:idx"), "orphan") is None  # and never lingers
+    assert store.dead_letter_kinds("default") == {"api:509": 1, "api:513": 2}  # n = 2, 3, 4 are left
     time.sleep(1.1)
     d.sweep()
     assert store.dead_letter_count("default") == 0 and store.stats("default")["dead_letters_expired"] == 5
+    assert store.dead_letter_kinds("default") == {} and store.r.zcard(store.key("default", "dead:idx")) == 0
+    # Counts that drifted (an older version removed letters without counting) heal once none is left.
+    store.r.hincrby(store.key("default", "dead:kinds"), "api:509", 7)
+    d.sweep()
+    assert store.r.exists(store.key("default", "dead:kinds")) == 0
 
 
 def test_a_worker_warns_when_redis_may_evict_keys(redis_url: str) -> None:

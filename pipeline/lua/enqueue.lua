@@ -85,9 +85,14 @@ if identity_ms > 0 then
     redis.call('ZREM', ids_seen, unpack(stale))
   end
 end
+local added = 0   -- a letter replacing one another replay took already is not added, nor counted
 for _, letter in ipairs(letters) do
-  if claim(letter[3] or '') then add_dead(letter[1], letter[2], now) end
+  if claim(letter[3] or '') then
+    add_dead(letter[1], letter[2], now)
+    added = added + 1
+  end
 end
+if added > 0 then redis.call('HINCRBY', stats, 'rejected_mapping', added) end
 for _, id in ipairs(drops) do claim(id) end
 for field, n in pairs(counters) do redis.call('HINCRBY', stats, field, n) end
 redis.call('HINCRBY', stats, 'accepted', accepted)

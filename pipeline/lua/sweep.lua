@@ -65,9 +65,14 @@ if dead_max_age_ms > 0 then
   end
 end
 if #expired > 0 then
-  for _, id in ipairs(expired) do remove_dead(id) end
-  redis.call('HINCRBY', stats, 'dead_letters_expired', #expired)
+  local gone = 0
+  for _, id in ipairs(expired) do
+    if remove_dead(id) then gone = gone + 1 end
+  end
+  redis.call('HINCRBY', stats, 'dead_letters_expired', gone)
 end
+-- Counts that drifted (letters removed by an older version, which kept no counts) heal once none is left.
+if redis.call('HLEN', dead) == 0 then redis.call('DEL', dead_kinds) end
 local out = {redis.call('ZCARD', open), redis.call('ZCARD', held), redis.call('LLEN', pending), probe, probe_gen}
 for _, x in ipairs(again) do out[#out + 1] = x end
 return out

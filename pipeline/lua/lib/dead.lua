@@ -13,10 +13,10 @@ local function add_dead(id, entry, at)
   redis.call('ZADD', dead_idx, at, id)
 end
 local function remove_dead(id)  -- true when it was there (and is now gone)
+  redis.call('ZREM', dead_idx, id)  -- always: an index entry whose letter is gone must not linger
   local entry = redis.call('HGET', dead, id)
   if not entry then return false end
   redis.call('HDEL', dead, id)
-  redis.call('ZREM', dead_idx, id)
   local kind = kind_of(entry)
   if kind and redis.call('HINCRBY', dead_kinds, kind, -1) <= 0 then redis.call('HDEL', dead_kinds, kind) end
   return true
