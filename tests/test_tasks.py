@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 
 from pipeline import runtime
@@ -28,6 +29,28 @@ def test_ingest_task_queues_events_and_returns_counts_only(task_env: None, store
     result: Any = ingest.apply(args=([SPEC_PURCHASE, {"type": "bad"}],)).get()
     assert result == {"accepted": 1, "filtered": 0, "duplicate": 0, "rejected": 1, "fields_dropped": 0}
     assert store.r.llen(store.key("default", "pending")) == 1
+
+
+def test_ingest_task_maps_real_world_traffic_as_ingest_and_preview_do(task_env: None, store: Store) -> None:
+    from tasks.pipeline_tasks import ingest
+
+    traffic = [
+        {"type": "page", "anonymousId": "a1", "messageId": "t1"},  # anonymous: filtered
+        {"type": "alias", "userId": "u1", "previousId": "a1", "messageId": "t2"},  # filtered
+        {"type": "screen", "name": "Home", "userId": "u1", "messageId": "t3"},
+        {
+            "type": "identify",
+            "userId": "u1",
+            "messageId": "t4",
+            "context": {"traits": {"email": "u1@example.com", "gender": "Female", "phone": "5550100"}},
+        },
+    ]
+    result: Any = ingest.apply(args=(traffic,)).get()
+    assert result == {"accepted": 2, "filtered": 2, "duplicate": 0, "rejected": 0, "fields_dropped": 1}
+    queued = [orjson.loads(r) for r in store.r.lrange(store.key("default", "pending"), 0, -1)]
+    assert queued[0]["evtName"] == "Screen Viewed" and queued[0]["evtData"] == {"name": "Home"}
+    assert queued[1]["profileData"] == {"Email": "u1@example.com", "Gender": "F"}
+    assert store.stats("default")["fields_dropped:Phone"] == 1 and store.dead_letter_count("default") == 0
 
 
 def test_celery_app_is_configured_for_at_least_once_delivery() -> None:
