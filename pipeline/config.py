@@ -126,6 +126,12 @@ def _redis_url(value: str) -> None:
         raise ValidationError("must be a redis://, rediss:// or unix:// URL")
 
 
+def _write_key(value: str) -> None:
+    # Sent by SDKs as the user name of HTTP Basic auth: printable ASCII without ':', long enough to guess.
+    if len(value) < 16 or not value.isascii() or not value.isprintable() or ":" in value or " " in value:
+        raise ValidationError("must be at least 16 printable ASCII characters, without spaces or ':'")
+
+
 def _range(lo: float, hi: float, unit: str = "") -> validate.Range:
     return validate.Range(min=lo, max=hi, error=f"must be between {lo:g} and {hi:g}{unit}")
 
@@ -181,6 +187,19 @@ class IntegrationConfig:
         )
     )
     passcode_env: str | None = setting(
+        fields.String(
+            load_default=None,
+            validate=validate.Regexp(_ENV_NAME, error="must be an environment variable name"),
+        ),
+        env=None,
+    )
+    # The collector's write key: it authenticates an SDK and chooses the integration its events go to.
+    write_key: Secret | None = setting(
+        fields.String(load_default=None, allow_none=True, validate=_write_key),
+        convert=lambda value: None if value is None else Secret(value),
+        repr=False,
+    )
+    write_key_env: str | None = setting(
         fields.String(
             load_default=None,
             validate=validate.Regexp(_ENV_NAME, error="must be an environment variable name"),
@@ -397,6 +416,8 @@ class IntegrationSchema(_schema_from(IntegrationConfig, "IntegrationFields")):  
     def _one_passcode(self, data: dict[str, Any], **_: Any) -> None:
         if ("passcode" in data) == (data.get("passcode_env") is not None):
             raise ValidationError("give exactly one of passcode or passcode_env", "passcode")
+        if data.get("write_key") is not None and data.get("write_key_env") is not None:
+            raise ValidationError("give at most one of write_key or write_key_env", "write_key")
         if data.get("preset", "default") not in available_presets():
             raise ValidationError("must be one of " + ", ".join(available_presets()), "preset")
 
@@ -554,10 +575,39 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                     )
                 )
                 continue
+        if spec.get("write_key_env") is not None:
+            spec["write_key"] = env.get(spec["write_key_env"], "") or None
+            if spec["write_key"] is None:
+                errors.append(
+                    (
+                        f"integrations.{name}.write_key_env",
+                        f"environment variable {spec['write_key_env']} is not set",
+                    )
+                )
+                continue
+            try:
+                _write_key(spec["write_key"])
+            except ValidationError as exc:
+                errors.append(
+                    (f"integrations.{name}.write_key_env", f"{spec['write_key_env']}: {exc.messages[0]}")
+                )
+                continue
         integrations[name] = IntegrationConfig(
             name=name,
             **{f.name: f.metadata["convert"](spec[f.name]) for f in _settings_of(IntegrationConfig)},
         )
+    # A write key chooses the integration: two integrations cannot share one.
+    keys: dict[str, str] = {}
+    for name, config in sorted(integrations.items()):
+        if config.write_key is not None:
+            other = keys.setdefault(config.write_key.reveal(), name)
+            if other != name:
+                errors.append(
+                    (
+                        f"integrations.{name}.write_key",
+                        f"is integrations.{other}'s write key too; give each its own",
+                    )
+                )
     # One CleverTap account has one in-flight limit: integrations sharing it must agree on it.
     limits: dict[str, tuple[str, int]] = {}
     for name, config in sorted(integrations.items()):

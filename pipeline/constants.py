@@ -102,3 +102,6 @@ REQUEST_DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 DEFAULT_KEY_PREFIX = "ctp"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 SEND_QUEUE = "clevertap.send"
+
+#: Custom profile keys CleverTap keeps per profile (Upload User Profiles API page).
+MAX_PROFILE_CUSTOM_KEYS = 256

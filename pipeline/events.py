@@ -80,7 +80,9 @@ def parse_timestamp(value: Any) -> int | None:
         number = value
     elif isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():  # ASCII digits only: int() refuses some Unicode ones
+            if len(text) > 20:
+                return None
             number = int(text)
         else:
             try:
@@ -93,10 +95,10 @@ def parse_timestamp(value: Any) -> int | None:
             return seconds if 0 <= seconds < C.MAX_EPOCH_S else None
     else:
         return None
-    if math.isnan(number) or number < 0:  # NaN, or before 1970
+    if (isinstance(number, float) and math.isnan(number)) or number < 0:  # NaN, or before 1970
         return None
     if number >= _MS_THRESHOLD:
-        number = number / 1000
+        number = number // 1000 if isinstance(number, int) else number / 1000  # no float of a huge int
     if number >= _MS_THRESHOLD:
         return None
     return int(number)

@@ -162,7 +162,7 @@ class Ingestor:
         dead: list[tuple[str, bytes, str]] = []
         drops: list[str] = []
         filtered = rejected = 0
-        dropped_by_key: dict[str, int] = {}
+        group_notes: list[tuple[list[str], list[str]]] = []  # per queued event: keys left out, warnings
         per_line: dict[int, LineResult] = {}
         for position, (index, raw, result, encoded) in enumerate(mapped):
             replaced = replaces[position] if replaces else ""
@@ -171,10 +171,7 @@ class Ingestor:
                     identities.append(result.identity_update)
                 groups.append((str(raw.get("messageId") or ""), encoded, replaced))
                 group_index.append(index)
-                for key in result.dropped:
-                    dropped_by_key[key] = dropped_by_key.get(key, 0) + 1
-                if result.warnings:
-                    res.warnings.append(Rejection(index, result.warnings))
+                group_notes.append((result.dropped, result.warnings))
             elif result.status == FILTERED:
                 filtered += 1
                 if replaced:
@@ -188,10 +185,8 @@ class Ingestor:
                 per_line[index] = LineResult(
                     index, result.status, result.records, result.reasons, result.warnings
                 )
-        fields_dropped = sum(dropped_by_key.values())
         # rejected_mapping is counted by the script, for the dead letters it actually adds
-        counters = {"filtered": filtered, "fields_dropped": fields_dropped}
-        counters.update({f"fields_dropped:{key}": n for key, n in dropped_by_key.items()})
+        counters = {"filtered": filtered}
         pushed, skipped, dups = self.store.enqueue(
             self.config.name,
             groups,
@@ -208,7 +203,19 @@ class Ingestor:
         res.accepted = len(groups) - len(dups) - skipped
         res.records = pushed
         res.already_replayed = skipped
-        res.fields_dropped = fields_dropped
+        # Fields left out count for events queued, not for duplicates (counters only: after the enqueue).
+        dup_set = set(dups)
+        dropped_by_key: dict[str, int] = {}
+        for g, (dropped, warnings) in enumerate(group_notes):
+            if g in dup_set:
+                continue
+            for key in dropped:
+                dropped_by_key[key] = dropped_by_key.get(key, 0) + 1
+            if warnings:
+                res.warnings.append(Rejection(group_index[g], warnings))
+        res.fields_dropped = sum(dropped_by_key.values())
+        if dropped_by_key:
+            self.store.count_fields_dropped(self.config.name, dropped_by_key)
         if lines is not None:
             for g in dups:
                 o = per_line[group_index[g]]

@@ -37,6 +37,8 @@ ANONYMOUS = "anonymous: no email or userId"
 NOT_SENT = "not sent to CleverTap"
 #: Keys that identify a user or time an event rather than describe it: never custom properties.
 NOT_PROPERTIES = frozenset(("userId", "anonymousId", "id", "ts"))
+#: Warnings one event reports at most (the rest are counted in one more).
+MAX_WARNINGS = 20
 # A string of at most this many characters is at most 512 bytes in UTF-8 (4 bytes a character at most),
 # so only longer strings need encoding to measure.
 _SAFE_CHARS = C.MAX_VALUE_BYTES // 4
@@ -140,8 +142,10 @@ class Mapper:
         profile = {**config.preset.profile, **config.profile_fields}
         self.profile_map: list[tuple[str, tuple[str, ...]]] = [(t, s) for t, s in profile.items() if s]
         parts = config.preset.name_parts
-        self.first_names: tuple[str, ...] = tuple(parts.get("first", ()))
-        self.last_names: tuple[str, ...] = tuple(parts.get("last", ()))
+        # Name = [] in the integration's profile table turns Name off, its first/last-name parts too.
+        name_off = "Name" in config.profile_fields and not config.profile_fields["Name"]
+        self.first_names: tuple[str, ...] = () if name_off else tuple(parts.get("first", ()))
+        self.last_names: tuple[str, ...] = () if name_off else tuple(parts.get("last", ()))
         # Trait names that feed a profile key are never custom properties as well.
         self.profile_sources = (
             frozenset(src for _, sources in self.profile_map for src in sources)
@@ -174,6 +178,8 @@ class Mapper:
             return MapResult(REJECTED, reasons=[MISSING_IDENTITY])
         ts = event.ts if event.ts is not None else now
         warnings = list(event.warnings) if event.warnings else []
+        if warnings and not self.drop_invalid:  # invalid_fields = reject: nothing is left out quietly
+            return MapResult(REJECTED, reasons=warnings)
 
         if event.type == "identify":
             update = (event.user_id, event.email) if event.user_id and event.email else None
@@ -252,8 +258,9 @@ class Mapper:
         self, traits: Mapping[str, Any], reasons: list[str], warnings: list[str], dropped: list[str]
     ) -> dict[str, Any]:
         """CleverTap's built-in profile keys from the traits that feed them (in CleverTap's formats), then
-        every other trait as a custom property. A value that cannot be sent is left out with a warning
-        (``invalid_fields = "drop"``) or rejects the record (``"reject"``)."""
+        every other trait as a custom property (a trait named like a built-in key in CleverTap's format).
+        A value that cannot be sent is left out with a warning (``invalid_fields = "drop"``) or rejects the
+        record (``"reject"``)."""
         out: dict[str, Any] = {}
         problems: list[str] = []
         for target, sources in self.profile_map:
@@ -261,52 +268,80 @@ class Mapper:
                 value = traits.get(source)
                 if value is None or value == "":
                     continue
-                convert = RESERVED.get(target)
-                if convert is None:  # a custom key the integration maps a trait to
-                    self._put(out, target, f"traits.{source}", value, problems)
-                else:
-                    converted, problem = convert(value, self.config.default_country_code)
-                    if problem is None:
-                        self._put(out, target, f"traits.{source}", converted, problems)
-                    else:
-                        problems.append(f"traits.{source}: {_shown(value)} {problem}")
-                if problems:
-                    self._invalid(target, problems, reasons, warnings, dropped)
-                break
+                self._put_profile(out, target, f"traits.{_short(source)}", value, problems)
+                if target in out:  # a later source is not needed, and earlier bad ones are not lost
+                    problems.clear()
+                    break
+            if problems:
+                self._invalid(target, problems, reasons, warnings, dropped)
         if "Name" not in out and self.first_names:
-            first = next((traits[k] for k in self.first_names if traits.get(k)), None)
-            last = next((traits[k] for k in self.last_names if traits.get(k)), None)
-            if first or last:
-                self._put(
-                    out, "Name", "traits.firstName", " ".join(str(x) for x in (first, last) if x), problems
-                )
-                if problems:
-                    self._invalid("Name", problems, reasons, warnings, dropped)
+            parts = [
+                next((_text(traits.get(k)) for k in names if _text(traits.get(k))), None)
+                for names in (self.first_names, self.last_names)
+            ]
+            if any(parts):
+                out["Name"] = " ".join(p for p in parts if p)
+        custom = 0
         for key, value in traits.items():
             if value is None or key in self.profile_sources or key in out:
                 continue
-            self._put(out, key, f"traits.{key}", value, problems)
+            if key not in RESERVED and key != "Age":
+                custom += 1
+                if custom > C.MAX_PROFILE_CUSTOM_KEYS:
+                    problems.append(
+                        f"traits: more than {C.MAX_PROFILE_CUSTOM_KEYS} custom profile keys (CleverTap's "
+                        f"limit); {_short(key)!r} and the rest"
+                    )
+                    self._invalid("custom", problems, reasons, warnings, dropped)
+                    break
+            self._put_profile(out, key, f"traits.{_short(key)}", value, problems)
             if problems:
                 self._invalid(key, problems, reasons, warnings, dropped)
+        if len(warnings) > MAX_WARNINGS:
+            warnings[MAX_WARNINGS - 1 :] = [f"... and {len(warnings) - MAX_WARNINGS + 1} more"]
         return out
+
+    def _put_profile(self, out: dict[str, Any], key: str, path: str, value: Any, problems: list[str]) -> None:
+        """One profile key: a built-in one converted to CleverTap's format, any other as a custom property
+        (never Items, which only events have)."""
+        convert = RESERVED.get(key)
+        if convert is not None:
+            converted, problem = convert(value, self.config.default_country_code)
+            if problem is not None:
+                problems.append(f"{path}: {_shown(value)} {problem}")
+                return
+            value = converted
+        elif key == "Age" and not (type(value) is int and 0 <= value <= 150):
+            problems.append(
+                f"{path}: {_shown(value)} is not an age, a whole number 0-150 (CleverTap code 520)"
+            )
+            return
+        self._put(out, key, path, value, problems, profile=True)
 
     def _invalid(
         self, key: str, problems: list[str], reasons: list[str], warnings: list[str], dropped: list[str]
     ) -> None:
-        """A profile value that cannot be sent: a warning and the key left out, or a reason to reject."""
+        """A profile value that cannot be sent: a warning and the key left out, or a reason to reject.
+        Dropped keys are counted by name for CleverTap's built-in keys, as ``custom`` for the rest (trait
+        names are anyone's: counting each would grow without bound)."""
         if self.drop_invalid:
             warnings.extend(f"{p}: left out of the profile" for p in problems)
-            dropped.append(key)
+            dropped.append(key if key in RESERVED or key == "Age" else "custom")
         else:
             reasons.extend(problems)
         problems.clear()
 
-    def _put(self, out: dict[str, Any], key: str, path: str, value: Any, reasons: list[str]) -> None:
+    def _put(
+        self, out: dict[str, Any], key: str, path: str, value: Any, reasons: list[str], profile: bool = False
+    ) -> None:
         if len(key) > C.MAX_KEY_CHARS:
             reasons.append(f"{path[:60]}...: key is {len(key)} characters, CleverTap allows at most 120")
             return
-        if key == C.ITEMS_KEY:
+        if key == C.ITEMS_KEY and not profile:
+            before = len(reasons)
             value = self._items(value, path, reasons)
+            if len(reasons) > before:
+                return
         elif isinstance(value, (dict, list)):
             if self.stringify:
                 value = _as_json_text(value)
@@ -349,6 +384,20 @@ class Mapper:
                     reasons.append(f"{path}[{n}].{key}: {problem}")
             items.append(fixed)
         return items
+
+
+def _short(key: str) -> str:
+    """A key as a path quotes it: at most 60 characters."""
+    return key if len(key) <= 60 else key[:57] + "..."
+
+
+def _text(value: Any) -> str | None:
+    """Stripped text from a string or a number; None for anything else or blank."""
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 def _shown(value: Any) -> str:

@@ -18,9 +18,11 @@ from typing import Any
 Converted = tuple[Any, str | None]
 
 _PHONE_STRIP = re.compile(r"[\s\-().]")
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_DIGITS = re.compile(r"^[0-9]{1,20}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_URL = re.compile(r"^https?://[^\s/?#]+\S*$", re.IGNORECASE)
 _GENDERS = {"m": "M", "male": "M", "f": "F", "female": "F"}
 _YES_NO = {"y": "Y", "yes": "Y", "true": "Y", "n": "N", "no": "N", "false": "N"}
 _EDUCATION = {"school": "School", "college": "College", "graduate": "Graduate"}
@@ -38,7 +40,7 @@ def normalise_phone(value: Any, default_country_code: str | None = None) -> str 
     text = _PHONE_STRIP.sub("", value)
     if text.startswith("00"):
         text = "+" + text[2:]
-    if not text.startswith("+") and default_country_code and text.isdigit():
+    if not text.startswith("+") and default_country_code and _DIGITS.match(text):
         text = default_country_code + (text[1:] if text.startswith("0") else text)
     return text if _E164.match(text) else None
 
@@ -91,11 +93,12 @@ def dob(value: Any, _: str | None) -> Converted:
     if isinstance(value, str):
         text = value.strip()
         if _CT_DATE.match(text):
-            return text, None
+            seconds = int(text[3:])
+            return (text, None) if _DOB_RANGE[0] <= seconds <= _DOB_RANGE[1] else (None, "is out of range")
         try:
             if _ISO_DATE.match(text):
                 seconds = calendar.timegm(date.fromisoformat(text).timetuple())
-            elif re.fullmatch(r"-?\d+", text):
+            elif re.fullmatch(r"-?[0-9]{1,20}", text):
                 seconds = _epoch(int(text))
             else:
                 parsed = datetime.fromisoformat(text)
@@ -103,14 +106,16 @@ def dob(value: Any, _: str | None) -> Converted:
                     seconds = int(parsed.timestamp())
         except ValueError:
             seconds = None
-    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**15:
+        seconds = _epoch(value)
+    elif isinstance(value, float) and math.isfinite(value) and abs(value) < 1e15:
         seconds = _epoch(int(value))
     if seconds is None or not _DOB_RANGE[0] <= seconds <= _DOB_RANGE[1]:
         return None, "is not a date (an ISO date like 1990-05-17, ISO 8601 with a zone, or epoch seconds)"
     return f"$D_{seconds}", None
 
 
-_CT_DATE = re.compile(r"^\$D_-?\d+$")
+_CT_DATE = re.compile(r"^\$D_-?[0-9]{1,12}$")
 #: 1800-01-01 to 2286-11-20: anything outside is a mistake, not a birthday.
 _DOB_RANGE = (-5_364_662_400, 9_999_999_999)
 
@@ -135,7 +140,7 @@ def education(value: Any, _: str | None) -> Converted:
 
 
 def photo(value: Any, _: str | None) -> Converted:
-    if isinstance(value, str) and value.strip().lower().startswith(("https://", "http://")):
+    if isinstance(value, str) and _URL.match(value.strip()):
         return value.strip(), None
     return None, "is not an http(s) URL"
 

@@ -641,6 +641,14 @@ class Store:
         raw = cast(dict[bytes, bytes], self.r.hgetall(self.key(integration, "stats")))
         return {_s(k): int(v) for k, v in raw.items()}
 
+    def count_fields_dropped(self, integration: str, by_key: dict[str, int]) -> None:
+        """Profile values left out of queued records, in all and by key (``fields_dropped:<key>``)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hincrby(self.key(integration, "stats"), "fields_dropped", sum(by_key.values()))
+        for key, n in by_key.items():
+            pipe.hincrby(self.key(integration, "stats"), f"fields_dropped:{key}", n)
+        pipe.execute()
+
     def incr(self, integration: str, field: str, n: int = 1) -> None:
         self.r.hincrby(self.key(integration, "stats"), field, n)
 

@@ -193,7 +193,7 @@ def test_anonymous_page_views(anonymous: str, status: Any, identity: str | None)
         }
 
 
-def test_screen_maps_like_page_and_its_name_is_renameable() -> None:
+def test_screen_maps_like_page() -> None:
     (record,) = map_one(SCREEN).records
     assert record == {
         "type": "event",
@@ -202,8 +202,7 @@ def test_screen_maps_like_page_and_its_name_is_renameable() -> None:
         "evtName": "Screen Viewed",
         "evtData": {"step": 2, "name": "Checkout"},
     }
-    renamed = map_one(SCREEN, CLEVERTAP_PIPELINE_CONFIG="")  # the default preset, no override
-    assert renamed.records[0]["evtName"] == "Screen Viewed"
+    # (renamed through the integration's events table: test_profile_mapping_is_data_overridable_...)
 
 
 @pytest.mark.parametrize("call", [ALIAS, GROUP])
@@ -393,6 +392,13 @@ _trait_values = st.one_of(
                 "msgPush",
                 "name",
                 "firstName",
+                # named like CleverTap's own keys: custom traits that must still be in CleverTap's format
+                "Gender",
+                "Email",
+                "DOB",
+                "Age",
+                "Items",
+                "Phone",
             )
         },
     )
@@ -478,3 +484,99 @@ def test_preview_and_ingest_report_the_fields_left_out(redis_url: str, store: St
     }  # fmt: skip
     assert b"line 1: sent, but traits.phone: '(415) 555-0101' has no country code" in ingested.stderr
     assert store.dead_letter_count("default") == 0
+
+
+def test_traits_named_like_builtin_keys_are_held_to_clevertaps_format() -> None:
+    result = profile_of(
+        {
+            "Gender": "other",
+            "Email": "nope",
+            "DOB": "1990-01-01",
+            "Age": "x",
+            "Items": [{"a": 1}],
+            "Married": "N",
+        },
+        where="top",
+    )
+    data = result.records[0]["profileData"]
+    # DOB converted; Married already in format; the rest left out with a warning each; Items is no
+    # special key in a profile (a nested list: stringified as any custom trait is)
+    assert data == {"DOB": "$D_631152000", "Items": '[{"a":1}]', "Married": "N"}
+    assert sorted(result.dropped) == ["Age", "Email", "Gender"]
+    assert check_record(result.records[0], Faults()) is None
+
+
+def test_fields_left_out_are_counted_by_builtin_key_or_as_custom() -> None:
+    long_key = "k" * 200
+    result = profile_of({long_key: 1, "x" * 130: 2, "gender": "n/a"}, where="top")
+    assert sorted(result.dropped) == ["Gender", "custom", "custom"]
+    assert all(len(w) < 300 for w in result.warnings)  # a key is quoted 60 characters at most
+
+
+def test_over_256_custom_traits_the_rest_are_left_out_and_warnings_are_capped() -> None:
+    traits = {f"t{n}": n for n in range(300)}
+    result = profile_of(traits, where="top")
+    assert len(result.records[0]["profileData"]) == 256 and result.dropped == ["custom"]
+    assert "more than 256 custom profile keys" in result.warnings[0]
+    many_bad = profile_of({f"b{n}": "x" * 600 for n in range(50)}, where="top")
+    assert len(many_bad.warnings) == 20 and many_bad.warnings[-1] == "... and 31 more"
+    assert profile_of(traits, where="top", CLEVERTAP_INVALID_FIELDS="reject").status == REJECTED
+
+
+@pytest.mark.parametrize(
+    "traits",
+    [
+        {"phone": "٠٧٧٠٠٩٠٠١٢٣"},  # Arabic-Indic digits
+        {"birthday": "$D_١٢٣"},
+        {"birthday": 10**400},
+        {"birthday": "9" * 5000},
+        {"avatar": "http://"},
+        {"ts": 10**400},
+        {"ts": "²"},
+    ],
+)
+def test_odd_values_are_left_out_never_crash_or_sent_malformed(traits: dict[str, Any]) -> None:
+    result = profile_of(traits, where="top", CLEVERTAP_DEFAULT_COUNTRY_CODE="+44")
+    assert result.status == MAPPED, result.reasons
+    assert check_record(result.records[0], Faults()) is None
+    data = result.records[0]["profileData"]
+    assert not ({"Phone", "DOB", "Photo"} & set(data))
+
+
+def test_name_parts_must_be_text_and_name_can_be_turned_off(tmp_path: Path) -> None:
+    assert profile_of({"firstName": {"a": 1}, "lastName": "  Lee "}).records[0]["profileData"] == {
+        "Name": "Lee"
+    }
+    assert profile_of({"firstName": True}).records[0]["profileData"] == {}
+    path = tmp_path / "p.toml"
+    path.write_text(
+        '[integrations.default]\naccount_id = "A"\npasscode = "p"\nregion = "eu1"\n'
+        "[integrations.default.profile]\nName = []\n"
+    )
+    config = load_settings({"CLEVERTAP_PIPELINE_CONFIG": str(path)}).integration("default")
+    event, _ = validate_event({"type": "identify", "userId": "u", "traits": {"name": "N", "firstName": "A"}})
+    assert event is not None  # Name off: its traits are custom traits like any other
+    assert Mapper(config).map(event, None, NOW).records[0]["profileData"] == {"name": "N", "firstName": "A"}
+
+
+def test_a_later_source_stands_in_for_a_bad_earlier_one() -> None:
+    result = profile_of({"birthday": "soon", "dateOfBirth": "1990-05-17"}, where="top")
+    assert result.records[0]["profileData"] == {"DOB": "$D_642902400"} and result.warnings == []
+
+
+def test_reject_mode_rejects_what_drop_mode_ignores_with_a_warning() -> None:
+    event = {"type": "track", "event": "X", "userId": "u1", "properties": {"ts": "soon"}}
+    assert map_one(event).status == MAPPED
+    rejected = map_one(event, CLEVERTAP_INVALID_FIELDS="reject")
+    assert rejected.status == REJECTED and rejected.reasons[0].startswith("properties.ts: 'soon'")
+
+
+def test_duplicates_do_not_count_fields_left_out(redis_url: str, store: Store) -> None:
+    from pipeline.ingest import ingest
+
+    settings = load_settings(environment(redis_url))
+    first = ingest([SEGMENT_WEB_IDENTIFY, SEGMENT_WEB_IDENTIFY], settings=settings, store=store)
+    assert (first.duplicate, first.fields_dropped, len(first.warnings)) == (1, 1, 1)
+    again = ingest([SEGMENT_WEB_IDENTIFY], settings=settings, store=store)
+    assert (again.duplicate, again.fields_dropped, again.warnings) == (1, 0, [])
+    assert store.stats("default")["fields_dropped"] == 1

@@ -235,8 +235,8 @@ _NO_DATA: dict[str, Any] = {}
 # other. Codes 514-520 are CleverTap's; which code a bad DOB or MSG-* flag gets is not documented (520, the
 # age code, and 512 here).
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
-_DATE_RE = re.compile(r"^\$D_-?\d+$")
+_PHONE_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_DATE_RE = re.compile(r"^\$D_-?[0-9]+$")
 _PROFILE_CHECKS: dict[str, tuple[Callable[[Any], bool], int, str]] = {
     "Gender": (lambda v: v in ("M", "F"), 514, "Gender value is invalid, it must be M or F"),
     "Email": (lambda v: type(v) is str and bool(_EMAIL_RE.match(v)), 515, "Email is invalid"),

@@ -59,9 +59,7 @@ def traced_event(trace: int) -> dict[str, Any]:
             "consent": {"categoryPreferences": {"marketing": False}} if fate == "filtered" else CONSENT
         },
     }
-    if fate == "rejected":
-        event["anonymousId"] = f"anon-{trace}"  # no email, no userId: nothing CleverTap could key it on
-    else:
+    if fate != "rejected":  # no email, userId or anonymousId: nothing CleverTap could key it on
         event["userId"] = f"user-{trace}"
     return event
 

@@ -1,0 +1,83 @@
+"""The collector over HTTP: a small Starlette app served by uvicorn (``clevertap-pipeline collect``).
+
+Starlette and uvicorn were chosen by measurement (README, dependency notes). The app reads a body only up
+to the path's limit, hands it to :class:`pipeline.collector.Collector` in a worker thread (its Redis calls
+block), and answers with what that returns. Nothing here logs a header or a body: the write key and the
+events stay out of the logs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from pipeline.collector import Answer, Collector, _error, limit_for
+from pipeline.config import Settings, load_settings
+from pipeline.store import Store
+
+#: On every answer: the body is JSON for SDKs, never a page to render or cache.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+def _respond(answer: Answer) -> Response:
+    return Response(
+        answer.encoded(),
+        status_code=answer.status,
+        headers={**SECURITY_HEADERS, **answer.headers},
+        media_type="application/json",
+    )
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> Starlette:
+    """The collector app for ``settings`` (default: the environment and the TOML file)."""
+    settings = settings or load_settings()
+    if store is None:
+        # Bounded waits: a Redis that hangs must become a 503 the SDK retries, not a request held for ever.
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
+        )
+        store = Store(client, settings.key_prefix)
+    collector = Collector(settings, store)
+
+    async def calls(request: Request) -> Response:
+        path = request.url.path
+        limit = limit_for(path)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return _respond(_error(400, "too_large", f"the body may be at most {limit // 1024} KB"))
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:  # stop reading: the rest is never buffered
+                return _respond(_error(400, "too_large", f"the body may be at most {limit // 1024} KB"))
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        answer = await run_in_threadpool(collector.handle, path, headers, bytes(body))
+        return _respond(answer)
+
+    async def health(_: Request) -> Response:
+        ok = await run_in_threadpool(collector.healthy)
+        return _respond(Answer(200, {"ok": True}) if ok else Answer(503, {"ok": False}))
+
+    app = Starlette(
+        routes=[
+            Route("/v1/{call}", calls, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+        ]
+    )
+    app.state.collector = collector
+    return app
+
+
+def app_factory() -> Any:
+    """For ``uvicorn --factory``: each worker process builds its app from the environment."""
+    return create_app()
