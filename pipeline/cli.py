@@ -742,3 +742,55 @@ def metrics(args: argparse.Namespace) -> int:
     finally:
         server.shutdown()
     return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------- collector
+
+
+@verb(
+    "collect",
+    "Serve the Segment HTTP Tracking API (POST /v1/batch, /v1/track, /v1/identify, /v1/page, /v1/screen, "
+    "/v1/alias, /v1/group; GET /health): SDKs pointed here queue their events as ingest does. The write key "
+    "(CLEVERTAP_WRITE_KEY, or write_key / write_key_env per integration) authenticates and chooses the "
+    "integration. Loopback only unless --host says otherwise.",
+    arg("--host", default="127.0.0.1", help="address to listen on"),
+    arg("--port", type=int, default=8088, help="port"),
+    arg("--workers", type=int, default=1, help="worker processes (each a core's worth of requests)"),
+)
+def collect(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pipeline.collect_app import log_config
+
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port must be 1-65535, got {args.port}")
+    if not 1 <= args.workers <= 64:
+        raise InputError(f"--workers must be 1-64, got {args.workers}")
+    settings = load_settings()  # every error now, before a worker starts
+    keyed = sorted(n for n, c in settings.integrations.items() if c.write_key is not None)
+    if not keyed:
+        raise InputError(
+            "no integration has a write key: set CLEVERTAP_WRITE_KEY (or write_key / write_key_env in the "
+            "TOML file); the write key is what SDKs send, and it chooses the integration"
+        )
+    print(
+        f"collector on http://{args.host}:{args.port} ({args.workers} worker process"
+        f"{'es' if args.workers > 1 else ''}) for integration{'s' if len(keyed) > 1 else ''} "
+        f"{', '.join(keyed)}",
+        flush=True,
+    )
+    uvicorn.run(
+        "pipeline.collect_app:app_factory",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        http="httptools",
+        loop="uvloop",
+        access_log=False,  # an access log line per SDK batch says nothing the counters do not
+        server_header=False,
+        log_config=log_config(settings.log_format),
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=20,
+    )
+    return EXIT_OK

@@ -1,0 +1,208 @@
+"""The collector's handler against a real Redis: authentication, limits, encodings, answers, and what gets
+queued; and its configuration."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from pipeline.collect_app import create_app
+from pipeline.collector import MAX_BATCH_BYTES, MAX_CALL_BYTES, Answer, Collector
+from pipeline.config import Settings, load_settings
+from pipeline.errors import ConfigError
+from pipeline.store import Store
+from tests.helpers import dead_letters, environment, pending
+
+KEY = "wk-test-0123456789abcdef"
+
+
+def settings_for(redis_url: str, **extra: Any) -> Settings:
+    return load_settings(environment(redis_url, CLEVERTAP_WRITE_KEY=KEY, **extra))
+
+
+def basic(key: str) -> dict[str, str]:
+    return {"authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+def post(collector: Collector, path: str, body: Any, headers: dict[str, str] | None = None) -> Answer:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    return collector.handle(path, headers if headers is not None else basic(KEY), raw)
+
+
+def track(n: int, **extra: Any) -> dict[str, Any]:
+    return {"type": "track", "event": "Product Viewed", "userId": f"u{n}", "messageId": f"m{n}", **extra}
+
+
+@pytest.fixture
+def collector(redis_url: str, store: Store) -> Collector:
+    return Collector(settings_for(redis_url), store)
+
+
+def test_a_batch_is_queued_and_answered_200_only_then(collector: Collector, store: Store) -> None:
+    answer = post(collector, "/v1/batch", {"batch": [track(1), track(2)], "sentAt": "2024-01-29T14:53:20Z"})
+    assert (answer.status, answer.body) == (200, {"success": True})
+    assert [r["objectId"] for r in pending(store)] == ["u1", "u2"]
+
+
+@pytest.mark.parametrize("call", ["track", "identify", "page", "screen", "alias", "group"])
+def test_every_single_call_is_accepted_with_its_type_from_the_path(
+    call: str, collector: Collector, store: Store
+) -> None:
+    body: dict[str, Any] = {"userId": "u1", "messageId": f"s-{call}", "writeKey": KEY}
+    if call == "track":
+        body["event"] = "Signed Up"
+    answer = post(collector, f"/v1/{call}", body, headers={})  # writeKey in the body, no header
+    assert answer.status == 200, answer.body
+    queued = pending(store)
+    if call in ("alias", "group"):
+        assert queued == [] and store.stats("default")["filtered"] == 1  # filtered, never an error
+    else:
+        assert len(queued) == 1
+    assert dead_letters(store) == []
+
+
+def test_one_bad_event_does_not_refuse_the_others(collector: Collector, store: Store) -> None:
+    answer = post(collector, "/v1/batch", {"batch": [track(1), {"type": "nope", "writeKey": KEY}, track(2)]})
+    assert answer.status == 200
+    assert len(pending(store)) == 2
+    (letter,) = dead_letters(store)
+    assert "type: 'nope'" in letter["reasons"][0] and KEY not in orjson.dumps(letter).decode()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        basic("wrong-0123456789abcdef"),
+        {"authorization": "Basic !!!"},
+        {"authorization": "Bearer " + KEY},
+        basic(""),
+    ],
+)
+def test_a_wrong_or_missing_write_key_is_401_and_queues_nothing(
+    headers: dict[str, str], collector: Collector, store: Store
+) -> None:
+    answer = post(collector, "/v1/batch", {"batch": [track(1)]}, headers=headers)
+    assert answer.status == 401 and answer.body["success"] is False
+    assert "wrong" not in orjson.dumps(answer.body).decode() and pending(store) == []
+
+
+def test_gzip_bodies_are_read_and_bombs_are_refused(collector: Collector, store: Store) -> None:
+    gz = {**basic(KEY), "content-encoding": "gzip"}
+    assert post(collector, "/v1/batch", gzip.compress(orjson.dumps({"batch": [track(1)]})), gz).status == 200
+    bomb = gzip.compress(b'{"batch": [' + b" " * (MAX_BATCH_BYTES + 10) + b"]}")
+    assert len(bomb) < 10_000
+    answer = post(collector, "/v1/batch", bomb, gz)
+    assert answer.status == 400 and answer.body["code"] == "too_large"
+    bad = post(collector, "/v1/batch", b"not gzip", gz)
+    assert bad.status == 400 and "not" in bad.body["message"]
+    cut = post(collector, "/v1/batch", gzip.compress(b'{"batch": []}')[:-6], gz)
+    assert cut.status == 400
+    other = post(collector, "/v1/batch", b"{}", {**basic(KEY), "content-encoding": "br"})
+    assert other.status == 400 and "br" in other.body["message"]
+    assert len(pending(store)) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "code", "message"),
+    [
+        ("/v1/batch", b"{not json", "bad_json", "the body is not JSON"),
+        ("/v1/batch", b"[1]", "bad_json", "must be a JSON object"),
+        ("/v1/batch", b'{"batch": {}}', "bad_batch", "batch: required, a list of calls"),
+        ("/v1/track", b"x" * (MAX_CALL_BYTES + 1), "too_large", "a single call may be at most 32 KB"),
+        ("/v1/batch", b"x" * (MAX_BATCH_BYTES + 1), "too_large", "a batch may be at most 500 KB"),
+    ],
+)
+def test_bad_bodies_are_400_naming_the_problem(
+    path: str, body: bytes, code: str, message: str, collector: Collector
+) -> None:
+    answer = post(collector, path, body)
+    assert answer.status == 400 and answer.body["code"] == code and message in answer.body["message"]
+
+
+def test_unknown_paths_are_404(collector: Collector) -> None:
+    assert post(collector, "/v1/merge", {}).status == 404
+    assert post(collector, "/v2/batch", {}).status == 404
+
+
+def test_the_batch_context_applies_to_each_call(collector: Collector, store: Store) -> None:
+    context = {"traits": {"email": "batch@example.com"}, "consent": {"categories": ["marketing"]}}
+    own = track(2, context={"traits": {"email": "own@example.com"}})
+    assert post(collector, "/v1/batch", {"batch": [track(1), own], "context": context}).status == 200
+    assert [r["identity"] for r in pending(store)] == ["batch@example.com", "own@example.com"]
+
+
+def test_redis_unreachable_or_a_full_queue_is_503_with_retry_after(redis_url: str, store: Store) -> None:
+    down = Collector(settings_for("redis://127.0.0.1:1/0"), Store.from_url("redis://127.0.0.1:1/0"))
+    answer = post(down, "/v1/batch", {"batch": [track(1)]})
+    assert answer.status == 503 and answer.headers["Retry-After"] == "5" and not down.healthy()
+    full = Collector(settings_for(redis_url, CLEVERTAP_MAX_PENDING="1"), store)
+    assert post(full, "/v1/batch", {"batch": [track(1)]}).status == 200
+    answer = post(full, "/v1/batch", {"batch": [track(2)]})
+    assert (
+        answer.status == 503 and answer.headers["Retry-After"] == "30" and answer.body["code"] == "queue_full"
+    )
+
+
+def test_the_write_key_chooses_the_integration(redis_url: str, store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(
+        f"""
+redis_url = "{redis_url}"
+[integrations.eu]
+account_id = "EU"
+passcode = "p"
+region = "eu1"
+write_key = "wk-eu-0123456789abcdef"
+[integrations.india]
+account_id = "IN"
+passcode = "p"
+region = "in1"
+write_key_env = "INDIA_WRITE_KEY"
+[integrations.quiet]
+account_id = "Q"
+passcode = "p"
+region = "us1"
+"""
+    )
+    settings = load_settings(
+        {"CLEVERTAP_PIPELINE_CONFIG": str(path), "INDIA_WRITE_KEY": "wk-in-0123456789abcdef"}
+    )
+    collector = Collector(settings, store)
+    assert post(collector, "/v1/track", track(1), basic("wk-in-0123456789abcdef")).status == 200
+    assert post(collector, "/v1/track", track(2), basic("wk-eu-0123456789abcdef")).status == 200
+    assert [r["objectId"] for r in pending(store, "india")] == ["u1"]
+    assert [r["objectId"] for r in pending(store, "eu")] == ["u2"]
+    assert "wk-eu" not in repr(settings) + str(settings.public_dict()) and "wk-in" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({"CLEVERTAP_WRITE_KEY": "short"}, "CLEVERTAP_WRITE_KEY"),
+        ({"CLEVERTAP_WRITE_KEY": "has:a-colon-0123456789"}, "without spaces or ':'"),
+    ],
+)
+def test_write_keys_are_validated(env: dict[str, str], error: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**environment(), **env})
+    assert error in str(caught.value.errors)
+
+
+def test_the_http_app_limits_what_it_reads_and_sets_security_headers(redis_url: str, store: Store) -> None:
+    app = create_app(settings_for(redis_url), store)
+    with TestClient(app) as client:
+        ok = client.post("/v1/batch", content=orjson.dumps({"batch": [track(1)]}), auth=(KEY, ""))
+        assert ok.status_code == 200 and ok.json() == {"success": True}
+        assert ok.headers["x-content-type-options"] == "nosniff" and ok.headers["cache-control"] == "no-store"
+        big = client.post("/v1/track", content=b"x" * (MAX_CALL_BYTES + 1), auth=(KEY, ""))
+        assert big.status_code == 400 and big.json()["code"] == "too_large"
+        assert client.get("/health").json() == {"ok": True}
+        assert client.get("/v1/batch").status_code == 405
+    assert len(pending(store)) == 1
