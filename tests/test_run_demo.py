@@ -19,6 +19,7 @@ from pipeline.config import load_settings
 from pipeline.ingest import ingest
 from pipeline.local.emulator import DEMO_ACCOUNT
 from pipeline.local.procs import wait_for
+from pipeline.local.redis_server import free_port
 from pipeline.local.sample import generate
 from pipeline.store import Store
 from tests.helpers import ROOT, environment
@@ -98,11 +99,24 @@ def test_run_delivers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_the_lines_run_prints_are_all_another_shell_needs(tmp_path: Path) -> None:
-    run = Run(tmp_path / "data", creds={})  # the emulator's own demo account
+    port = free_port()
+    # the emulator's own demo account, and a collector with a made-up write key
+    run = Run(tmp_path / "data", "--collect-port", str(port), creds={})
     try:
         exports = [line.strip() for line in run.lines if line.strip().startswith("export ")]
         python = shlex.quote(sys.executable)
-        script = "\n".join([*exports, f"{python} -m pipeline ingest --json --strict examples/events.jsonl"])
+        post = (
+            "import os, requests; r = requests.post("
+            f"'http://127.0.0.1:{port}/v1/track', auth=(os.environ['CLEVERTAP_WRITE_KEY'], ''), timeout=10, "
+            "json={'event': 'Signed Up', 'userId': 'sdk-1', 'messageId': 'c-1'}); r.raise_for_status()"
+        )
+        script = "\n".join(
+            [
+                *exports,
+                f"{python} -c {shlex.quote(post)}",  # an SDK's call through the collector
+                f"{python} -m pipeline ingest --json --strict examples/events.jsonl",
+            ]
+        )
         out = subprocess.run(
             ["bash", "-ec", script],
             env=environment(None, process=True, credentials=False),
@@ -114,10 +128,13 @@ def test_the_lines_run_prints_are_all_another_shell_needs(tmp_path: Path) -> Non
         assert out.returncode == 0, out.stderr.decode()
         accepted = orjson.loads(out.stdout.splitlines()[-1])["accepted"]
         assert accepted > 0
-        assert wait_for(lambda: run.stored() >= accepted, 60), "".join(run.lines)
+        assert wait_for(lambda: run.stored() >= accepted + 1, 60), "".join(run.lines)
     finally:
         assert run.stop() == 0
-    assert DEMO_ACCOUNT[1] not in "".join(run.lines)  # the passcode is in a file, not on the terminal
+    key = (tmp_path / "data" / "write-key").read_text()
+    assert key.startswith("wk-") and oct((tmp_path / "data" / "write-key").stat().st_mode)[-3:] == "600"
+    # the passcode and the write key are in files, not on the terminal
+    assert DEMO_ACCOUNT[1] not in "".join(run.lines) and key not in "".join(run.lines)
 
 
 def test_what_was_in_flight_at_shutdown_is_sent_on_the_next_start(tmp_path: Path) -> None:

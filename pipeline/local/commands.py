@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shlex
 import signal
+import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -50,12 +52,26 @@ def demo(args: argparse.Namespace) -> int:
     arg("--workers", type=int, default=1, help="worker processes"),
     arg("--pool", default="threads", help="celery pool of each worker"),
     arg("--concurrency", type=int, default=16, help="threads (or processes) per worker"),
+    arg(
+        "--collect-port",
+        type=int,
+        default=0,
+        help="also run the collector (clevertap-pipeline collect) on this loopback port (0: not)",
+    ),
+    arg("--collect-workers", type=int, default=1, help="collector worker processes"),
 )
 def run(args: argparse.Namespace) -> int:
+    from pipeline.local.procs import wait_for
     from pipeline.local.runner import interrupts_as_keyboard_interrupt, start_stack
 
     data_dir = Path(args.data_dir).resolve()
     env = dict(os.environ)
+    if args.collect_port and not env.get("CLEVERTAP_WRITE_KEY"):
+        if not args.emulator and "CLEVERTAP_PIPELINE_CONFIG" not in env:
+            err("error: --collect-port needs a write key: set CLEVERTAP_WRITE_KEY (SDKs send it)")
+            return EXIT_FAILED
+        if args.emulator:  # a made-up one for the local emulator, kept in a file only this user reads
+            env["CLEVERTAP_WRITE_KEY"] = "wk-" + secrets.token_urlsafe(24)
     if not args.emulator:
         load_settings(env)  # fail fast, with every error, before starting anything
     with interrupts_as_keyboard_interrupt():
@@ -71,6 +87,20 @@ def run(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
             )
             load_settings(stack.env)
+            if args.collect_port:
+                stack.group.start(
+                    "collector",
+                    [sys.executable, "-m", "pipeline", "collect", "--port", str(args.collect_port),
+                     "--workers", str(args.collect_workers)],
+                    stack.env,
+                    data_dir / "collector.log",
+                )  # fmt: skip
+                health = f"http://127.0.0.1:{args.collect_port}/health"
+                if not wait_for(lambda: _answers(health), 30, 0.2, stack.group):
+                    raise RuntimeError(
+                        f"the collector did not answer {health} (see {data_dir / 'collector.log'})"
+                    )
+                print(f"collector: http://127.0.0.1:{args.collect_port}/v1/batch", flush=True)
             if stack.redis is not None:
                 print(
                     f"embedded Redis (AOF in {data_dir / 'redis'}): REDIS_URL={stack.redis_url}", flush=True
@@ -102,6 +132,15 @@ def run(args: argparse.Namespace) -> int:
             print("stopped", flush=True)
 
 
+def _answers(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def _next_steps(env: dict[str, str], data_dir: Path, own: dict[str, str]) -> str:
     """Ready-to-paste ``export`` lines for another shell. What ``run`` made up itself (the embedded Redis, the
     emulator and its demo account) is printed, except the demo passcode, which goes to a file only this user
@@ -115,14 +154,19 @@ def _next_steps(env: dict[str, str], data_dir: Path, own: dict[str, str]) -> str
     lines = ["to use it from another shell, paste:"]
     if made:
         lines.append("  export " + " ".join(f"{n}={shlex.quote(v)}" for n, v in made.items()))
-    if env.get("CLEVERTAP_PASSCODE") and "CLEVERTAP_PASSCODE" not in own:
-        passcode_file = data_dir / "passcode"
-        fd = os.open(passcode_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # also when the file was there before, with other permissions
-        with os.fdopen(fd, "w") as f:
-            f.write(env["CLEVERTAP_PASSCODE"])
-        lines.append(f'  export CLEVERTAP_PASSCODE="$(cat {shlex.quote(str(passcode_file))})"')
-    kept = sorted(n for n in own if n in ("REDIS_URL", "CLEVERTAP_PASSCODE", "CLEVERTAP_PIPELINE_CONFIG"))
+    for secret, file_name in (("CLEVERTAP_PASSCODE", "passcode"), ("CLEVERTAP_WRITE_KEY", "write-key")):
+        if env.get(secret) and secret not in own:
+            secret_file = data_dir / file_name
+            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # also when the file was there before, with other permissions
+            with os.fdopen(fd, "w") as f:
+                f.write(env[secret])
+            lines.append(f'  export {secret}="$(cat {shlex.quote(str(secret_file))})"')
+    kept = sorted(
+        n
+        for n in own
+        if n in ("REDIS_URL", "CLEVERTAP_PASSCODE", "CLEVERTAP_WRITE_KEY", "CLEVERTAP_PIPELINE_CONFIG")
+    )
     if kept:
         lines.append(f"  # and {', '.join(kept)} as you set them for this run")
     lines.append("  clevertap-pipeline ingest examples/events.jsonl && clevertap-pipeline status")
@@ -242,6 +286,21 @@ verb(
     arg("--runs", type=int, default=5, help="runs; the median is reported"),
     REDIS_URL_ARG,
 )(_bench("bench_ingest"))
+
+
+@verb(
+    "bench-collect",
+    "Measure one collector process (clevertap-pipeline collect): events/s accepted in Segment batches of "
+    "100, its CPU per event against the CLI ingest path's, and p50/p99 request latency at half that rate.",
+    arg("--seconds", type=float, default=5.0, help="seconds per phase"),
+    arg("--threads", type=int, default=4, help="client threads (keep-alive connections)"),
+    arg("--runs", type=int, default=3, help="runs; medians are reported"),
+    REDIS_URL_ARG,
+)
+def bench_collect(args: argparse.Namespace) -> int:
+    from pipeline.local.bench_collect import bench_collect as run
+
+    return run(args)
 
 
 @verb(
