@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint test demo bench-ingest bench-emulator bench-deliver bench-tenants soak clean all
+.PHONY: install lint test demo bench-ingest bench-emulator bench-deliver bench-tenants bench-collect soak clean all
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -38,6 +38,9 @@ bench-deliver: $(STAMP)
 	$(BIN)/clevertap-pipeline bench-deliver
 
 # Ten accounts on one gevent worker: fairness, bounded dispatch, the adaptive limit (a few minutes).
+bench-collect: $(STAMP)
+	$(BIN)/clevertap-pipeline bench-collect
+
 bench-tenants: $(STAMP)
 	$(BIN)/clevertap-pipeline bench-tenants --shared-backlog 1000000
 

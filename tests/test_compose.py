@@ -99,3 +99,16 @@ def test_monitoring_profile_runs_the_exporter_prometheus_and_grafana_from_deploy
     )
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert "GRAFANA_ADMIN_PASSWORD=" in (ROOT / ".env.example").read_text()
+
+
+def test_the_collector_service_takes_its_write_key_from_env_and_is_loopback_on_the_host(
+    compose: dict[str, Any],
+) -> None:
+    collector = compose["services"]["collector"]
+    assert collector["profiles"] == ["collector"] and collector["env_file"] == ".env"
+    assert (
+        collector["command"][:2] == ["clevertap-pipeline", "collect"] and "--workers" in collector["command"]
+    )
+    assert all(p.startswith("127.0.0.1:") for p in collector["ports"])
+    assert "/health" in " ".join(collector["healthcheck"]["test"])
+    assert "CLEVERTAP_WRITE_KEY=" in (ROOT / ".env.example").read_text()
