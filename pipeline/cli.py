@@ -760,7 +760,7 @@ def metrics(args: argparse.Namespace) -> int:
 def collect(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pipeline.collect_app import log_config
+    from pipeline.collect_app import MAX_CONNECTIONS, log_config
 
     if not 1 <= args.port <= 65535:
         raise InputError(f"--port must be 1-65535, got {args.port}")
@@ -792,5 +792,6 @@ def collect(args: argparse.Namespace) -> int:
         log_config=log_config(settings.log_format),
         timeout_keep_alive=30,
         timeout_graceful_shutdown=20,
+        limit_concurrency=MAX_CONNECTIONS,  # memory stays bounded: at most this many bodies of 500 KB
     )
     return EXIT_OK

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import logging
+import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import redis
 
 from pipeline.config import Settings
 from pipeline.errors import QueueFull, where
-from pipeline.ingest import CHUNK, TRANSIENT_REDIS_ERRORS, Ingestor, chunked
+from pipeline.ingest import TRANSIENT_REDIS_ERRORS, Ingestor
 from pipeline.store import Store
 
 log = logging.getLogger("pipeline.collector")
@@ -67,18 +70,22 @@ def limit_for(path: str) -> int:
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
-    """The gzip body's content, refusing (ValueError) more than ``limit`` bytes of it: a small compressed
-    body cannot unfold into gigabytes."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ValueError(f"Content-Encoding is gzip but the body is not: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise OverflowError
-    if not inflater.eof:
-        raise ValueError("the gzip body is cut short")
-    return out
+    """The gzip body's content (every member of it), refusing (OverflowError) more than ``limit`` bytes: a
+    small compressed body cannot unfold into gigabytes."""
+    out = bytearray()
+    rest = body
+    while rest:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise ValueError(f"Content-Encoding is gzip but the body is not: {exc}") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise OverflowError
+        if not inflater.eof:
+            raise ValueError("the gzip body is cut short")
+        rest = inflater.unused_data  # a body may hold several gzip members, one after another
+    return bytes(out)
 
 
 class Collector:
@@ -86,27 +93,40 @@ class Collector:
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.store = store
-        self.by_key: dict[bytes, str] = {}
+        # Keys by their SHA-256 digest: compared in constant time whatever their length, and not kept as
+        # they are.
+        self.by_digest: dict[bytes, str] = {}
         self.ingestors: dict[str, Ingestor] = {}
         for name, config in settings.integrations.items():
             if config.write_key is not None:
-                self.by_key[config.write_key.reveal().encode()] = name
+                self.by_digest[_digest(config.write_key.reveal())] = name
                 self.ingestors[name] = Ingestor(store, config)
+        # After Redis failed to answer, refuse at once for a while instead of making every request wait
+        # out the same timeout (requests queue behind one another in a worker process).
+        self.unavailable_until = 0.0
 
     def integration_for(self, key: str | None) -> str | None:
         """The integration whose write key ``key`` is; compared in constant time against every key."""
         if not key:
             return None
-        given = key.encode("utf-8", "replace")
+        given = _digest(key)
         found = None
-        for known, name in self.by_key.items():
+        for known, name in self.by_digest.items():
             if hmac.compare_digest(given, known):
                 found = name
         return found
 
+    def refuses_header(self, headers: Mapping[str, str]) -> Answer | None:
+        """A 401 for a request whose HTTP Basic key is wrong, before its body is read; None otherwise (no
+        such header: the key may be in the body)."""
+        key = _basic_user(headers.get("authorization", ""))
+        if key is not None and self.integration_for(key) is None:
+            return UNAUTHORIZED
+        return None
+
     def handle(self, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
-        """Answer one request. ``headers`` by lower-case name; ``body`` as read (at most ``limit_for(path)``
-        bytes plus one: the server cuts it there)."""
+        """Answer one request. ``headers`` by lower-case name; ``body`` as read (the server stops reading
+        past ``limit_for(path)``)."""
         call = path.removeprefix("/v1/")
         if path not in ("/v1/batch", "/v1/import") and call not in CALLS:
             return _error(404, "not_found", f"no such endpoint: {path[:100]}")
@@ -115,6 +135,9 @@ class Collector:
         too_big = _error(400, "too_large", f"{what} may be at most {limit // 1024} KB")
         if len(body) > limit:
             return too_big
+        header_key = _basic_user(headers.get("authorization", ""))
+        if header_key is not None and self.integration_for(header_key) is None:
+            return UNAUTHORIZED  # before any work on the body
         encoding = headers.get("content-encoding", "").strip().lower()
         if encoding == "gzip":
             try:
@@ -124,61 +147,76 @@ class Collector:
             except ValueError as exc:
                 return _error(400, "bad_encoding", str(exc))
         elif encoding not in ("", "identity"):
-            return _error(
-                400, "bad_encoding", f"Content-Encoding {encoding[:40]!r} is not supported (gzip is)"
-            )
+            message = f"Content-Encoding {encoding[:40]!r} is not supported (gzip is)"
+            return _error(400, "bad_encoding", message)
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             return _error(400, "bad_json", f"the body is not JSON: {exc}")
         if not isinstance(payload, dict):
             return _error(400, "bad_json", f"the body must be a JSON object, got {type(payload).__name__}")
-        key = _basic_user(headers.get("authorization", "")) or _text(payload.get("writeKey"))
-        integration = self.integration_for(key)
+        integration = self.integration_for(header_key or _text(payload.get("writeKey")))
         if integration is None:
-            return _error(
-                401, "unauthorized", "a valid write key is required (HTTP Basic user name or writeKey)"
-            )
+            return UNAUTHORIZED
         if limit == MAX_BATCH_BYTES:
             events = payload.get("batch")
             if not isinstance(events, list):
                 return _error(400, "bad_batch", "batch: required, a list of calls")
-            context = payload.get("context")
-            context = context if isinstance(context, dict) and context else None
-            # The batch's context applies to each call under it; a write key never reaches a dead letter.
-            events = [_prepared(e, context) for e in events]
+            for n, item in enumerate(
+                events
+            ):  # not calls at all: refused whole, not dead letters by the 1,000
+                if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+                    return _error(400, "bad_batch", f"batch[{n}]: must be a call, an object with a type")
+            shared = {k: payload[k] for k in ("context", "integrations") if isinstance(payload.get(k), dict)}
+            # The batch's context and integrations apply to each call under it (the call's own keys win);
+            # a write key never reaches a dead letter.
+            events = [_prepared(e, shared) for e in events]
         else:
-            payload.pop("writeKey", None)
-            events = [{**payload, "type": payload.get("type") or call}]
+            events = [_prepared({**payload, "type": call}, {})]  # the path says what call it is
         return self._queue(integration, events)
 
     def _queue(self, integration: str, events: list[Any]) -> Answer:
-        ingestor = self.ingestors[integration]
-        for chunk in chunked(enumerate(events), CHUNK):
-            try:
-                ingestor.ingest_chunk(chunk)
-            except QueueFull:
-                # Chunks before this one are queued; the SDK sends the whole batch again, and their
-                # messageIds make the repeats duplicates (counted, not sent twice).
-                return _error(
-                    503, "queue_full", f"integration {integration!r} is over its high-water mark; try again",
-                    **{"Retry-After": str(RETRY_AFTER_FULL_S)},
-                )  # fmt: skip
-            except TRANSIENT_REDIS_ERRORS as exc:
-                log.warning("integration %s: Redis unreachable, answered 503: %s", integration, where(exc))
-                return _error(
-                    503, "unavailable", "the queue is unreachable; try again",
-                    **{"Retry-After": str(RETRY_AFTER_REDIS_S)},
-                )  # fmt: skip
+        """Queue every event of the request in one atomic enqueue (a request is 500 KB at most): a request
+        is queued whole or not at all, so the SDK's resend after a 503 never queues anything twice, with a
+        messageId or without."""
+        if time.monotonic() < self.unavailable_until:
+            return UNAVAILABLE
+        try:
+            self.ingestors[integration].ingest_chunk(list(enumerate(events)))
+        except QueueFull:
+            return _error(
+                503, "queue_full", f"integration {integration!r} is over its high-water mark; try again",
+                **{"Retry-After": str(RETRY_AFTER_FULL_S)},
+            )  # fmt: skip
+        except redis.RedisError as exc:  # unreachable, timed out, read-only after a failover, out of memory
+            if isinstance(exc, TRANSIENT_REDIS_ERRORS):
+                self.unavailable_until = time.monotonic() + 1.0
+            log.warning("integration %s: Redis failed, answered 503: %s: %s", integration, where(exc), exc)
+            return UNAVAILABLE
+        except Exception as exc:  # a bug: the SDK keeps the events and tries again, and the log says why
+            log.error("integration %s: could not queue a request, answered 503: %s", integration, where(exc))
+            return UNAVAILABLE
         return OK
 
     def healthy(self) -> bool:
+        """Redis takes a write (a ping alone passes on a read-only or full Redis)."""
         try:
-            return bool(self.store.r.ping())
-        except TRANSIENT_REDIS_ERRORS:
+            self.store.r.set(f"{self.store.prefix}:collector:health", "1", px=10_000)
+        except Exception:
             return False
-        except Exception:  # any Redis error: not healthy
-            return False
+        return True
+
+
+UNAUTHORIZED = _error(
+    401, "unauthorized", "a valid write key is required (the HTTP Basic user name, or writeKey in the body)"
+)
+UNAVAILABLE = _error(
+    503, "unavailable", "the queue is unavailable; try again", **{"Retry-After": str(RETRY_AFTER_REDIS_S)}
+)
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "replace")).digest()
 
 
 def _basic_user(header: str) -> str | None:
@@ -197,15 +235,13 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _prepared(event: Any, context: dict[str, Any] | None) -> Any:
-    if not isinstance(event, dict):
-        return event  # a bad call: ingest makes it a dead letter with its reason
+def _prepared(event: dict[str, Any], shared: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if "writeKey" in event:
         event = {k: v for k, v in event.items() if k != "writeKey"}
-    if context is not None:
-        own = event.get("context")
+    for key, value in shared.items():
+        own = event.get(key)
         if own is None:
-            event = {**event, "context": context}
+            event = {**event, key: value}
         elif isinstance(own, dict):
-            event = {**event, "context": {**context, **own}}
+            event = {**event, key: {**value, **own}}
     return event

@@ -160,6 +160,9 @@ class Mapper:
     def map(self, event: Event, known_email: str | None, now: int) -> MapResult:
         if event.type in NOT_FOR_CLEVERTAP:
             return MapResult(FILTERED, reasons=[f"{event.type}: {NOT_SENT}"])
+        integrations = event.raw.get("integrations")
+        if isinstance(integrations, dict) and integrations and _turned_off(integrations):
+            return MapResult(FILTERED, reasons=["integrations: CleverTap is turned off for this call"])
         if self.required_consent:
             granted = event.consent
             if granted is None or not self.required_consent <= granted:
@@ -384,6 +387,15 @@ class Mapper:
                     reasons.append(f"{path}[{n}].{key}: {problem}")
             items.append(fixed)
         return items
+
+
+def _turned_off(integrations: dict[str, Any]) -> bool:
+    """Segment's ``integrations`` object: ``{"CleverTap": false}``, or ``{"All": false}`` without
+    ``"CleverTap": true`` (or its options object), keeps the call from this destination."""
+    for name, value in integrations.items():
+        if name.replace(" ", "").lower() == "clevertap":
+            return value is False
+    return integrations.get("All") is False
 
 
 def _short(key: str) -> str:

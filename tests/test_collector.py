@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import time
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,77 @@ def test_the_http_app_limits_what_it_reads_and_sets_security_headers(redis_url: 
         assert client.get("/health").json() == {"ok": True}
         assert client.get("/v1/batch").status_code == 405
     assert len(pending(store)) == 1
+
+
+def test_a_request_is_queued_whole_or_not_at_all_so_a_resend_never_doubles(
+    redis_url: str, store: Store
+) -> None:
+    # 1,500 calls without messageIds (no de-duplication to lean on), past the high-water mark midway.
+    full = Collector(settings_for(redis_url, CLEVERTAP_MAX_PENDING="600"), store)
+    calls = [{"type": "track", "event": "X", "userId": f"u{n}"} for n in range(1500)] + [{"type": "nope"}]
+    assert post(full, "/v1/batch", {"batch": calls[:700]}).status == 200
+    refused = post(full, "/v1/batch", {"batch": calls})
+    assert refused.status == 503 and len(pending(store)) == 700 and len(dead_letters(store)) == 0
+    store.r.delete(store.key("default", "pending"))  # delivery catches up
+    assert post(full, "/v1/batch", {"batch": calls}).status == 200  # the SDK's resend
+    assert len(pending(store)) == 1500 and len(dead_letters(store)) == 1
+
+
+def test_any_redis_failure_is_503_never_500_and_health_needs_a_write(redis_url: str, store: Store) -> None:
+    collector = Collector(settings_for(redis_url), store)
+    store.r.config_set("maxmemory", "1")  # out of memory: Redis refuses writes (noeviction)
+    try:
+        answer = post(collector, "/v1/batch", {"batch": [track(1)]})
+        assert answer.status == 503 and answer.headers["Retry-After"] == "5" and not collector.healthy()
+    finally:
+        store.r.config_set("maxmemory", "0")
+    assert collector.healthy() and post(collector, "/v1/batch", {"batch": [track(2)]}).status == 200
+
+
+def test_after_redis_fails_to_answer_requests_are_refused_at_once_for_a_second() -> None:
+    down = Collector(settings_for("redis://127.0.0.1:1/0"), Store.from_url("redis://127.0.0.1:1/0"))
+    assert post(down, "/v1/batch", {"batch": [track(1)]}).status == 503
+    started = time.monotonic()
+    assert post(down, "/v1/batch", {"batch": [track(2)]}).status == 503
+    assert down.unavailable_until > started  # refused without trying Redis again
+
+
+def test_the_path_decides_the_call_type_and_integrations_can_turn_clevertap_off(
+    collector: Collector, store: Store
+) -> None:
+    assert post(collector, "/v1/track", {**track(1), "type": "identify", "event": "E"}).status == 200
+    (record,) = pending(store)
+    assert record["type"] == "event" and record["evtName"] == "E"
+    batch = {
+        "batch": [
+            track(2, integrations={"CleverTap": True}),
+            track(3),
+            track(4, integrations={"Clever Tap": False}),
+        ],
+        "integrations": {"All": False},
+    }
+    assert post(collector, "/v1/batch", batch).status == 200
+    assert [r["objectId"] for r in pending(store)] == ["u1", "u2"]  # u3: All off; u4: CleverTap off
+    assert store.stats("default")["filtered"] == 2
+
+
+def test_calls_that_are_not_objects_refuse_the_batch_rather_than_flood_the_dead_letters(
+    collector: Collector, store: Store
+) -> None:
+    answer = post(collector, "/v1/batch", {"batch": [track(1), 0, 0]})
+    assert answer.status == 400 and answer.body["message"].startswith("batch[1]: must be a call")
+    assert pending(store) == [] and dead_letters(store) == []
+
+
+def test_every_gzip_member_is_read(collector: Collector, store: Store) -> None:
+    body = orjson.dumps({"batch": [track(1), track(2)]})
+    two_members = gzip.compress(body[:20]) + gzip.compress(body[20:])
+    assert post(collector, "/v1/batch", two_members, {**basic(KEY), "content-encoding": "gzip"}).status == 200
+    assert len(pending(store)) == 2
+
+
+def test_a_wrong_key_in_the_header_is_refused_before_the_body_is_read(redis_url: str, store: Store) -> None:
+    app = create_app(settings_for(redis_url), store)
+    with TestClient(app) as client:
+        answer = client.post("/v1/batch", content=b"{not even json", auth=("wrong-0123456789abcdef", ""))
+        assert answer.status_code == 401 and answer.json()["code"] == "unauthorized"

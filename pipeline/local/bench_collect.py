@@ -157,8 +157,8 @@ def _cli_ingest_cpu_per_event(store: Store, bodies: list[bytes], settings_env: d
 
 def bench_collect(args: argparse.Namespace) -> int:
     with redis_for_bench(args.redis_url) as url:
-        env = {
-            **os.environ,
+        env = {  # this machine's environment, less any pipeline settings a developer has set
+            **{k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_") and k != "REDIS_URL"},
             "REDIS_URL": url,
             "CLEVERTAP_ACCOUNT_ID": "BENCH-ACCOUNT",
             "CLEVERTAP_PASSCODE": "bench-passcode",

@@ -244,7 +244,9 @@ def emulator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-REDIS_URL_ARG = arg("--redis-url", default=None, help="use this Redis instead of starting one")
+REDIS_URL_ARG = arg(
+    "--redis-url", default=None, help="use this Redis instead of starting one (its database is flushed!)"
+)
 
 
 def _bench(name: str) -> Handler:
