@@ -24,8 +24,9 @@ from typing import IO, Any
 import orjson
 import redis
 
-from pipeline.config import Settings, load_settings
+from pipeline.config import Settings
 from pipeline.errors import ConfigError, InputError, QueueFull, UnknownIntegration
+from pipeline.saved import load_all as load_settings
 from pipeline.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -793,5 +794,62 @@ def collect(args: argparse.Namespace) -> int:
         timeout_keep_alive=30,
         timeout_graceful_shutdown=20,
         limit_concurrency=MAX_CONNECTIONS,  # memory stays bounded: at most this many bodies of 500 KB
+    )
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------- console
+
+
+@verb(
+    "console",
+    "The management console: integrations (add, edit), field mappings with a preview, the event debugger "
+    "and the dead letters, in a browser. Needs CLEVERTAP_CONSOLE_PASSWORD (the login) and "
+    "CLEVERTAP_CONSOLE_KEY (a Fernet key: it encrypts the passcodes saved in Redis; workers need it too). "
+    "Loopback only unless --host says otherwise.",
+    arg("--host", default="127.0.0.1", help="address to listen on"),
+    arg("--port", type=int, default=8089, help="port"),
+    arg("--https-only", action="store_true", help="session cookies only over HTTPS (behind TLS)"),
+)
+def console(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pipeline.collect_app import log_config
+    from pipeline.config import ENV_CONSOLE_KEY, ENV_CONSOLE_PASSWORD
+    from pipeline.config import load_settings as load_base
+    from pipeline.console import create_console, session_secret
+    from pipeline.saved import LiveSettings, fernet_from
+
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port must be 1-65535, got {args.port}")
+    password = os.environ.get(ENV_CONSOLE_PASSWORD, "")
+    if len(password) < 12:
+        where = "" if args.host in ("127.0.0.1", "localhost", "::1") else f" (and it listens on {args.host})"
+        raise InputError(
+            f"set {ENV_CONSOLE_PASSWORD} to the console's password, 12 characters or more{where}: the "
+            "console takes actions (saves integrations, replays and purges dead letters)"
+        )
+    if fernet_from() is None:
+        raise InputError(
+            f"set {ENV_CONSOLE_KEY} to a Fernet key (python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'): it encrypts the passcodes the console saves, and "
+            "every worker needs the same key to send for those integrations"
+        )
+    live = LiveSettings(load_base)
+    app = create_console(
+        password, session_secret(password, os.environ[ENV_CONSOLE_KEY]), live, https_only=args.https_only
+    )
+    print(f"console on http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        http="httptools",
+        loop="uvloop",
+        access_log=False,
+        server_header=False,
+        log_config=log_config(live.base.log_format),
+        limit_concurrency=100,
+        timeout_keep_alive=30,
     )
     return EXIT_OK

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from pipeline.collector import Answer, Collector, _error, limit_for
 from pipeline.config import Settings, load_settings
+from pipeline.saved import LiveSettings
 from pipeline.store import Store
 
 #: Seconds a request's body may take to arrive.
@@ -45,19 +46,33 @@ def _respond(answer: Answer) -> Response:
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Starlette:
     """The collector app for ``settings`` (default: the environment and the TOML file)."""
-    settings = settings or load_settings()
-    if store is None:
+    live = None
+    if settings is None:
+        base = load_settings()
         # Bounded waits: a Redis that hangs must become a 503 the SDK retries, not a request held for ever.
         client = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
+            base.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )
-        store = Store(client, settings.key_prefix)
-    collector = Collector(settings, store)
+        store = Store(client, base.key_prefix)
+        live = LiveSettings(lambda: base, store)  # integrations saved in the console, within 5 s
+        settings = live.current()
+    if store is None:
+        store = Store.shared(settings.redis_url, settings.key_prefix)
+    state = {"settings": settings, "collector": Collector(settings, store)}
+
+    def current() -> Collector:
+        if live is not None:
+            now = live.current()
+            if now is not state["settings"]:
+                state["settings"], state["collector"] = now, Collector(now, store)
+        collector: Collector = state["collector"]  # type: ignore[assignment]
+        return collector
 
     async def calls(request: Request) -> Response:
         path = request.url.path
         limit = limit_for(path)
         headers = {k.lower(): v for k, v in request.headers.items()}
+        collector = current()
         refused = collector.refuses_header(headers)  # a wrong key in the header: no body is read
         if refused is not None:
             return _respond(refused)
@@ -83,7 +98,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         return _respond(answer)
 
     async def health(_: Request) -> Response:
-        ok = collector.healthy()
+        ok = current().healthy()
         return _respond(Answer(200, {"ok": True}) if ok else Answer(503, {"ok": False}))
 
     app = Starlette(
@@ -92,7 +107,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             Route("/health", health, methods=["GET"]),
         ]
     )
-    app.state.collector = collector
     return app
 
 

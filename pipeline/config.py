@@ -30,6 +30,11 @@ from pipeline import constants as C
 from pipeline.errors import ConfigError, UnknownIntegration
 
 ENV_CONFIG_FILE = "CLEVERTAP_PIPELINE_CONFIG"
+#: The key that encrypts the passcodes of integrations saved in the console (Fernet); every process that
+#: serves them (workers, the collector, the CLI) needs it. Without it, console integrations are not loaded.
+ENV_CONSOLE_KEY = "CLEVERTAP_CONSOLE_KEY"
+#: The console's login password.
+ENV_CONSOLE_PASSWORD = "CLEVERTAP_CONSOLE_PASSWORD"  # noqa: S105 - the variable's name, not a password
 ENV_PREFIX = "CLEVERTAP_"
 
 
@@ -299,6 +304,10 @@ class IntegrationConfig:
         convert=lambda fields_: {target: tuple(sources) for target, sources in fields_.items()},
     )
 
+    #: where it was defined: "config" (the environment or the TOML file: read-only in the console) or
+    #: "console" (saved in Redis by the console, editable there)
+    origin: str = field(default="config", compare=False)
+
     @property
     def upload_url(self) -> str:
         if self.api_url:
@@ -429,8 +438,7 @@ class SettingsSchema(_schema_from(Settings, "SettingsFields")):  # type: ignore[
     integrations = fields.Dict(
         keys=fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$")),
         values=fields.Nested(IntegrationSchema),
-        required=True,
-        validate=validate.Length(min=1, error="define at least one integration"),
+        load_default=dict,  # none is an error unless the console provides them (checked in load_settings)
     )
 
     @validates_schema
@@ -463,7 +471,15 @@ _INTEGRATION_ENV = {_key(f): var for f in _settings_of(IntegrationConfig) if (va
 _FROM_ENV = {
     _key(f): f.metadata["from_env"] for f in _settings_of(IntegrationConfig) if f.metadata["from_env"]
 }
-_KNOWN_ENV = set(_GLOBAL_ENV.values()) | set(_INTEGRATION_ENV.values()) | {ENV_CONFIG_FILE}
+_KNOWN_ENV = (
+    set(_GLOBAL_ENV.values())
+    | set(_INTEGRATION_ENV.values())
+    | {
+        ENV_CONFIG_FILE,
+        ENV_CONSOLE_KEY,
+        ENV_CONSOLE_PASSWORD,
+    }
+)
 
 
 def _flatten(messages: Any, path: str = "") -> list[tuple[str, str]]:
@@ -522,6 +538,15 @@ def _env_path(path: str) -> str:
     return path
 
 
+def build_integration(name: str, data: Mapping[str, Any], origin: str = "config") -> IntegrationConfig:
+    """An integration from data IntegrationSchema validated (its passcode resolved)."""
+    return IntegrationConfig(
+        name=name,
+        origin=origin,
+        **{f.name: f.metadata["convert"](data[f.name]) for f in _settings_of(IntegrationConfig)},
+    )
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from the environment and, if named, the TOML file. Raises :class:`ConfigError`."""
     env = os.environ if environ is None else environ
@@ -563,6 +588,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ValidationError as exc:
         errors.extend((path_of(p), m) for p, m in _flatten(exc.messages))
         raise ConfigError(errors) from None
+    if not data["integrations"] and not env.get(ENV_CONSOLE_KEY):
+        errors.append((path_of("integrations"), "define at least one integration"))
     integrations: dict[str, IntegrationConfig] = {}
     for name, spec in data["integrations"].items():
         if spec.get("passcode_env") is not None:
@@ -592,10 +619,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                     (f"integrations.{name}.write_key_env", f"{spec['write_key_env']}: {exc.messages[0]}")
                 )
                 continue
-        integrations[name] = IntegrationConfig(
-            name=name,
-            **{f.name: f.metadata["convert"](spec[f.name]) for f in _settings_of(IntegrationConfig)},
-        )
+        integrations[name] = build_integration(name, spec)
     # A write key chooses the integration: two integrations cannot share one.
     keys: dict[str, str] = {}
     for name, config in sorted(integrations.items()):

@@ -9,6 +9,7 @@ from typing import Any
 from pipeline.config import Settings, load_settings
 from pipeline.delivery import Deliverer, Dispatch
 from pipeline.ingest import IngestMessage, Ingestor, IngestResult
+from pipeline.saved import LiveSettings
 from pipeline.store import Store
 
 _state: dict[tuple[str, int], Any] = {}
@@ -21,9 +22,15 @@ def _per_process(name: str, make: Any) -> Any:
     return _state[key]
 
 
-def settings() -> Settings:
-    value: Settings = _per_process("settings", load_settings)
+def _live() -> LiveSettings:
+    value: LiveSettings = _per_process("live", lambda: LiveSettings(load_settings))
     return value
+
+
+def settings() -> Settings:
+    """This process's settings: the environment and the file, with the console's integrations (looked for
+    every couple of seconds)."""
+    return _live().current()
 
 
 def store() -> Store:
@@ -33,18 +40,23 @@ def store() -> Store:
 
 def ingest(events: list[Any], integration: str = "default", message_id: str | None = None) -> IngestResult:
     """Ingest with this process's ingestor; with ``message_id``, as a message that may come again."""
+    current = settings()
     ingestors: dict[str, Ingestor] = _per_process("ingestors", dict)
     ingestor = ingestors.get(integration)
-    if ingestor is None:
-        ingestor = ingestors[integration] = Ingestor(store(), settings().integration(integration))
+    if ingestor is None or ingestor.config is not current.integrations.get(integration):
+        ingestor = ingestors[integration] = Ingestor(store(), current.integration(integration))
     if message_id:
         return ingestor.ingest_message(IngestMessage(message_id, events))
     return ingestor.ingest(events)
 
 
 def deliverer(dispatch: Dispatch) -> Deliverer:
-    """This process's deliverer: one HTTP session and one Redis pool, shared by its threads."""
-    value: Deliverer = _per_process("deliverer", lambda: Deliverer(settings(), store(), dispatch))
+    """This process's deliverer: one HTTP session and one Redis pool, shared by its threads; it takes up
+    settings the console changed (a new integration is assembled and sent from then on)."""
+    current = settings()
+    value: Deliverer = _per_process("deliverer", lambda: Deliverer(current, store(), dispatch))
+    if value.settings is not current:
+        value.settings = current
     return value
 
 

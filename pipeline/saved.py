@@ -1,0 +1,218 @@
+"""Integrations saved in the console: kept in Redis, their passcodes encrypted, served live.
+
+An integration added or edited in the console is one field of ``P:console:integrations`` (name -> JSON of its
+settings, the passcode as a Fernet token under ``passcode_enc``), and every save bumps
+``P:console:version``. Each process that serves integrations (workers, beat, the collector, the CLI) reads
+them on top of its environment and TOML file when ``CLEVERTAP_CONSOLE_KEY`` (the Fernet key) is set, and
+checks the version every couple of seconds (:class:`LiveSettings`), so a change reaches every process within
+5 seconds without a restart. The same marshmallow schema as the file configuration validates them; an
+integration from the environment or the file keeps its name: the console cannot shadow or edit it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import orjson
+import redis
+from cryptography.fernet import Fernet, InvalidToken
+from marshmallow import ValidationError
+
+from pipeline.config import (
+    ENV_CONSOLE_KEY,
+    IntegrationConfig,
+    IntegrationSchema,
+    Settings,
+    _flatten,
+    build_integration,
+    load_settings,
+)
+from pipeline.errors import ConfigError
+from pipeline.store import Store
+
+log = logging.getLogger("pipeline.saved")
+
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: How often a process looks for console changes (the issue's bound is 5 s).
+CHECK_EVERY_S = 2.0
+
+
+def fernet_from(environ: Mapping[str, str] | None = None) -> Fernet | None:
+    """The console key's Fernet, or None when ``CLEVERTAP_CONSOLE_KEY`` is not set; ConfigError if it is
+    not a Fernet key."""
+    env = os.environ if environ is None else environ
+    text = env.get(ENV_CONSOLE_KEY, "")
+    if not text:
+        return None
+    try:
+        return Fernet(text.encode())
+    except (ValueError, TypeError):
+        raise ConfigError(
+            [(ENV_CONSOLE_KEY, "must be a Fernet key: 32 url-safe base64-encoded bytes (see README)")]
+        ) from None
+
+
+class SavedIntegrations:
+    """The console's integrations in one Redis."""
+
+    def __init__(self, store: Store, fernet: Fernet | None) -> None:
+        self.store = store
+        self.fernet = fernet
+        self.key = f"{store.prefix}:console:integrations"
+        self.version_key = f"{store.prefix}:console:version"
+
+    def version(self) -> int:
+        return int(self.store.r.get(self.version_key) or 0)
+
+    def specs(self) -> dict[str, dict[str, Any]]:
+        """Every saved integration's settings as stored (the passcode as its token)."""
+        raw = cast(dict[bytes, bytes], self.store.r.hgetall(self.key))
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    def spec(self, name: str) -> dict[str, Any] | None:
+        raw = cast(bytes | None, self.store.r.hget(self.key, name))
+        return orjson.loads(raw) if raw else None
+
+    def configs(self) -> dict[str, IntegrationConfig]:
+        """Every saved integration that validates and decrypts; the others are logged and left out (a
+        process without the key serves none: it could not send them)."""
+        if self.fernet is None:
+            return {}
+        out: dict[str, IntegrationConfig] = {}
+        for name, spec in self.specs().items():
+            try:
+                out[name] = self._build(name, spec)
+            except (ValidationError, InvalidToken, KeyError, TypeError) as exc:
+                log.error("console integration %s is not served: %s", name, type(exc).__name__)
+        return out
+
+    def _build(self, name: str, spec: dict[str, Any]) -> IntegrationConfig:
+        assert self.fernet is not None
+        data = {k: v for k, v in spec.items() if k != "passcode_enc"}
+        data["passcode"] = self.fernet.decrypt(spec["passcode_enc"].encode()).decode()
+        return build_integration(name, IntegrationSchema().load(data), origin="console")
+
+    def check(
+        self, name: str, spec: dict[str, Any], passcode: str | None, settings: Settings, new: bool
+    ) -> dict[str, str]:
+        """Errors by field ({} when it would save): the file configuration's schema, the name, and the
+        rules across integrations. ``passcode`` None keeps the saved one (an edit)."""
+        errors: dict[str, str] = {}
+        if not NAME.match(name):
+            errors["name"] = "must be 1-64 letters, digits, '-' or '_'"
+        elif name in settings.integrations and settings.integrations[name].origin != "console":
+            errors["name"] = "is an integration from the environment or the config file: pick another name"
+        elif new and (name in settings.integrations or self.spec(name) is not None):
+            errors["name"] = "is taken"
+        data = dict(spec)
+        if passcode:
+            data["passcode"] = passcode
+        elif not new and self.spec(name) is not None:
+            data["passcode"] = "unchanged-passcode"  # validated when first saved
+        else:
+            errors["passcode"] = "required"
+            data["passcode"] = "placeholder"
+        try:
+            IntegrationSchema().load(data)
+        except ValidationError as exc:
+            for path, message in _flatten(exc.messages):
+                errors.setdefault(path, message)
+        for other in settings.integrations.values():
+            if (
+                other.name != name
+                and other.account_id == spec.get("account_id")
+                and spec.get("max_concurrency") is not None
+                and other.max_concurrency != spec.get("max_concurrency")
+            ):
+                errors.setdefault(
+                    "max_concurrency",
+                    f"must equal integration {other.name}'s ({other.max_concurrency}): both send as account "
+                    f"{other.account_id}, which has one in-flight limit",
+                )
+        return errors
+
+    def save(self, name: str, spec: dict[str, Any], passcode: str | None) -> None:
+        """Store ``spec`` (checked) with the passcode encrypted (None: keep the saved one), and tell every
+        process."""
+        if self.fernet is None:
+            raise ConfigError([(ENV_CONSOLE_KEY, "required to save integrations (it encrypts passcodes)")])
+        stored = {k: v for k, v in spec.items() if k not in ("passcode", "passcode_env")}
+        if passcode:
+            stored["passcode_enc"] = self.fernet.encrypt(passcode.encode()).decode()
+        else:
+            old = self.spec(name)
+            if old is None:
+                raise ValueError(f"no saved integration {name!r} to keep a passcode from")
+            stored["passcode_enc"] = old["passcode_enc"]
+        pipe = self.store.r.pipeline(transaction=True)
+        pipe.hset(self.key, name, orjson.dumps(stored))
+        pipe.incr(self.version_key)
+        pipe.execute()
+
+    def delete(self, name: str) -> bool:
+        pipe = self.store.r.pipeline(transaction=True)
+        pipe.hdel(self.key, name)
+        pipe.incr(self.version_key)
+        return bool(pipe.execute()[0])
+
+
+def merged(base: Settings, saved: SavedIntegrations) -> Settings:
+    """``base`` (the environment and the file) with the console's integrations added; a console one never
+    replaces one of ``base``'s."""
+    extra = {n: c for n, c in saved.configs().items() if n not in base.integrations}
+    if not extra:
+        return base
+    return dataclasses.replace(base, integrations={**base.integrations, **extra})
+
+
+class LiveSettings:
+    """This process's settings, with the console's integrations, refreshed when the console saves (looked
+    for every CHECK_EVERY_S seconds, one GET). Thread-safe."""
+
+    def __init__(self, load: Callable[[], Settings] = load_settings, store: Store | None = None) -> None:
+        self.base = load()
+        self.fernet = fernet_from()
+        self.store = store or Store.shared(self.base.redis_url, self.base.key_prefix)
+        self.saved = SavedIntegrations(self.store, self.fernet)
+        self._lock = threading.Lock()
+        self._settings = self.base
+        self._version: int | None = None
+        self._checked = 0.0
+
+    def current(self) -> Settings:
+        if self.fernet is None:
+            return self.base  # no key: this process serves no console integration
+        now = time.monotonic()
+        if now - self._checked < CHECK_EVERY_S:
+            return self._settings
+        with self._lock:
+            if now - self._checked >= CHECK_EVERY_S:
+                self._checked = now
+                try:
+                    version = self.saved.version()
+                    if version != self._version:
+                        self._settings = merged(self.base, self.saved)
+                        self._version = version
+                except redis.RedisError as exc:  # keep what we have; the next look tries again
+                    log.warning("console integrations not refreshed: %s", type(exc).__name__)
+        return self._settings
+
+
+def load_all(environ: Mapping[str, str] | None = None) -> Settings:
+    """The environment's and the file's settings, with the console's integrations when
+    ``CLEVERTAP_CONSOLE_KEY`` is set (for the CLI: read once). Redis unreachable: the base alone."""
+    base = load_settings(environ)
+    fernet = fernet_from(environ)
+    if fernet is None:
+        return base
+    try:
+        return merged(base, SavedIntegrations(Store.shared(base.redis_url, base.key_prefix), fernet))
+    except redis.RedisError:
+        return base
