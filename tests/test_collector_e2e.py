@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,7 +148,14 @@ def test_segment_and_rudderstack_sdks_deliver_every_event_exactly_as_mapped(stac
     # collector answers 503 with Retry-After, and the SDK's own retries deliver everything once it is back.
     rudder = RudderClient(WRITE_KEY, host=url, on_error=lambda e, batch: errors.append(e), upload_size=100)
     assert started.redis is not None
-    outage = threading.Thread(target=started.redis.restart, kwargs={"down_s": 3.0})
+    redis_server = started.redis
+    redis_server.kill()  # down before the SDK sends (appendfsync always: nothing acknowledged is lost)
+
+    def back_in_3_s() -> None:
+        time.sleep(3)
+        redis_server.start()
+
+    outage = threading.Thread(target=back_in_3_s)
     outage.start()
     send_traffic(rudder, "rud", 300, expected)
     rudder.flush()
