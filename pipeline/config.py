@@ -371,7 +371,8 @@ class Settings:
 
     @property
     def min_flush_interval(self) -> float:
-        return min(i.flush_interval for i in self.integrations.values())
+        """The shortest flush interval (1 s with no integration yet: the console may add them later)."""
+        return min((i.flush_interval for i in self.integrations.values()), default=1.0)
 
     def public_dict(self) -> dict[str, Any]:
         return {

@@ -11,9 +11,11 @@ headers on every answer; request bodies limited.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +27,7 @@ from urllib.parse import urlencode
 import jinja2
 import orjson
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -156,7 +159,7 @@ def create_console(
     session_secret: str,
     live: LiveSettings,
     https_only: bool = False,
-) -> Starlette:
+) -> ASGIApp:
     """The console app. ``live`` gives the current settings (with the console's integrations)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(resources.files("pipeline").joinpath("console_templates"))),
@@ -197,7 +200,13 @@ def create_console(
 
     def login_required(handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
-            if not request.session.get("user") or time.time() > request.session.get("until", 0):
+            sid = request.session.get("sid")
+            if (
+                not request.session.get("user")
+                or time.time() > request.session.get("until", 0)
+                or not sid
+                or not store.r.exists(session_key(str(sid)))
+            ):
                 request.session.clear()
                 return RedirectResponse("/login", status_code=303)
             return await handler(request)
@@ -212,16 +221,27 @@ def create_console(
         data = await form(request)
         given = hashlib.sha256(str(data.get("password", "")).encode()).digest()
         if not hmac.compare_digest(given, password_digest):
-            time.sleep(0.5)  # a guess costs time
+            await asyncio.sleep(0.5)  # a guess costs time (without holding up anyone else)
             return render(request, "login.html", status=401, error="wrong password")
         request.session.clear()  # a new session on login: nothing from before carries over
-        request.session.update(user="admin", until=time.time() + SESSION_S, csrf=secrets.token_urlsafe(24))
+        sid = secrets.token_urlsafe(24)
+        # The session also lives in Redis: logging out ends it for good, even for a copied cookie.
+        store.r.set(session_key(sid), "1", ex=SESSION_S)
+        request.session.update(
+            user="admin", sid=sid, until=time.time() + SESSION_S, csrf=secrets.token_urlsafe(24)
+        )
         return RedirectResponse("/integrations", status_code=303)
 
     async def logout(request: Request) -> Response:
         await form(request)
+        sid = request.session.get("sid")
+        if sid:
+            store.r.delete(session_key(str(sid)))
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
+
+    def session_key(sid: str) -> str:
+        return f"{store.prefix}:console:session:{hashlib.sha256(sid.encode()).hexdigest()}"
 
     async def home(request: Request) -> Response:
         return RedirectResponse("/integrations", status_code=303)
@@ -250,7 +270,32 @@ def create_console(
             elif status["pending"] or status["open_batches"]:
                 state = "delivering"
             rows.append({"name": name, "config": s.integrations[name], "status": status, "state": state})
-        return render(request, "integrations.html", rows=rows, saved_ok=request.query_params.get("saved"))
+        _, broken = saved.built()
+        q = request.query_params
+        return render(
+            request,
+            "integrations.html",
+            rows=rows,
+            broken=broken,
+            saved_ok=q.get("saved"),
+            done=q.get("done"),
+        )
+
+    @login_required
+    async def delete_integration(request: Request) -> Response:
+        """Delete an integration saved in the console: one that cannot be decrypted (saved with another
+        key), or one with nothing queued, open or held (its records would have nowhere to go)."""
+        name = request.path_params["name"]
+        await form(request)
+        if saved.spec(name) is None:
+            raise HTTPException(404, "not an integration saved in the console")
+        if name in settings().integrations:
+            depth = store.depth(name)
+            if depth["pending"] or depth["open_batches"] or depth["held_batches"]:
+                raise HTTPException(409, f"{name} still has records queued or batches open: let them drain")
+        saved.delete(name)
+        live.invalidate()
+        return RedirectResponse(f"/integrations?{urlencode({'done': f'deleted {name}'})}", status_code=303)
 
     def blank_form() -> dict[str, Any]:
         return {
@@ -315,11 +360,12 @@ def create_console(
         if not new:
             values["name"] = name
         passcode = str(data.get("passcode", "")) or None
+        write_key = str(data.get("write_key", "")) or None
         spec = spec_from(values, None if new else saved.spec(name))
-        errors = saved.check(values["name"].strip(), spec, passcode, settings(), new)
+        errors = saved.check(values["name"].strip(), spec, passcode, settings(), new, write_key)
         if errors:
             return show_form(request, values, new=new, readonly=False, errors=errors)
-        saved.save(values["name"].strip(), spec, passcode)
+        saved.save(values["name"].strip(), spec, passcode, write_key)
         live.invalidate()
         return RedirectResponse(
             f"/integrations?{urlencode({'saved': values['name'].strip()})}", status_code=303
@@ -433,7 +479,7 @@ def create_console(
             errors.append("stage: api or mapping")
             stage = None
         code_text = q.get("code", "").strip()
-        code = int(code_text) if code_text.isdigit() else None
+        code = int(code_text) if code_text.isascii() and code_text.isdigit() and len(code_text) < 7 else None
         if code_text and code is None:
             errors.append("code: a number")
         since = until = None
@@ -452,7 +498,10 @@ def create_console(
         )
         integration_or_404(name)
         chosen, errors = filters(request)
-        after = (request.query_params.get("after_ms", "-inf"), request.query_params.get("after_id", ""))
+        after_ms = request.query_params.get("after_ms", "-inf")
+        if after_ms != "-inf" and not re.fullmatch(r"-?[0-9]{1,16}", after_ms):
+            raise HTTPException(400, "after_ms: a page cursor, as the Next page link gives it")
+        after = (after_ms, request.query_params.get("after_id", "")[:100])
         low = "-inf" if chosen["since"] is None else int(chosen["since"] * 1000)
         high = "+inf" if chosen["until"] is None else int(chosen["until"] * 1000)
         shown: list[dict[str, Any]] = []
@@ -499,23 +548,32 @@ def create_console(
         config = integration_or_404(name)
         data = await form(request)
         action = str(data.get("action", ""))
-        ids = [str(i) for i in data.getlist("id")][: PAGE * 10]
         everything = data.get("scope") == "matching"
+        ids = [] if everything else [str(i) for i in data.getlist("id")][: PAGE * 10]
         chosen, errors = filters(request)
         if errors:
             raise HTTPException(400, "; ".join(errors))
         if not ids and not everything:
             return RedirectResponse(_back(name, request, "nothing selected"), status_code=303)
         if action == "replay":
-            res = replay(store, config, ids or None, chosen["stage"], chosen["code"], None,
-                         chosen["since"], chosen["until"])  # fmt: skip
+            res = await run_in_threadpool(
+                replay, store, config, ids or None, chosen["stage"], chosen["code"], None, chosen["since"],
+                chosen["until"],
+            )  # fmt: skip
             done = (f"replayed {res.replayed_records} records, remapped {res.remapped_events} events, "
                     f"{res.rejected_again} rejected again, {len(res.missing)} missing")  # fmt: skip
         elif action == "purge":
             if data.get("confirm") != "yes":
                 return RedirectResponse(_back(name, request, "tick 'for good' to purge"), status_code=303)
-            n = drop(
-                store, name, ids or None, chosen["stage"], chosen["code"], chosen["since"], chosen["until"]
+            n = await run_in_threadpool(
+                drop,
+                store,
+                name,
+                ids or None,
+                chosen["stage"],
+                chosen["code"],
+                chosen["since"],
+                chosen["until"],
             )
             done = f"purged {n} dead letters"
         else:
@@ -543,6 +601,7 @@ def create_console(
         Route("/integrations/new", integration_form, methods=["GET", "POST"]),
         Route("/integrations/{name}/edit", integration_form, methods=["GET", "POST"]),
         Route("/integrations/{name}/mappings", mappings, methods=["GET", "POST"]),
+        Route("/integrations/{name}/delete", delete_integration, methods=["POST"]),
         Route("/debugger", debugger),
         Route("/debugger/{name}/{batch}", debugger_show),
         Route("/dead-letters", dead_letters),
@@ -550,10 +609,9 @@ def create_console(
         Route("/dead-letters/{name}/{id}", dead_letter_show),
         Mount("/static", StaticFiles(directory=str(resources.files("pipeline").joinpath("console_static")))),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(Guard),
             Middleware(
                 SessionMiddleware,
                 secret_key=session_secret,
@@ -565,6 +623,7 @@ def create_console(
         ],
         exception_handlers={HTTPException: error_page, Exception: error_page},
     )
+    return Guard(app)  # outermost: error pages (500s included) get the security headers too
 
 
 def session_secret(password: str, key: str | None) -> str:

@@ -41,6 +41,9 @@ def store() -> Store:
 def ingest(events: list[Any], integration: str = "default", message_id: str | None = None) -> IngestResult:
     """Ingest with this process's ingestor; with ``message_id``, as a message that may come again."""
     current = settings()
+    if integration not in current.integrations:  # saved in the console a moment ago? look again now
+        _live().invalidate()
+        current = settings()
     ingestors: dict[str, Ingestor] = _per_process("ingestors", dict)
     ingestor = ingestors.get(integration)
     if ingestor is None or ingestor.config is not current.integrations.get(integration):

@@ -83,27 +83,45 @@ class SavedIntegrations:
     def configs(self) -> dict[str, IntegrationConfig]:
         """Every saved integration that validates and decrypts; the others are logged and left out (a
         process without the key serves none: it could not send them)."""
+        return self.built()[0]
+
+    def built(self) -> tuple[dict[str, IntegrationConfig], dict[str, str]]:
+        """(the integrations that validate and decrypt, {name: why not} for the rest)."""
         if self.fernet is None:
-            return {}
+            return {}, {}
         out: dict[str, IntegrationConfig] = {}
+        broken: dict[str, str] = {}
         for name, spec in self.specs().items():
             try:
                 out[name] = self._build(name, spec)
-            except (ValidationError, InvalidToken, KeyError, TypeError) as exc:
-                log.error("console integration %s is not served: %s", name, type(exc).__name__)
-        return out
+            except InvalidToken:
+                broken[name] = "cannot be decrypted with this CLEVERTAP_CONSOLE_KEY (saved with another key?)"
+            except (ValidationError, KeyError, TypeError) as exc:
+                broken[name] = f"not valid any more: {type(exc).__name__}"
+        for name, why in broken.items():
+            log.error("console integration %s is not served: %s", name, why)
+        return out, broken
 
     def _build(self, name: str, spec: dict[str, Any]) -> IntegrationConfig:
         assert self.fernet is not None
-        data = {k: v for k, v in spec.items() if k != "passcode_enc"}
+        data = {k: v for k, v in spec.items() if k not in ("passcode_enc", "write_key_enc")}
         data["passcode"] = self.fernet.decrypt(spec["passcode_enc"].encode()).decode()
+        if spec.get("write_key_enc"):
+            data["write_key"] = self.fernet.decrypt(spec["write_key_enc"].encode()).decode()
         return build_integration(name, IntegrationSchema().load(data), origin="console")
 
     def check(
-        self, name: str, spec: dict[str, Any], passcode: str | None, settings: Settings, new: bool
+        self,
+        name: str,
+        spec: dict[str, Any],
+        passcode: str | None,
+        settings: Settings,
+        new: bool,
+        write_key: str | None = None,
     ) -> dict[str, str]:
         """Errors by field ({} when it would save): the file configuration's schema, the name, and the
-        rules across integrations. ``passcode`` None keeps the saved one (an edit)."""
+        rules across integrations. ``passcode`` None keeps the saved one (an edit), as long as the account,
+        region and API URL it is sent to stay the same; ``write_key`` None keeps the saved one."""
         errors: dict[str, str] = {}
         if not NAME.match(name):
             errors["name"] = "must be 1-64 letters, digits, '-' or '_'"
@@ -111,14 +129,30 @@ class SavedIntegrations:
             errors["name"] = "is an integration from the environment or the config file: pick another name"
         elif new and (name in settings.integrations or self.spec(name) is not None):
             errors["name"] = "is taken"
-        data = dict(spec)
+        data = {k: v for k, v in spec.items() if k not in ("passcode_enc", "write_key_enc")}
+        old = None if new else self.spec(name)
         if passcode:
             data["passcode"] = passcode
-        elif not new and self.spec(name) is not None:
+        elif old is not None:
             data["passcode"] = "unchanged-passcode"  # validated when first saved
+            moved = [k for k in ("account_id", "region", "api_url") if old.get(k) != spec.get(k)]
+            if moved:  # a saved passcode never goes anywhere its owner did not send it
+                errors["passcode"] = (
+                    f"enter the passcode again: {', '.join(moved)} changed, and the saved passcode is only "
+                    "ever sent where it was entered for"
+                )
         else:
             errors["passcode"] = "required"
             data["passcode"] = "placeholder"
+        if write_key:
+            data["write_key"] = write_key
+            for other in settings.integrations.values():
+                if (
+                    other.name != name
+                    and other.write_key is not None
+                    and other.write_key.reveal() == write_key
+                ):
+                    errors["write_key"] = f"is integration {other.name}'s write key: give each its own"
         try:
             IntegrationSchema().load(data)
         except ValidationError as exc:
@@ -138,19 +172,33 @@ class SavedIntegrations:
                 )
         return errors
 
-    def save(self, name: str, spec: dict[str, Any], passcode: str | None) -> None:
-        """Store ``spec`` (checked) with the passcode encrypted (None: keep the saved one), and tell every
-        process."""
+    def save(
+        self, name: str, spec: dict[str, Any], passcode: str | None, write_key: str | None = None
+    ) -> None:
+        """Store ``spec`` (checked) with the passcode and write key encrypted (None: keep the saved ones),
+        and tell every process."""
         if self.fernet is None:
             raise ConfigError([(ENV_CONSOLE_KEY, "required to save integrations (it encrypts passcodes)")])
-        stored = {k: v for k, v in spec.items() if k not in ("passcode", "passcode_env")}
+        secret_keys = (
+            "passcode",
+            "passcode_env",
+            "write_key",
+            "write_key_env",
+            "passcode_enc",
+            "write_key_enc",
+        )
+        stored = {k: v for k, v in spec.items() if k not in secret_keys}
+        old = self.spec(name) or {}
         if passcode:
             stored["passcode_enc"] = self.fernet.encrypt(passcode.encode()).decode()
-        else:
-            old = self.spec(name)
-            if old is None:
-                raise ValueError(f"no saved integration {name!r} to keep a passcode from")
+        elif "passcode_enc" in old:
             stored["passcode_enc"] = old["passcode_enc"]
+        else:
+            raise ValueError(f"no saved integration {name!r} to keep a passcode from")
+        if write_key:
+            stored["write_key_enc"] = self.fernet.encrypt(write_key.encode()).decode()
+        elif old.get("write_key_enc"):
+            stored["write_key_enc"] = old["write_key_enc"]
         pipe = self.store.r.pipeline(transaction=True)
         pipe.hset(self.key, name, orjson.dumps(stored))
         pipe.incr(self.version_key)
@@ -166,7 +214,25 @@ class SavedIntegrations:
 def merged(base: Settings, saved: SavedIntegrations) -> Settings:
     """``base`` (the environment and the file) with the console's integrations added; a console one never
     replaces one of ``base``'s."""
-    extra = {n: c for n, c in saved.configs().items() if n not in base.integrations}
+    extra: dict[str, IntegrationConfig] = {}
+    limits = {c.account_id: (c.name, c.max_concurrency) for c in base.integrations.values()}
+    keys = {c.write_key.reveal() for c in base.integrations.values() if c.write_key is not None}
+    for name, config in sorted(saved.configs().items()):
+        if name in base.integrations:
+            continue
+        seen = limits.setdefault(config.account_id, (name, config.max_concurrency))
+        if seen[1] != config.max_concurrency:  # one account, one in-flight limit: the first one stands
+            log.error(
+                "console integration %s is not served: its max_concurrency %d differs from %s's %d on the "
+                "same account", name, config.max_concurrency, seen[0], seen[1],
+            )  # fmt: skip
+            continue
+        if config.write_key is not None:
+            if config.write_key.reveal() in keys:
+                log.error("console integration %s is not served: another integration has its write key", name)
+                continue
+            keys.add(config.write_key.reveal())
+        extra[name] = config
     if not extra:
         return base
     return dataclasses.replace(base, integrations={**base.integrations, **extra})

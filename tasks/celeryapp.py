@@ -20,6 +20,7 @@ from pipeline import constants as C
 from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError
 from pipeline.logs import use_format
+from pipeline.saved import fernet_from
 from pipeline.store import eviction_warning
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def _check_settings(**_: Any) -> None:
     may evict keys: evictions lose queued records without a word."""
     try:
         settings = load_settings()
+        fernet_from()  # a console key that is not a Fernet key: refuse now, not on every task
     except ConfigError as exc:
         for path, msg in exc.errors:
             log.critical("configuration error: %s: %s", path, msg)

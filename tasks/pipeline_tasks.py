@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline import runtime
 from pipeline.delivery import Deliverer
-from pipeline.errors import PartialDelivery, QueueFull, where
+from pipeline.errors import PartialDelivery, QueueFull, UnknownIntegration, where
 from pipeline.ingest import TRANSIENT_REDIS_ERRORS
 from tasks.celeryapp import app
 
@@ -29,7 +29,9 @@ def _deliverer() -> Deliverer:
 @app.task(
     name="clevertap.ingest",
     bind=True,
-    autoretry_for=(*TRANSIENT_REDIS_ERRORS, QueueFull),
+    # UnknownIntegration too: one the console saves reaches this worker within seconds (or this worker
+    # lacks CLEVERTAP_CONSOLE_KEY: the error says so on every try), and the events wait in the message.
+    autoretry_for=(*TRANSIENT_REDIS_ERRORS, QueueFull, UnknownIntegration),
     retry_backoff=True,
     retry_backoff_max=300,
     max_retries=None,
@@ -38,7 +40,7 @@ def ingest(self: Any, events: list[Any], integration: str = "default") -> dict[s
     """Ingest events sent by an upstream service. Returns counts only: rejections are dead letters."""
     try:
         return runtime.ingest(events, integration, message_id=self.request.id).counts()
-    except (*TRANSIENT_REDIS_ERRORS, QueueFull) as exc:
+    except (*TRANSIENT_REDIS_ERRORS, QueueFull, UnknownIntegration) as exc:
         log.error(
             "clevertap.ingest %s: not queued now (%s), try %d; %d events wait in the message and the next "
             "try resumes after the chunks already queued",

@@ -249,3 +249,111 @@ def test_saved_integrations_need_the_key_and_keep_config_names(live: LiveSetting
     errors: dict[str, Any] = live.saved.check("default", {"account_id": "A", "region": "eu1"}, "p",
                                               live.current(), new=True)  # fmt: skip
     assert "environment or the config file" in errors["name"]
+
+
+def test_moving_an_integration_needs_its_passcode_again(client: TestClient, live: LiveSettings) -> None:
+    token = logged_in(client)
+    client.post("/integrations/new", data={"csrf": token, **form()})
+    moved = client.post(
+        "/integrations/shop/edit",
+        data={"csrf": token, **form(passcode="", api_url="http://elsewhere.example:8080")},
+    )
+    assert moved.status_code == 400 and re.search(
+        r'id="error-passcode">enter the passcode again: api_url', moved.text
+    )
+    assert live.current().integration("shop").api_url is None  # nothing saved: the passcode stays put
+    again = {"csrf": token, **form(api_url="http://elsewhere.example:8080")}  # with the passcode: fine
+    assert client.post("/integrations/shop/edit", data=again).status_code == 303
+
+
+def test_a_console_write_key_reaches_the_collector(
+    client: TestClient, live: LiveSettings, store: Store
+) -> None:
+    from pipeline.collector import Collector
+
+    token = logged_in(client)
+    keyed = {"csrf": token, **form(write_key="wk-console-0123456789")}
+    assert client.post("/integrations/new", data=keyed).status_code == 303
+    assert "wk-console" not in orjson.dumps(live.saved.specs()).decode()  # encrypted too
+    assert "wk-console" not in client.get("/integrations/shop/edit").text
+    collector = Collector(live.current(), store)
+    assert collector.integration_for("wk-console-0123456789") == "shop"
+    taken = client.post("/integrations/new", data={**keyed, "name": "shop2"})
+    assert taken.status_code == 400 and "is integration shop&#39;s write key" in taken.text
+
+
+def test_an_integration_saved_with_another_key_is_shown_and_can_be_deleted(
+    client: TestClient, live: LiveSettings, store: Store
+) -> None:
+    token = logged_in(client)
+    other = SavedIntegrations(store, Fernet(Fernet.generate_key()))
+    other.save("lost", {"account_id": "L", "region": "eu1"}, "lost-passcode")
+    page = client.get("/integrations").text
+    assert "lost" in page and "cannot be decrypted" in page
+    assert "lost" not in live.current().integrations  # never served: it could not be sent
+    deleted = client.post("/integrations/lost/delete", data={"csrf": token})
+    assert deleted.status_code == 303 and live.saved.spec("lost") is None
+
+
+def test_logging_out_ends_the_session_even_for_a_copied_cookie(client: TestClient) -> None:
+    token = logged_in(client)
+    copied = dict(client.cookies)
+    client.post("/logout", data={"csrf": token})
+    client.cookies.clear()
+    for name, value in copied.items():
+        client.cookies.set(name, value)
+    assert client.get("/integrations").headers["location"] == "/login"
+
+
+def test_bad_cursors_and_internal_errors_get_a_page_with_security_headers(
+    live: LiveSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_console(PASSWORD, session_secret(PASSWORD, KEY), live)
+    with TestClient(app, follow_redirects=False, raise_server_exceptions=False) as client:
+        logged_in(client)
+        bad = client.get("/dead-letters?integration=default&after_ms=abc&code=²")
+        assert bad.status_code == 400 and "after_ms" in bad.text
+        monkeypatch.setattr(live.store, "debug_entries", lambda *a: 1 / 0)
+        broken = client.get("/debugger")
+        assert broken.status_code == 500 and "internal error" in broken.text
+        assert "ZeroDivisionError" not in broken.text and broken.headers["x-frame-options"] == "DENY"
+
+
+def test_workers_start_with_console_integrations_only_and_refuse_a_bad_key(redis_url: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    env = {**environment(redis_url, process=True, credentials=False), ENV_CONSOLE_KEY: KEY}
+    probe = "import tasks.celeryapp as c; print(c.app.conf.beat_schedule['clevertap.assemble']['schedule'])"
+    ok = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, check=False)
+    assert ok.returncode == 0 and ok.stdout.strip() == b"1.0", ok.stderr
+    check = "from tasks.celeryapp import _check_settings; _check_settings()"
+    bad_env = {**env, ENV_CONSOLE_KEY: "not-a-key"}
+    bad = subprocess.run(
+        [sys.executable, "-c", check], env=bad_env, cwd=ROOT, capture_output=True, check=False
+    )
+    assert bad.returncode == 2 and b"must be a Fernet key" in bad.stderr
+
+
+def test_an_ingest_task_finds_an_integration_saved_a_moment_ago_or_waits_for_it(
+    redis_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import runtime
+    from pipeline.errors import UnknownIntegration
+    from tasks.pipeline_tasks import ingest as ingest_task
+
+    assert UnknownIntegration in ingest_task.autoretry_for  # not known yet: retried, the events kept
+    for key, value in {**environment(redis_url), ENV_CONSOLE_KEY: KEY}.items():
+        monkeypatch.setenv(key, value)
+    runtime.reset()
+    try:
+        assert "later" not in runtime.settings().integrations  # cached for a couple of seconds now
+        SavedIntegrations(store, Fernet(KEY.encode())).save(
+            "later", {"account_id": "L", "region": "eu1"}, "p"
+        )
+        result = runtime.ingest([{"type": "track", "event": "X", "userId": "u"}], "later")
+        assert result.accepted == 1  # the worker looked again at once rather than failing the message
+    finally:
+        runtime.reset()
