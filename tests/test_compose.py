@@ -112,3 +112,14 @@ def test_the_collector_service_takes_its_write_key_from_env_and_is_loopback_on_t
     assert all(p.startswith("127.0.0.1:") for p in collector["ports"])
     assert "/health" in " ".join(collector["healthcheck"]["test"])
     assert "CLEVERTAP_WRITE_KEY=" in (ROOT / ".env.example").read_text()
+
+
+def test_the_console_service_is_loopback_on_the_host_and_its_secrets_come_from_env(
+    compose: dict[str, Any],
+) -> None:
+    console = compose["services"]["console"]
+    assert console["profiles"] == ["console"] and console["env_file"] == ".env"
+    assert console["command"][:2] == ["clevertap-pipeline", "console"]
+    assert all(p.startswith("127.0.0.1:") for p in console["ports"])
+    example = (ROOT / ".env.example").read_text()
+    assert "CLEVERTAP_CONSOLE_PASSWORD=\n" in example and "CLEVERTAP_CONSOLE_KEY=\n" in example
