@@ -306,6 +306,18 @@ def bench_collect(args: argparse.Namespace) -> int:
 
 
 @verb(
+    "bench-console",
+    "Measure the console's pages with many dead letters (an embedded Redis): a dead-letter page unfiltered "
+    "and filtered, and the integrations page.",
+    arg("--letters", type=int, default=100_000, help="dead letters to store"),
+)
+def bench_console(args: argparse.Namespace) -> int:
+    from pipeline.local.bench_console import bench_console as run
+
+    return run(args)
+
+
+@verb(
     "soak",
     "Soak: traced events through a real pipeline (own Redis with AOF, the emulator with 503s, 429s and cut "
     "connections, celery workers and beat) while workers are SIGKILLed and Redis restarted; prints "
