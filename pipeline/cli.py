@@ -748,6 +748,12 @@ def metrics(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------- collector
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1-65535, got {text!r}")
+    return int(text)
+
+
 @verb(
     "collect",
     "Serve the Segment HTTP Tracking API (POST /v1/batch, /v1/track, /v1/identify, /v1/page, /v1/screen, "
@@ -755,7 +761,7 @@ def metrics(args: argparse.Namespace) -> int:
     "(CLEVERTAP_WRITE_KEY, or write_key / write_key_env per integration) authenticates and chooses the "
     "integration. Loopback only unless --host says otherwise.",
     arg("--host", default="127.0.0.1", help="address to listen on"),
-    arg("--port", type=int, default=8088, help="port"),
+    arg("--port", type=_port, default=8088, help="port"),
     arg("--workers", type=int, default=1, help="worker processes (each a core's worth of requests)"),
 )
 def collect(args: argparse.Namespace) -> int:
@@ -763,8 +769,6 @@ def collect(args: argparse.Namespace) -> int:
 
     from pipeline.collect_app import MAX_CONNECTIONS, log_config
 
-    if not 1 <= args.port <= 65535:
-        raise InputError(f"--port must be 1-65535, got {args.port}")
     if not 1 <= args.workers <= 64:
         raise InputError(f"--workers must be 1-64, got {args.workers}")
     settings = load_settings()  # every error now, before a worker starts
@@ -808,7 +812,7 @@ def collect(args: argparse.Namespace) -> int:
     "CLEVERTAP_CONSOLE_KEY (a Fernet key: it encrypts the passcodes saved in Redis; workers need it too). "
     "Loopback only unless --host says otherwise.",
     arg("--host", default="127.0.0.1", help="address to listen on"),
-    arg("--port", type=int, default=8089, help="port"),
+    arg("--port", type=_port, default=8089, help="port"),
     arg("--https-only", action="store_true", help="session cookies only over HTTPS (behind TLS)"),
 )
 def console(args: argparse.Namespace) -> int:
@@ -820,8 +824,6 @@ def console(args: argparse.Namespace) -> int:
     from pipeline.console import create_console, session_secret
     from pipeline.saved import LiveSettings, fernet_from
 
-    if not 1 <= args.port <= 65535:
-        raise InputError(f"--port must be 1-65535, got {args.port}")
     password = os.environ.get(ENV_CONSOLE_PASSWORD, "")
     if len(password) < 12:
         where = "" if args.host in ("127.0.0.1", "localhost", "::1") else f" (and it listens on {args.host})"

@@ -191,7 +191,9 @@ class Collector:
         except redis.RedisError as exc:  # unreachable, timed out, read-only after a failover, out of memory
             if isinstance(exc, TRANSIENT_REDIS_ERRORS):
                 self.unavailable_until = time.monotonic() + 1.0
-            log.warning("integration %s: Redis failed, answered 503: %s: %s", integration, where(exc), exc)
+            # Redis's own words only where they cannot quote what was sent (a script's error could)
+            said = f": {str(exc)[:200]}" if isinstance(exc, _PLAIN_REDIS_ERRORS) else ""
+            log.warning("integration %s: Redis failed, answered 503: %s%s", integration, where(exc), said)
             return UNAVAILABLE
         except Exception as exc:  # a bug: the SDK keeps the events and tries again, and the log says why
             log.error("integration %s: could not queue a request, answered 503: %s", integration, where(exc))
@@ -207,6 +209,11 @@ class Collector:
         return True
 
 
+_PLAIN_REDIS_ERRORS = (
+    *TRANSIENT_REDIS_ERRORS,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+)
 UNAUTHORIZED = _error(
     401, "unauthorized", "a valid write key is required (the HTTP Basic user name, or writeKey in the body)"
 )

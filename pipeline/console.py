@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline import constants as C
 from pipeline.config import IntegrationConfig, Settings, available_presets
-from pipeline.deadletters import count, drop, replay
+from pipeline.deadletters import count, drop, replay, scan
 from pipeline.ingest import Ingestor, bad_input
 from pipeline.saved import LiveSettings, SavedIntegrations
 from pipeline.status import integration_status
@@ -502,33 +502,24 @@ def create_console(
         if after_ms != "-inf" and not re.fullmatch(r"-?[0-9]{1,16}", after_ms):
             raise HTTPException(400, "after_ms: a page cursor, as the Next page link gives it")
         after = (after_ms, request.query_params.get("after_id", "")[:100])
-        low = "-inf" if chosen["since"] is None else int(chosen["since"] * 1000)
-        high = "+inf" if chosen["until"] is None else int(chosen["until"] * 1000)
         shown: list[dict[str, Any]] = []
-        cursor = after
-        # Pages behind a cursor until PAGE match (at most 20 pages read: a rare code is found page by page)
-        for _ in range(20):
-            page = store.dead_letter_page(name, cursor, low, high, 500)
-            if not page:
-                cursor = ("", "")
-                break
-            for (did, ms), raw in zip(page, store.dead_letters(name, [d for d, _ in page]), strict=True):
-                cursor = (ms, did)
-                if raw is None:
-                    continue
-                entry = orjson.loads(raw)
-                if (chosen["stage"] is None or entry.get("stage") == chosen["stage"]) and (
-                    chosen["code"] is None or entry.get("code") == chosen["code"]
-                ):
-                    shown.append(entry)
-                    if len(shown) >= PAGE:
-                        break
-            if len(shown) >= PAGE:
+        next_cursor: tuple[str, str] | None = None
+        # PAGE matches, reading at most 20 pages of the store's (a rare code is found page by page)
+        pages = scan(store, name, chosen["stage"], chosen["code"], chosen["since"], chosen["until"], after)
+        for read, page in enumerate(pages, start=1):
+            cursor = page.end
+            for at, entry in page.matches:
+                shown.append(entry)
+                if len(shown) >= PAGE:
+                    cursor = at
+                    break
+            if len(shown) >= PAGE or read >= 20:
+                next_cursor = cursor
                 break
         totals = count(store, name)
         query = {k: v for k, v in request.query_params.items() if k not in ("after_ms", "after_id")}
         return render(request, "dead_letters.html", name=name, names=sorted(s.integrations), entries=shown,
-                      errors=errors, query=query, next_cursor=cursor if cursor[0] else None, totals=totals,
+                      errors=errors, query=query, next_cursor=next_cursor, totals=totals,
                       total=sum(totals.values()), done=request.query_params.get("done"))  # fmt: skip
 
     @login_required

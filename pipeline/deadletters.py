@@ -50,24 +50,51 @@ def iter_pages(
     """``iter_dead_letters`` a page at a time (a page may be empty when nothing in it matched).
     ``up_to_now``: only dead letters stored before this call (a replay must not meet the dead letters it
     makes itself)."""
+    for page in scan(store, integration, stage, code, since, until, up_to_now=up_to_now):
+        yield [entry for _, entry in page.matches]
+
+
+Cursor = tuple[str, str]  # (ms, id) of a dead letter in dead:idx; ("-inf", "") before the first
+
+
+@dataclass
+class Page:
+    """One page read behind the cursor: the dead letters in it that match, each with its own cursor, and
+    the cursor at the page's end (to read on from, whether or not its last letters matched)."""
+
+    matches: list[tuple[Cursor, dict[str, Any]]]
+    end: Cursor
+
+
+def scan(
+    store: Store,
+    integration: str,
+    stage: str | None = None,
+    code: int | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    after: Cursor = ("-inf", ""),
+    up_to_now: bool = False,
+) -> Iterator[Page]:
+    """Every dead-letter listing's one reader: PAGE at a time, oldest first, after the cursor ``after``."""
     low: int | str = "-inf" if since is None else int(since * 1000)
     high: int | str = "+inf" if until is None else int(until * 1000)
     if up_to_now:
         high = _now_fenced(store) if until is None else min(int(until * 1000), _now_fenced(store))
-    cursor = ("-inf", "")
+    cursor = after
     while True:
         page = store.dead_letter_page(integration, cursor, low, high, PAGE)
         if not page:
             return
         cursor = (page[-1][1], page[-1][0])
-        entries = []
-        for raw in store.dead_letters(integration, [did for did, _ in page]):
+        matches = []
+        for (did, ms), raw in zip(page, store.dead_letters(integration, [d for d, _ in page]), strict=True):
             if raw is None:
                 continue
             entry: dict[str, Any] = orjson.loads(raw)
             if (stage is None or entry.get("stage") == stage) and (code is None or entry.get("code") == code):
-                entries.append(entry)
-        yield entries
+                matches.append(((ms, did), entry))
+        yield Page(matches, cursor)
 
 
 def _now_fenced(store: Store) -> int:

@@ -15,11 +15,10 @@ from typing import Any
 
 import orjson
 import pytest
-import requests
 from rudderstack.analytics.client import Client as RudderClient
 from segment.analytics.client import Client as SegmentClient
 
-from pipeline.local.procs import wait_for
+from pipeline.local.procs import answers, wait_for
 from pipeline.local.redis_server import free_port
 from pipeline.local.runner import Stack, start_stack
 from pipeline.store import Store
@@ -54,13 +53,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Stack, str]]:
     )
     url = f"http://127.0.0.1:{port}"
 
-    def up() -> bool:
-        try:
-            return requests.get(url + "/health", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    assert wait_for(up, 30, 0.2, started.group), started.logs()
+    assert wait_for(lambda: answers(url + "/health"), 30, 0.2, started.group), started.logs()
     try:
         yield started, url
     finally:

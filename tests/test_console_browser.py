@@ -20,7 +20,7 @@ from cryptography.fernet import Fernet
 
 from pipeline.config import ENV_CONSOLE_KEY, ENV_CONSOLE_PASSWORD
 from pipeline.ingest import ingest
-from pipeline.local.procs import wait_for
+from pipeline.local.procs import answers, wait_for
 from pipeline.local.redis_server import free_port
 from pipeline.local.runner import Stack, start_stack
 from pipeline.saved import load_all
@@ -62,13 +62,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Stack, str]]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
-    def up() -> bool:
-        try:
-            return requests.get(url + "/login", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    assert wait_for(up, 30, 0.2, started.group), started.logs()
+    assert wait_for(lambda: answers(url + "/login"), 30, 0.2, started.group), started.logs()
     try:
         yield started, url
     finally:

@@ -26,7 +26,7 @@ import orjson
 
 from pipeline.ingest import CHUNK, Ingestor, chunked
 from pipeline.local.bench import bench_settings, redis_for_bench
-from pipeline.local.procs import ProcessGroup, wait_for
+from pipeline.local.procs import ProcessGroup, answers, wait_for
 from pipeline.local.redis_server import free_port
 from pipeline.local.sample import generate
 from pipeline.store import Store
@@ -177,7 +177,7 @@ def bench_collect(args: argparse.Namespace) -> int:
             None,
         )
         try:
-            up = wait_for(lambda: _healthy(port), 30, 0.2, group)
+            up = wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), 30, 0.2, group)
             if not up:
                 print("the collector did not start", file=sys.stderr)
                 return 1
@@ -226,14 +226,3 @@ def bench_collect(args: argparse.Namespace) -> int:
     if refused:
         print(f"refused requests: {refused} (should be 0)")
     return 0 if refused == 0 else 1
-
-
-def _healthy(port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", "/health")
-        ok = conn.getresponse().status == 200
-        conn.close()
-        return ok
-    except OSError:
-        return False

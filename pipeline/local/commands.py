@@ -61,7 +61,7 @@ def demo(args: argparse.Namespace) -> int:
     arg("--collect-workers", type=int, default=1, help="collector worker processes"),
 )
 def run(args: argparse.Namespace) -> int:
-    from pipeline.local.procs import wait_for
+    from pipeline.local.procs import answers, wait_for
     from pipeline.local.runner import interrupts_as_keyboard_interrupt, start_stack
 
     data_dir = Path(args.data_dir).resolve()
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                     data_dir / "collector.log",
                 )  # fmt: skip
                 health = f"http://127.0.0.1:{args.collect_port}/health"
-                if not wait_for(lambda: _answers(health), 30, 0.2, stack.group):
+                if not wait_for(lambda: answers(health), 30, 0.2, stack.group):
                     raise RuntimeError(
                         f"the collector did not answer {health} (see {data_dir / 'collector.log'})"
                     )
@@ -130,15 +130,6 @@ def run(args: argparse.Namespace) -> int:
             if stack is not None:
                 stack.stop()
             print("stopped", flush=True)
-
-
-def _answers(url: str) -> bool:
-    import requests
-
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def _next_steps(env: dict[str, str], data_dir: Path, own: dict[str, str]) -> str:

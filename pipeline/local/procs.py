@@ -160,6 +160,14 @@ def terminate(proc: subprocess.Popen[Any], grace_s: float) -> None:
             proc.wait()
 
 
+def answers(url: str) -> bool:
+    """Whether ``url`` answers a GET with 200 now (a server that is up: ``wait_for(lambda: answers(u))``)."""
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def wait_for(
     predicate: object, timeout_s: float, interval_s: float = 0.2, group: ProcessGroup | None = None
 ) -> bool:
