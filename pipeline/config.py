@@ -12,14 +12,12 @@ The passcode is held in a :class:`Secret` that never prints.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import Field, dataclass, field
 from dataclasses import fields as dataclass_fields
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +26,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, missing, validat
 
 from pipeline import constants as C
 from pipeline.errors import ConfigError, UnknownIntegration
+from pipeline.presets import Preset, available_presets, load_preset
 
 ENV_CONFIG_FILE = "CLEVERTAP_PIPELINE_CONFIG"
 #: The key that encrypts the passcodes of integrations saved in the console (Fernet); every process that
@@ -62,48 +61,6 @@ class Secret:
 
     def __reduce__(self) -> Any:  # pickling would carry it into places it must not go
         raise TypeError("Secret values cannot be pickled")
-
-
-# ---------------------------------------------------------------------------------------------- presets
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Field mappings as data: event renames; per source event, target property <- source candidates; per
-    CleverTap profile key, the trait names it is read from (the first present wins); and the trait names
-    a Name is put together from when there is no ``name``."""
-
-    name: str
-    events: Mapping[str, str]
-    properties: Mapping[str, Mapping[str, tuple[str, ...]]]
-    profile: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    name_parts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-def load_preset(name: str) -> Preset:
-    try:
-        text = resources.files("pipeline.presets").joinpath(f"{name}.json").read_text("utf-8")
-    except FileNotFoundError:
-        raise UnknownIntegration(f"unknown preset {name!r}") from None
-    raw = json.loads(text)
-    return Preset(
-        name=raw["name"],
-        events=dict(raw["events"]),
-        properties={
-            ev: {target: tuple(sources) for target, sources in props.items()}
-            for ev, props in raw.get("properties", {}).items()
-        },
-        profile={target: tuple(sources) for target, sources in raw.get("profile", {}).items()},
-        name_parts={part: tuple(sources) for part, sources in raw.get("name_parts", {}).items()},
-    )
-
-
-def available_presets() -> list[str]:
-    return sorted(
-        p.name.removesuffix(".json")
-        for p in resources.files("pipeline.presets").iterdir()
-        if p.name.endswith(".json")
-    )
 
 
 # ---------------------------------------------------------------------------------------------- schemas
@@ -274,7 +231,9 @@ class IntegrationConfig:
     dead_letter_max_age: float = setting(
         fields.Float(load_default=C.DEFAULT_DEAD_LETTER_MAX_AGE_S, validate=_range(0, 3650 * 86400, " s"))
     )
-    debugger_size: int = setting(fields.Integer(load_default=200, validate=_range(0, 100_000)))
+    debugger_size: int = setting(
+        fields.Integer(load_default=C.DEFAULT_DEBUGGER_SIZE, validate=_range(0, C.MAX_DEBUGGER_SIZE))
+    )
     dead_letter_max_count: int = setting(
         fields.Integer(load_default=C.DEFAULT_DEAD_LETTER_MAX_COUNT, validate=_range(0, 10**9))
     )
@@ -314,11 +273,6 @@ class IntegrationConfig:
             return self.api_url.rstrip("/") + "/1/upload"
         assert self.region in C.REGIONS  # validated; never interpolate anything else into a host
         return f"https://{self.region}.api.clevertap.com/1/upload"
-
-    @property
-    def account_key(self) -> str:
-        """The CleverTap account this integration sends as: the token counter is shared per account."""
-        return self.account_id
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration with the passcode masked, for ``check-config``."""
@@ -548,6 +502,36 @@ def build_integration(name: str, data: Mapping[str, Any], origin: str = "config"
     )
 
 
+def rule_breaks(
+    name: str,
+    account_id: Any,
+    max_concurrency: Any,
+    write_key: str | None,
+    others: Iterable[IntegrationConfig],
+) -> dict[str, str]:
+    """The rules across integrations that ``name`` would break next to ``others`` (the ones that stand), by
+    key: a write key chooses the integration, so each has its own; one CleverTap account has one in-flight
+    limit, so integrations sending as it agree on it. The configuration files, the console's form and the
+    merge of the console's integrations all ask this one function."""
+    broken: dict[str, str] = {}
+    for other in others:
+        if other.name == name:
+            continue
+        if write_key is not None and other.write_key is not None and other.write_key.reveal() == write_key:
+            broken.setdefault("write_key", f"is integration {other.name}'s write key too: give each its own")
+        if (
+            other.account_id == account_id
+            and max_concurrency is not None
+            and other.max_concurrency != max_concurrency
+        ):
+            broken.setdefault(
+                "max_concurrency",
+                f"must equal integration {other.name}'s max_concurrency ({other.max_concurrency}): both send "
+                f"as account {account_id}, which has one in-flight limit",
+            )
+    return broken
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from the environment and, if named, the TOML file. Raises :class:`ConfigError`."""
     env = os.environ if environ is None else environ
@@ -621,30 +605,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 )
                 continue
         integrations[name] = build_integration(name, spec)
-    # A write key chooses the integration: two integrations cannot share one.
-    keys: dict[str, str] = {}
+    standing: list[IntegrationConfig] = []
     for name, config in sorted(integrations.items()):
-        if config.write_key is not None:
-            other = keys.setdefault(config.write_key.reveal(), name)
-            if other != name:
-                errors.append(
-                    (
-                        f"integrations.{name}.write_key",
-                        f"is integrations.{other}'s write key too; give each its own",
-                    )
-                )
-    # One CleverTap account has one in-flight limit: integrations sharing it must agree on it.
-    limits: dict[str, tuple[str, int]] = {}
-    for name, config in sorted(integrations.items()):
-        seen = limits.setdefault(config.account_id, (name, config.max_concurrency))
-        if seen[1] != config.max_concurrency:
-            errors.append(
-                (
-                    f"integrations.{name}.max_concurrency",
-                    f"must equal integrations.{seen[0]}.max_concurrency ({seen[1]}): both send as account "
-                    f"{config.account_id}, which has one in-flight limit",
-                )
-            )
+        own_key = config.write_key.reveal() if config.write_key is not None else None
+        broken = rule_breaks(name, config.account_id, config.max_concurrency, own_key, standing)
+        errors.extend(
+            (f"integrations.{name}.{setting_key}", message) for setting_key, message in broken.items()
+        )
+        standing.append(config)
     if errors:
         raise ConfigError(errors)
     return Settings(

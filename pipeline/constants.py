@@ -72,9 +72,9 @@ DEFAULT_GIVE_UP_AGE_S = 6 * 3600
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 60.0
 DEFAULT_TOKEN_LEASE_S = 120.0
-#: A batch lease: how long one worker owns a batch while sending it. Longer than the token lease so
-#: the token is always freed before another worker can pick the batch up.
-DEFAULT_BATCH_LEASE_S = 180.0
+#: A batch lease (how long one worker owns a batch while sending it) is this times the token lease: longer,
+#: so a token is always free again before another worker can take over a batch whose sender died.
+BATCH_LEASE_FACTOR = 1.5
 
 #: Broker visibility timeout (Redis transport). Every countdown the tasks use stays below it, so an
 #: ETA message is never redelivered while its countdown is still running.
@@ -98,6 +98,11 @@ DEFAULT_DEAD_LETTER_MAX_COUNT = 1_000_000
 #: Buckets (upper bounds, s) of clevertap_request_duration_seconds: CleverTap answers in tens of ms to a few
 #: seconds; the requests are cut at connect + read timeout (65 s by default).
 REQUEST_DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+#: The event debugger keeps the last 200 attempts of an integration by default, and at most 100,000 (each up
+#: to 64 KB of CleverTap's answer: a debugger that big is for a short investigation, not for keeping).
+DEFAULT_DEBUGGER_SIZE = 200
+MAX_DEBUGGER_SIZE = 100_000
 
 DEFAULT_KEY_PREFIX = "ctp"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"

@@ -1,58 +1,183 @@
-"""Dead letters: list them, replay them, drop them.
+"""Dead letters: what they hold, how they are filtered, listed, counted and dropped.
 
 Two stages end up here. ``mapping``: the event could not be mapped (the entry holds the original event and
-every reason); replaying runs it through the integration's *current* mappings, so fix the config, then
-replay. ``api``: CleverTap refused the row, or the batch gave up (the entry holds the record, code and
-error); replaying queues the record again as it is.
+every reason). ``api``: CleverTap refused the row, or the batch gave up (the entry holds the record, code and
+error). :mod:`pipeline.replay` queues them again.
+
+An entry is one JSON object in ``P:{I}:dead`` (see :mod:`pipeline.keys`) whose first two keys are its id and
+its kind: the Lua scripts count dead letters by kind without decoding them (``lua/lib/dead.lua``).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from pipeline.config import IntegrationConfig
-from pipeline.ingest import Ingestor
-from pipeline.store import Store
+from pipeline.policy import RowRejection
+from pipeline.store import Store, new_id
 
-PAGE = 500
+#: Dead letters read from Redis per call (ids, then entries): a page is a few hundred KB at most.
+READ_PAGE = 500
+STAGES = ("mapping", "api")
 
-
-def iter_dead_letters(
-    store: Store,
-    integration: str,
-    stage: str | None = None,
-    code: int | None = None,
-    since: float | None = None,
-    until: float | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Dead letters oldest first, matching ``stage``, ``code`` and the time range ``since``..``until`` (epoch
-    seconds, either end open), read PAGE at a time behind a cursor: flat in memory however many there are,
-    and neither skipping nor repeating one when others are removed meanwhile (a replay or purge of what it
-    yields, the sweep's retention)."""
-    for page in iter_pages(store, integration, stage, code, since, until):
-        yield from page
+# ------------------------------------------------------------------------------------------ the entry
 
 
-def iter_pages(
-    store: Store,
-    integration: str,
-    stage: str | None = None,
-    code: int | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    up_to_now: bool = False,
-) -> Iterator[list[dict[str, Any]]]:
-    """``iter_dead_letters`` a page at a time (a page may be empty when nothing in it matched).
-    ``up_to_now``: only dead letters stored before this call (a replay must not meet the dead letters it
-    makes itself)."""
-    for page in scan(store, integration, stage, code, since, until, up_to_now=up_to_now):
-        yield [entry for _, entry in page.matches]
+def dead_letter_kind(stage: str, fields: dict[str, Any]) -> str:
+    """What ``dead:kinds`` counts a dead letter under: ``api:<code>``, or ``mapping:`` and the part of its
+    first reason before a colon (``mapping:missing identity``); letters, digits and ``_.- ()`` only."""
+    if stage == "api":
+        kind = f"api:{fields.get('code')}"
+    else:
+        reasons = fields.get("reasons") or [""]
+        kind = "mapping:" + str(reasons[0]).split(":")[0]
+    return _KIND_UNSAFE.sub("", kind)[:80]
 
+
+_KIND_UNSAFE = re.compile(r"[^A-Za-z0-9_.: ()-]")
+_KIND = re.compile(rb'^{"id":"[^"]*","kind":"([^"]*)"')
+
+
+def kind_of(body: bytes) -> str | None:
+    """The kind written into a dead-letter entry (as the Lua ``kind_of`` reads it)."""
+    m = _KIND.match(body)
+    return m.group(1).decode() if m else None
+
+
+def dead_letter(integration: str, stage: str, **fields: Any) -> tuple[str, bytes]:
+    """A dead-letter entry (``stage`` mapping or api) and its id, ready for the scripts that store it. Its
+    kind is the second key: the scripts count dead letters by kind without decoding them."""
+    did = new_id()
+    entry = {
+        "id": did,
+        "kind": dead_letter_kind(stage, fields),
+        "integration": integration,
+        "stage": stage,
+        "time": round(time.time(), 3),
+        **fields,
+    }
+    try:
+        return did, orjson.dumps(entry, default=str)
+    except TypeError:  # what a dead letter keeps may be anything that arrived, e.g. an integer over 64 bits
+        return did, orjson.dumps(_jsonable(entry), default=str)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with what JSON (and orjson) cannot hold as it is, integers over 64 bits, made text."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)
+    return value
+
+
+def mapping_dead_letter(integration: str, event: Any, reasons: list[str]) -> tuple[str, bytes]:
+    """An event that could not be mapped, kept whole with every reason."""
+    return dead_letter(integration, "mapping", reasons=reasons, event=event)
+
+
+def api_dead_letter(
+    integration: str, batch_id: str, rejection: RowRejection, attempts: int, http_status: int | None
+) -> tuple[str, bytes]:
+    """A row CleverTap refused (or that gave up), kept with its code, error and the record."""
+    return dead_letter(
+        integration,
+        "api",
+        code=rejection.code,
+        error=rejection.error,
+        row=None if rejection.row is None else rejection.row + 1,
+        unconfirmed=rejection.unconfirmed,
+        batch_id=batch_id,
+        attempts=attempts,
+        http_status=http_status,
+        record=rejection.record,
+    )
+
+
+# ----------------------------------------------------------------------------------------- the filter
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds from epoch seconds or ISO 8601 (``2026-11-29T20:00:00Z``; a time without a zone is
+    UTC). ValueError names what is wrong."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text[:40]!r} is not a time: give epoch seconds or ISO 8601 (YYYY-MM-DDTHH:MM, UTC unless it "
+            "has a zone)"
+        ) from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+_CODE = re.compile(r"^[0-9]{1,6}$")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which dead letters of one integration a verb works on: a stage, a CleverTap code, and a time range
+    (epoch seconds, either end open). Every listing, count, replay and drop takes one."""
+
+    integration: str
+    stage: str | None = None
+    code: int | None = None
+    since: float | None = None
+    until: float | None = None
+
+    @property
+    def everything(self) -> bool:
+        """No condition at all: the counts kept in Redis answer without reading a letter."""
+        return self.stage is None and self.code is None and self.since is None and self.until is None
+
+    def matches(self, entry: Mapping[str, Any]) -> bool:
+        """Stage and code (the time range is applied on Redis's index, by the time it was stored)."""
+        return (self.stage is None or entry.get("stage") == self.stage) and (
+            self.code is None or entry.get("code") == self.code
+        )
+
+    @classmethod
+    def from_args(cls, args: Any) -> Filter:
+        """From the CLI's ``--integration/--stage/--code/--since/--until`` (already parsed by argparse)."""
+        return cls(args.integration, args.stage, args.code, args.since, args.until)
+
+    @classmethod
+    def from_query(cls, integration: str, query: Mapping[str, str]) -> tuple[Filter, list[str]]:
+        """From the console's query string (stage, code, since, until as typed): the filter, and an error
+        for each value that is not one (that condition is then left out)."""
+        errors: list[str] = []
+        stage = query.get("stage") or None
+        if stage not in (None, *STAGES):
+            errors.append("stage: api or mapping")
+            stage = None
+        code_text = query.get("code", "").strip()
+        code = int(code_text) if _CODE.match(code_text) else None
+        if code_text and code is None:
+            errors.append("code: a number")
+        times: list[float | None] = []
+        for name in ("since", "until"):
+            text = query.get(name, "").strip()
+            try:
+                times.append(parse_time(text) if text else None)
+            except ValueError as exc:
+                errors.append(f"{name}: {exc}")
+                times.append(None)
+        return cls(integration, stage, code, times[0], times[1]), errors
+
+
+# ----------------------------------------------------------------------------------------- reading
 
 Cursor = tuple[str, str]  # (ms, id) of a dead letter in dead:idx; ("-inf", "") before the first
 
@@ -67,34 +192,43 @@ class Page:
 
 
 def scan(
-    store: Store,
-    integration: str,
-    stage: str | None = None,
-    code: int | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    after: Cursor = ("-inf", ""),
-    up_to_now: bool = False,
+    store: Store, where: Filter, after: Cursor = ("-inf", ""), up_to_now: bool = False
 ) -> Iterator[Page]:
-    """Every dead-letter listing's one reader: PAGE at a time, oldest first, after the cursor ``after``."""
-    low: int | str = "-inf" if since is None else int(since * 1000)
-    high: int | str = "+inf" if until is None else int(until * 1000)
+    """Every dead-letter listing's one reader: READ_PAGE at a time, oldest first, after the cursor
+    ``after``: flat in memory however many there are, and neither skipping nor repeating one when others
+    are removed meanwhile (a replay or purge of what it yields, the sweep's retention). ``up_to_now``: only
+    dead letters stored before this call (a replay must not meet the dead letters it makes itself)."""
+    low: int | str = "-inf" if where.since is None else int(where.since * 1000)
+    high: int | str = "+inf" if where.until is None else int(where.until * 1000)
     if up_to_now:
-        high = _now_fenced(store) if until is None else min(int(until * 1000), _now_fenced(store))
+        high = _now_fenced(store) if where.until is None else min(int(where.until * 1000), _now_fenced(store))
     cursor = after
+    name = where.integration
     while True:
-        page = store.dead_letter_page(integration, cursor, low, high, PAGE)
+        page = store.dead_letter_page(name, cursor, low, high, READ_PAGE)
         if not page:
             return
         cursor = (page[-1][1], page[-1][0])
         matches = []
-        for (did, ms), raw in zip(page, store.dead_letters(integration, [d for d, _ in page]), strict=True):
+        for (did, ms), raw in zip(page, store.dead_letters(name, [d for d, _ in page]), strict=True):
             if raw is None:
                 continue
             entry: dict[str, Any] = orjson.loads(raw)
-            if (stage is None or entry.get("stage") == stage) and (code is None or entry.get("code") == code):
+            if where.matches(entry):
                 matches.append(((ms, did), entry))
         yield Page(matches, cursor)
+
+
+def iter_pages(store: Store, where: Filter, up_to_now: bool = False) -> Iterator[list[dict[str, Any]]]:
+    """The matching dead letters a page at a time (a page may be empty when nothing in it matched)."""
+    for page in scan(store, where, up_to_now=up_to_now):
+        yield [entry for _, entry in page.matches]
+
+
+def iter_dead_letters(store: Store, where: Filter) -> Iterator[dict[str, Any]]:
+    """The matching dead letters, oldest first (see :func:`scan`)."""
+    for page in iter_pages(store, where):
+        yield from page
 
 
 def _now_fenced(store: Store) -> int:
@@ -106,12 +240,26 @@ def _now_fenced(store: Store) -> int:
     return now
 
 
+def entries(store: Store, integration: str, ids: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the dead letters with these ids, the ids not found), READ_PAGE at a time."""
+    found: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for start in range(0, len(ids), READ_PAGE):
+        part = list(ids[start : start + READ_PAGE])
+        for did, raw in zip(part, store.dead_letters(integration, part), strict=True):
+            if raw is None:
+                missing.append(did)
+            else:
+                found.append(orjson.loads(raw))
+    return found, missing
+
+
 def summarise(store: Store, integration: str) -> dict[str, dict[str, Any]]:
     """Dead letters by kind (``api:<code>``, ``mapping:<reason>``): the count kept in Redis, and an example
-    reason from the newest PAGE (``""`` when none of those is of that kind). Reads no more than a page
+    reason from the newest READ_PAGE (``""`` when none of those is of that kind). Reads no more than a page
     however many there are."""
     out = {kind: {"count": n, "example": ""} for kind, n in store.dead_letter_kinds(integration).items()}
-    ids = store.newest_dead_letter_ids(integration, PAGE)
+    ids = store.newest_dead_letter_ids(integration, READ_PAGE)
     for raw in store.dead_letters(integration, ids):
         if raw is None:
             continue
@@ -123,123 +271,30 @@ def summarise(store: Store, integration: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def count(
-    store: Store,
-    integration: str,
-    stage: str | None = None,
-    code: int | None = None,
-    since: float | None = None,
-    until: float | None = None,
-) -> dict[str, int]:
+def count(store: Store, where: Filter) -> dict[str, int]:
     """Dead letters by ``api:<code>`` and ``mapping``: from the counts in Redis when unfiltered, else by
     streaming the matching ones."""
     counts: dict[str, int] = {}
-    if stage is None and code is None and since is None and until is None:
-        for kind, n in store.dead_letter_kinds(integration).items():
+    if where.everything:
+        for kind, n in store.dead_letter_kinds(where.integration).items():
             key = kind if kind.startswith("api:") else kind.split(":")[0]
             counts[key] = counts.get(key, 0) + n
     else:
-        for entry in iter_dead_letters(store, integration, stage, code, since, until):
+        for entry in iter_dead_letters(store, where):
             key = f"api:{entry.get('code')}" if entry["stage"] == "api" else "mapping"
             counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
 
 
-@dataclass
-class ReplayResult:
-    replayed_records: int = 0
-    remapped_events: int = 0
-    rejected_again: int = 0
-    missing: list[str] = field(default_factory=list)
-    unreplayable: list[str] = field(default_factory=list)  # api dead letters that hold no record to send
-    already_replayed: int = 0  # taken by another replay running at the same time
-
-
-def _renamed(record: Any, renames: dict[str, str]) -> Any:
-    if renames and isinstance(record, dict) and record.get("evtName") in renames:
-        return {**record, "evtName": renames[record["evtName"]]}
-    return record
-
-
-def replay(
-    store: Store,
-    config: IntegrationConfig,
-    ids: Sequence[str] | None = None,
-    stage: str | None = None,
-    code: int | None = None,
-    rename_events: Mapping[str, str] | None = None,
-    since: float | None = None,
-    until: float | None = None,
-) -> ReplayResult:
-    """Replay the given dead letters (or all that match ``stage``/``code``/``since``..``until``, stored up to
-    now: a page at a time, flat in memory however many). Each moves atomically: its
-    records are queued and the dead letter removed in one script; an event that still does not map gets a
-    new dead letter with its new reasons, in that same step.
-
-    ``rename_events`` ({old: new}) renames the event of refused records as they are queued again: after
-    renaming an event in the mappings (an account that restricts "Web Page Viewed", say), the rows already
-    refused carry the old name and would be refused again as they are."""
-    result = ReplayResult()
-    renames = dict(rename_events or {})
-    ingestor = Ingestor(store, config)
+def drop(store: Store, where: Filter, ids: Sequence[str] | None = None) -> int:
+    """Delete the dead letters with these ids, or (``ids`` None) every one matching ``where`` stored up to
+    now, a page at a time; returns how many were deleted."""
+    name = where.integration
     if ids is not None:
-        for start in range(0, len(ids), PAGE):
-            part = list(ids[start : start + PAGE])
-            entries = []
-            for did, raw in zip(part, store.dead_letters(config.name, part), strict=True):
-                if raw is None:
-                    result.missing.append(did)
-                else:
-                    entries.append(orjson.loads(raw))
-            _replay_page(store, ingestor, entries, renames, result)
-        return result
-    # Up to now only: an event that is rejected again gets a new dead letter, which this must not meet.
-    for entries in iter_pages(store, config.name, stage, code, since, until, up_to_now=True):
-        _replay_page(store, ingestor, entries, renames, result)
-    return result
-
-
-def _replay_page(
-    store: Store,
-    ingestor: Ingestor,
-    entries: list[dict[str, Any]],
-    renames: dict[str, str],
-    result: ReplayResult,
-) -> None:
-    api = []
-    for e in entries:
-        if e.get("stage") != "api":
-            continue
-        if e.get("record") is None:  # a refusal that named no row sent: nothing to send again
-            result.unreplayable.append(e["id"])
-        else:
-            api.append((e["id"], orjson.dumps(_renamed(e["record"], renames))))
-    if api:
-        result.replayed_records += len(store.replay_records(ingestor.config.name, api))
-    mapping = [e for e in entries if e.get("stage") == "mapping"]
-    if mapping:
-        res = ingestor.ingest_chunk(
-            [(n, e["event"]) for n, e in enumerate(mapping)], replaces=[e["id"] for e in mapping]
+        return sum(
+            store.drop_dead_letters(name, ids[i : i + READ_PAGE]) for i in range(0, len(ids), READ_PAGE)
         )
-        result.remapped_events += res.accepted + res.filtered + res.duplicate
-        result.rejected_again += res.rejected
-        result.already_replayed += res.already_replayed
-
-
-def drop(
-    store: Store,
-    integration: str,
-    ids: Sequence[str] | None = None,
-    stage: str | None = None,
-    code: int | None = None,
-    since: float | None = None,
-    until: float | None = None,
-) -> int:
-    """Delete the given dead letters, or every one matching the filters (stored up to now), a page at a
-    time; returns how many were deleted."""
-    if ids is not None:
-        return sum(store.drop_dead_letters(integration, ids[i : i + PAGE]) for i in range(0, len(ids), PAGE))
     return sum(
-        store.drop_dead_letters(integration, [e["id"] for e in page])
-        for page in iter_pages(store, integration, stage, code, since, until, up_to_now=True)
+        store.drop_dead_letters(name, [e["id"] for e in page])
+        for page in iter_pages(store, where, up_to_now=True)
     )

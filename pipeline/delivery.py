@@ -21,23 +21,23 @@ from typing import Any
 import orjson
 import redis
 
+from pipeline import constants as C
 from pipeline.client import UploadClient, join_records
 from pipeline.config import IntegrationConfig, Settings
-from pipeline.errors import where
+from pipeline.deadletters import api_dead_letter
+from pipeline.errors import BatchGivenUp, BatchRefused, DeliveryError, PartialDelivery, where
 from pipeline.limiter import Limiter, RedisTokens
 from pipeline.policy import (
     Action,
     Attempt,
-    BatchHistory,
     Classified,
     Decision,
     Kind,
-    RowRejection,
     after_internal_error,
     classify,
     decide,
 )
-from pipeline.store import Debug, LeaseStatus, Store, dead_letter
+from pipeline.store import Debug, LeaseStatus, Store
 
 log = logging.getLogger("pipeline.delivery")
 #: One line per send_batch run, with the outcome's fields attached (see pipeline.logs).
@@ -90,8 +90,17 @@ class SendResult(enum.StrEnum):
 
     @property
     def is_error(self) -> bool:
-        """Per the spec only a clean success is a delivery: partial and failed rows surface as errors."""
-        return self in (SendResult.PARTIAL, SendResult.GAVE_UP, SendResult.BAD_REQUEST)
+        """Only a clean success is a delivery: a batch with rows dead-lettered surfaces as an error (the
+        task fails, so Flower and the worker's log show it), after its outcome is recorded."""
+        return self in _ERRORS
+
+
+#: The error a send_batch task raises for each outcome that dead-lettered rows.
+_ERRORS: dict[SendResult, type[DeliveryError]] = {
+    SendResult.PARTIAL: PartialDelivery,
+    SendResult.BAD_REQUEST: BatchRefused,
+    SendResult.GAVE_UP: BatchGivenUp,
+}
 
 
 _SKIPPED = {
@@ -158,6 +167,12 @@ class SendReport:
     def is_error(self) -> bool:
         return self.result.is_error
 
+    def error(self) -> DeliveryError | None:
+        """The error that says what happened to the batch (its summary: counts, never records), or None
+        when it is not one."""
+        kind = _ERRORS.get(self.result)
+        return kind(self.summary) if kind else None
+
 
 #: The event debugger keeps CleverTap's raw answer up to this size.
 DEBUG_BODY_BYTES = 64 * 1024
@@ -179,21 +194,24 @@ def _debugger_entry(batch_id: str, records: int, attempt_no: int, attempt: Attem
     }
 
 
-def api_dead_letter(
-    integration: str, batch_id: str, rejection: RowRejection, attempts: int, http_status: int | None
-) -> tuple[str, bytes]:
-    return dead_letter(
-        integration,
-        "api",
-        code=rejection.code,
-        error=rejection.error,
-        row=None if rejection.row is None else rejection.row + 1,
-        unconfirmed=rejection.unconfirmed,
-        batch_id=batch_id,
-        attempts=attempts,
-        http_status=http_status,
-        record=rejection.record,
-    )
+@dataclass(frozen=True)
+class _Sent:
+    """One attempt at a batch whose answer (or failure) is in: what recording its outcome needs."""
+
+    config: IntegrationConfig
+    batch_id: str
+    owner: str
+    records: list[bytes]
+    attempt_no: int  # 1 for the first send of the batch
+    attempt: Attempt
+
+    def debugger_entry(self, result: SendResult, reason: str) -> Debug:
+        """The event debugger's entry for this attempt (None when the integration keeps none)."""
+        if self.config.debugger_size <= 0:
+            return None
+        seen = _debugger_entry(self.batch_id, len(self.records), self.attempt_no, self.attempt)
+        entry = {**seen, "result": result.value, "reason": reason[:500]}
+        return orjson.dumps(entry), self.config.debugger_size
 
 
 class Deliverer:
@@ -217,18 +235,24 @@ class Deliverer:
             min(TOKEN_WAIT_COOPERATIVE_S, settings.token_lease / 4) if cooperative() else TOKEN_WAIT_S
         )
 
+    def with_settings(self, settings: Settings) -> Deliverer:
+        """A deliverer for new settings that shares this one's HTTP session (while the timeouts stay the
+        same: only integrations change at run time), store and limiter."""
+        timeouts = (settings.connect_timeout, settings.read_timeout)
+        same = timeouts == (self.settings.connect_timeout, self.settings.read_timeout)
+        client = self.client if same else None
+        return Deliverer(settings, self.store, self.dispatch, client, self.limiter, self.rng)
+
     @property
     def batch_lease_s(self) -> float:
-        # Longer than the token lease, so a token is always free again before another worker can take
-        # over a batch whose sender died.
-        return self.settings.token_lease * 1.5
+        return self.settings.token_lease * C.BATCH_LEASE_FACTOR
 
     # ----------------------------------------------------------------------------------------- assemble
 
     def dispatch_cap(self, config: IntegrationConfig) -> int:
         """Open batches an integration may have: DISPATCH_AHEAD times its account's limit, shared among the
         integrations sending as that account. Everything past it waits in Redis as records."""
-        sharing = sum(1 for c in self.settings.integrations.values() if c.account_key == config.account_key)
+        sharing = sum(1 for c in self.settings.integrations.values() if c.account_id == config.account_id)
         return max(2, math.ceil(DISPATCH_AHEAD * config.max_concurrency / sharing))
 
     def fill(self, config: IntegrationConfig) -> int:
@@ -297,7 +321,7 @@ class Deliverer:
             return SendReport(name, batch_id, _SKIPPED[lease.status])
         started = time.perf_counter()
         with self.limiter.token(
-            config.account_key, config.max_concurrency, self.settings.token_lease, self.token_wait_s
+            config.account_id, config.max_concurrency, self.settings.token_lease, self.token_wait_s
         ) as got:
             if not got:
                 delay = self.rng.uniform(0.1, 0.5)
@@ -315,68 +339,44 @@ class Deliverer:
                 # Type and place only: an HTTP library's message can quote header values (the passcode).
                 log.error("batch %s [%s]: unexpected %s while sending", batch_id, name, where(exc))
                 attempt = Attempt(None, error=f"internal error: {type(exc).__name__}")
-        history = BatchHistory(
-            lease.now_ms,
-            lease.created_ms,
-            lease.attempts,
-            lease.failures,
-            lease.throttles,
-            lease.first_failure_ms,
-            lease.first_throttle_ms,
-        )
-        seen = _debugger_entry(batch_id, len(records), lease.attempts + 1, attempt)
+        assert lease.history is not None  # an OK lease carries the batch's history
+        history = lease.history
+        sent = _Sent(config, batch_id, owner, records, history.attempts + 1, attempt)
         try:
             classified = classify(attempt, records)
             decision = decide(classified, records, history, config.give_up_age, self.rng)
-            report = self._apply(
-                config, batch_id, owner, records, classified, decision, lease.attempts + 1, seen
-            )
+            report = self._apply(sent, classified, decision)
         except Exception as exc:
             # A response nobody foresaw, or a bug in what follows it: still an attempt, counted like a
             # transient failure, so a batch that keeps failing this way ends in the dead letters.
             log.error("batch %s [%s]: the response could not be processed: %s", batch_id, name, where(exc))
             decision = after_internal_error(where(exc), records, history, config.give_up_age)
-            unknown = Classified(Kind.TRANSIENT, decision.reason, attempt.status)
-            report = self._apply(
-                config, batch_id, owner, records, unknown, decision, lease.attempts + 1, seen
-            )
+            report = self._apply(sent, Classified(Kind.TRANSIENT, decision.reason, attempt.status), decision)
         report.elapsed_s = time.perf_counter() - started
-        report.attempt, report.http_status = lease.attempts + 1, attempt.status
+        report.attempt, report.http_status = sent.attempt_no, attempt.status
         report.latency_s = attempt.elapsed_s
         # Metrics after the outcome, and never at its expense: a failure here loses a count, not a batch.
         try:
-            self.store.record_request(config.account_key, str(attempt.status or "error"), attempt.elapsed_s)
+            self.store.record_request(config.account_id, str(attempt.status or "error"), attempt.elapsed_s)
         except redis.RedisError as exc:
-            log.warning("account %s: request metrics not recorded: %s", config.account_key, where(exc))
+            log.warning("account %s: request metrics not recorded: %s", config.account_id, where(exc))
         return report
 
-    def _apply(
-        self,
-        config: IntegrationConfig,
-        batch_id: str,
-        owner: str,
-        records: list[bytes],
-        c: Classified,
-        d: Decision,
-        attempts: int,
-        seen: dict[str, Any] | None = None,
-    ) -> SendReport:
+    def _apply(self, sent: _Sent, c: Classified, d: Decision) -> SendReport:
+        """Record what the answer comes to (one script), then dispatch what follows from it."""
+        config, batch_id, owner, records = sent.config, sent.batch_id, sent.owner, sent.records
         name = config.name
 
         def debug(result: SendResult) -> Debug:
-            if seen is None or config.debugger_size <= 0:
-                return None
-            return orjson.dumps(
-                {**seen, "result": result.value, "reason": d.reason[:500]}
-            ), config.debugger_size
+            return sent.debugger_entry(result, d.reason)
 
         if c.kind is Kind.THROTTLED:
-            before = self.store.effective_limit(config.account_key, config.max_concurrency)
-            after = self.store.adapt_limit(config.account_key, config.max_concurrency, throttled=True)
+            before = self.store.effective_limit(config.account_id, config.max_concurrency)
+            after = self.store.adapt_limit(config.account_id, config.max_concurrency, throttled=True)
             if int(after) < int(before):
                 log.warning(
                     "account %s: a 429 within this pipeline's own limit (another client uses the account): "
-                    "effective limit %d of %d", config.account_key, int(after), config.max_concurrency,
+                    "effective limit %d of %d", config.account_id, int(after), config.max_concurrency,
                 )  # fmt: skip
         if d.action is Action.RETRY:
             assert d.retry_kind is not None
@@ -400,7 +400,7 @@ class Deliverer:
                 self.dispatch(name, bid, 0.0, 1)
             self.fill(config)
             return SendReport(name, batch_id, SendResult.SPLIT, len(records), detail=d.reason)
-        dead = [api_dead_letter(name, batch_id, r, attempts, c.http_status) for r in d.dead]
+        dead = [api_dead_letter(name, batch_id, r, sent.attempt_no, c.http_status) for r in d.dead]
         codes = Counter(str(r.code) for r in d.dead)
         if d.gave_up:
             result = SendResult.GAVE_UP
@@ -420,7 +420,7 @@ class Deliverer:
         }
         authenticated = c.http_status is not None and 200 <= c.http_status < 300
         if authenticated:
-            self.store.adapt_limit(config.account_key, config.max_concurrency, throttled=False)
+            self.store.adapt_limit(config.account_id, config.max_concurrency, throttled=False)
         applied, released = self.store.finish(
             name, batch_id, owner, d.delivered, dead, counters, authenticated, debug(result)
         )
@@ -473,6 +473,6 @@ class Deliverer:
                 "redispatched": len(res.redispatch),
                 "probe": int(bool(res.probe)),
             }
-        for account in {c.account_key for c in self.settings.integrations.values()}:
+        for account in {c.account_id for c in self.settings.integrations.values()}:
             self.store.expire_tokens(account)
         return found

@@ -38,6 +38,10 @@ class PartialDelivery(DeliveryError):
     """CleverTap answered ``partial`` or ``fail``: some rows were rejected and dead-lettered."""
 
 
+class BatchRefused(DeliveryError):
+    """CleverTap refused the whole request (a 4xx other than 401/403/413/429): every row dead-lettered."""
+
+
 class BatchGivenUp(DeliveryError):
     """A batch kept failing past its give-up age and was dead-lettered with the last error."""
 

@@ -7,19 +7,21 @@ identities, de-duplication marks and mapping dead letters in one atomic Redis sc
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import redis
 
 from pipeline.config import IntegrationConfig, Settings, load_settings
-from pipeline.errors import QueueFull, where
+from pipeline.deadletters import mapping_dead_letter
+from pipeline.errors import InputError, QueueFull, where
 from pipeline.events import Event, validate_event
 from pipeline.mapping import DUPLICATE, FILTERED, MAPPED, REJECTED, Mapper, MapResult, MapStatus
-from pipeline.store import Store, dead_letter
+from pipeline.store import Store
 
 #: Events per Redis round trip: big enough to amortise the round trip, small enough that one script
 #: call stays well under a millisecond or two of Redis time.
@@ -86,10 +88,6 @@ class LineResult:
 
 #: Redis errors that pass: a message that meets one is tried again later, from where it stopped.
 TRANSIENT_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-
-
-def mapping_dead_letter(integration: str, event: Any, reasons: list[str]) -> tuple[str, bytes]:
-    return dead_letter(integration, "mapping", reasons=reasons, event=event)
 
 
 class Ingestor:
@@ -319,3 +317,28 @@ def ingest(
         settings = load_settings()
     config = settings.integration(integration)
     return Ingestor(store or Store.shared(settings.redis_url, settings.key_prefix), config).ingest(events)
+
+
+def read_events(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, event)`` from JSON lines or one JSON array (numbered by element, from 1).
+
+    A line that is not JSON yields a bad-input marker that ingest rejects with the parse error (naming the
+    line); input that starts as an array but is not one is an InputError."""
+    head = stream.peek(64)[:64] if isinstance(stream, io.BufferedReader) else b""
+    if head.lstrip().startswith(b"["):
+        data = stream.read()
+        try:
+            items = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(f"input starts with '[' but is not a JSON array: {exc}") from None
+        yield from enumerate(items, start=1)
+        return
+    for n, line in enumerate(stream, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            yield n, orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            snippet = text[:80].decode("utf-8", "replace")
+            yield n, bad_input(snippet, f"not JSON: {exc} (line starts {snippet!r})")

@@ -59,3 +59,27 @@ def use_format(fmt: str, logger: logging.Logger | None = None) -> None:
         return
     for handler in (logger or logging.getLogger()).handlers:
         handler.setFormatter(JsonFormatter())
+
+
+def uvicorn_log_config(fmt: str) -> dict[str, Any]:
+    """uvicorn's logging (the collector, the console), for every worker process: warnings and errors on
+    stderr, as text or one JSON object per line (``log_format``). No access log: it would say nothing the
+    counters do not."""
+    formatter: dict[str, Any] = (
+        {"()": "pipeline.logs.JsonFormatter"}
+        if fmt == "json"
+        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default"}},
+        "root": {"handlers": ["stderr"], "level": "WARNING"},
+        "loggers": {
+            "uvicorn": {"level": "INFO"},
+            "uvicorn.error": {"level": "INFO"},
+            "uvicorn.access": {"level": "WARNING", "propagate": False},
+            "pipeline": {"level": "INFO"},
+        },
+    }

@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 
 from pipeline import constants as C
 from pipeline.config import Settings
-from pipeline.deadletters import count
+from pipeline.deadletters import Filter, count
 from pipeline.store import Store
 
 #: ingest's counters -> the ``outcome`` label of clevertap_events_ingested_total.
@@ -70,7 +70,9 @@ class RedisCollector(Collector):
             oldest.add_metric([name], self.store.oldest_pending_age_s(name) or 0.0)
             dead_lettered.add_metric([name, "api"], stats.get("rejected_api", 0))
             dead_lettered.add_metric([name, "mapping"], stats.get("rejected_mapping", 0))
-            for key, n in count(self.store, name).items():  # from the counts kept in Redis: no letter read
+            for key, n in count(
+                self.store, Filter(name)
+            ).items():  # from the counts kept in Redis: no letter read
                 stage, _, code = key.partition(":")
                 dead.add_metric([name, stage, code], n)
             auth.add_metric([name], 0 if self.store.auth_state(name) else 1)
@@ -97,7 +99,7 @@ class RedisCollector(Collector):
             labels=["account"],
         )
         limits: dict[str, int] = {
-            c.account_key: c.max_concurrency for c in self.settings.integrations.values()
+            c.account_id: c.max_concurrency for c in self.settings.integrations.values()
         }
         for account, configured in sorted(limits.items()):
             counts, durations = self.store.request_counts(account)

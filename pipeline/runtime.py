@@ -54,12 +54,16 @@ def ingest(events: list[Any], integration: str = "default", message_id: str | No
 
 
 def deliverer(dispatch: Dispatch) -> Deliverer:
-    """This process's deliverer: one HTTP session and one Redis pool, shared by its threads; it takes up
-    settings the console changed (a new integration is assembled and sent from then on)."""
+    """This process's deliverer for its current settings. Settings are frozen, and so is a deliverer's:
+    when the console changes them, the next call gets a new deliverer (on the same HTTP session, Redis
+    pool and limiter), while a send already running finishes on the one it started with."""
     current = settings()
-    value: Deliverer = _per_process("deliverer", lambda: Deliverer(current, store(), dispatch))
-    if value.settings is not current:
-        value.settings = current
+    held: dict[str, Deliverer] = _per_process("deliverer", dict)
+    value = held.get("now")
+    if value is None:
+        value = held["now"] = Deliverer(current, store(), dispatch)
+    elif value.settings is not current:
+        value = held["now"] = value.with_settings(current)
     return value
 
 

@@ -33,6 +33,7 @@ from pipeline.config import (
     _flatten,
     build_integration,
     load_settings,
+    rule_breaks,
 )
 from pipeline.errors import ConfigError
 from pipeline.store import Store
@@ -40,7 +41,7 @@ from pipeline.store import Store
 log = logging.getLogger("pipeline.saved")
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-#: How often a process looks for console changes (the issue's bound is 5 s).
+#: How often a process looks for console changes: a save reaches every process within 5 s.
 CHECK_EVERY_S = 2.0
 
 
@@ -65,8 +66,8 @@ class SavedIntegrations:
     def __init__(self, store: Store, fernet: Fernet | None) -> None:
         self.store = store
         self.fernet = fernet
-        self.key = f"{store.prefix}:console:integrations"
-        self.version_key = f"{store.prefix}:console:version"
+        self.key = store.console_key("integrations")
+        self.version_key = store.console_key("version")
 
     def version(self) -> int:
         return int(self.store.r.get(self.version_key) or 0)
@@ -146,30 +147,20 @@ class SavedIntegrations:
             data["passcode"] = "placeholder"
         if write_key:
             data["write_key"] = write_key
-            for other in settings.integrations.values():
-                if (
-                    other.name != name
-                    and other.write_key is not None
-                    and other.write_key.reveal() == write_key
-                ):
-                    errors["write_key"] = f"is integration {other.name}'s write key: give each its own"
         try:
             IntegrationSchema().load(data)
         except ValidationError as exc:
             for path, message in _flatten(exc.messages):
                 errors.setdefault(path, message)
-        for other in settings.integrations.values():
-            if (
-                other.name != name
-                and other.account_id == spec.get("account_id")
-                and spec.get("max_concurrency") is not None
-                and other.max_concurrency != spec.get("max_concurrency")
-            ):
-                errors.setdefault(
-                    "max_concurrency",
-                    f"must equal integration {other.name}'s ({other.max_concurrency}): both send as account "
-                    f"{other.account_id}, which has one in-flight limit",
-                )
+        broken = rule_breaks(
+            name,
+            spec.get("account_id"),
+            spec.get("max_concurrency"),
+            write_key,
+            settings.integrations.values(),
+        )
+        for key, message in broken.items():
+            errors.setdefault(key, message)
         return errors
 
     def save(
@@ -215,23 +206,17 @@ def merged(base: Settings, saved: SavedIntegrations) -> Settings:
     """``base`` (the environment and the file) with the console's integrations added; a console one never
     replaces one of ``base``'s."""
     extra: dict[str, IntegrationConfig] = {}
-    limits = {c.account_id: (c.name, c.max_concurrency) for c in base.integrations.values()}
-    keys = {c.write_key.reveal() for c in base.integrations.values() if c.write_key is not None}
+    standing = list(base.integrations.values())
     for name, config in sorted(saved.configs().items()):
         if name in base.integrations:
             continue
-        seen = limits.setdefault(config.account_id, (name, config.max_concurrency))
-        if seen[1] != config.max_concurrency:  # one account, one in-flight limit: the first one stands
-            log.error(
-                "console integration %s is not served: its max_concurrency %d differs from %s's %d on the "
-                "same account", name, config.max_concurrency, seen[0], seen[1],
-            )  # fmt: skip
+        key = config.write_key.reveal() if config.write_key is not None else None
+        broken = rule_breaks(name, config.account_id, config.max_concurrency, key, standing)
+        if broken:  # the integrations already standing keep their place: this one is left out, and logged
+            log.error("console integration %s is not served: %s", name,
+                      "; ".join(f"{k} {m}" for k, m in broken.items()))  # fmt: skip
             continue
-        if config.write_key is not None:
-            if config.write_key.reveal() in keys:
-                log.error("console integration %s is not served: another integration has its write key", name)
-                continue
-            keys.add(config.write_key.reveal())
+        standing.append(config)
         extra[name] = config
     if not extra:
         return base
@@ -275,7 +260,7 @@ class LiveSettings:
         return self._settings
 
 
-def load_all(environ: Mapping[str, str] | None = None) -> Settings:
+def load_with_console(environ: Mapping[str, str] | None = None) -> Settings:
     """The environment's and the file's settings, with the console's integrations when
     ``CLEVERTAP_CONSOLE_KEY`` is set (for the CLI: read once). Redis unreachable: the base alone."""
     base = load_settings(environ)

@@ -34,9 +34,9 @@ def integration_status(settings: Settings, store: Store, name: str) -> dict[str,
         "pending": depth["pending"],
         "oldest_pending_age_s": store.oldest_pending_age_s(name),
         "open_batches": depth["open_batches"],
-        "in_flight": store.tokens_in_flight(config.account_key),
+        "in_flight": store.tokens_in_flight(config.account_id),
         "limit": config.max_concurrency,
-        "effective_limit": int(store.effective_limit(config.account_key, config.max_concurrency)),
+        "effective_limit": int(store.effective_limit(config.account_id, config.max_concurrency)),
         "held": depth["held_batches"],
         "auth_ok": not auth,
         "delivered": counters.get("delivered", 0),
@@ -55,7 +55,26 @@ def integration_status(settings: Settings, store: Store, name: str) -> dict[str,
         },
         "counters": counters,
         "auth": auth or "ok",
-        "peak_in_flight": store.peak_in_flight(config.account_key),
+        "peak_in_flight": store.peak_in_flight(config.account_id),
         "dead_letters": summarise(store, name),
         "as_of": round(time.time(), 3),
     }
+
+
+class DeliveryRate:
+    """Delivered records/s per integration between one reading of status and the next (``status
+    --watch``), from Redis's delivered counter and the time of each reading."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def update(self, found: dict[str, dict[str, Any]]) -> None:
+        """Set each status's ``delivered_per_s``: None on the first reading of an integration."""
+        for name, s in found.items():
+            at, delivered = s["as_of"], s["delivered"]
+            last = self._last.get(name)
+            if last is not None and at > last[0]:
+                s["delivered_per_s"] = round((delivered - last[1]) / (at - last[0]), 1)
+            else:
+                s["delivered_per_s"] = None
+            self._last[name] = (at, delivered)

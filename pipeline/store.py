@@ -1,47 +1,5 @@
-"""All Redis access: the key layout (below) and the calls into the Lua scripts of ``pipeline/lua/``.
-
-Key layout (``P`` is the key prefix, default ``ctp``; ``{I}`` the integration name as a Redis Cluster hash
-tag, so every key of one integration lives in one slot and each script touches one slot only):
-
-====================================  ======  ===============================================================
-key                                   type    holds
-====================================  ======  ===============================================================
-``P:{I}:pending``                     list    queued records, pre-serialised CleverTap JSON, oldest first
-``P:{I}:arrivals``                    list    ``<records pushed so far>:<ms>`` marks, oldest first: when the
-                                              waiting records arrived (to 10 ms), for the flush interval
-``P:{I}:flow``                        hash    ``pushed``, ``cut``: records ever pushed to / cut from pending
-``P:{I}:ingest:<message id>``         string  chunks of a ``clevertap.ingest`` message already queued (1 day)
-``P:{I}:seen``                        zset    messageId -> ms first accepted (de-duplication window)
-``P:{I}:ids``                         hash    userId -> email, remembered from identify calls
-``P:{I}:ids:seen``                    zset    userId -> ms of its last identify (entries expire after
-                                              identity_retention)
-``P:{I}:batch:<bid>``                 string  the records of one assembled batch, in send order, joined by
-                                              newlines
-``P:{I}:meta:<bid>``                  hash    created, size, attempts, failures, throttles, first_failure,
-                                              first_throttle, last_error, gen (dispatch generation),
-                                              swept (re-publishes by the sweep since the last dispatch)
-``P:{I}:open``                        zset    bid -> ms when the batch is next due to be sent
-``P:{I}:held``                        zset    bid -> ms held, while the integration fails authentication
-``P:{I}:lease:<bid>``                 string  the worker currently sending the batch (expires, PX)
-``P:{I}:auth``                        hash    reason, since, next_probe, probe: present only while auth fails
-``P:{I}:dead``                        hash    dead-letter id -> JSON entry (stage, code, error, record/event)
-``P:{I}:dead:idx``                    zset    dead-letter id -> ms, for listing in order
-``P:{I}:dead:kinds``                  hash    dead letters kept, by kind (``api:<code>``,
-                                              ``mapping:<reason>``), kept by the scripts that add/remove
-``P:{I}:stats``                       hash    counters (accepted, delivered, retries_throttled, ...)
-``P:{I}:debug``                       list    the event debugger: the last debugger_size send attempts, newest
-                                              first (JSON: time, batch, records, attempt, HTTP status,
-                                              latency, result, CleverTap's raw answer cut at 64 KB)
-``P:{acct:<A>}:tokens``               zset    in-flight token id -> lease expiry ms, per CleverTap account
-``P:{acct:<A>}:stats``                hash    ``peak``: the most tokens ever held at once
-``P:{acct:<A>}:wake``                 list    one item per released token, for waiters blocked in BLPOP
-``P:{acct:<A>}:limit``                hash    effective (AIMD limit, while another client shares the
-                                              account), cut_at, cut_from, cuts
-``P:{acct:<A>}:requests``             hash    requests to CleverTap by answer (HTTP status, or "error")
-``P:{acct:<A>}:durations``            hash    request durations: a count per histogram bucket, and "sum"
-``P:ready``                           set     integrations that may have records waiting
-``P:assemble:lock``                   string  held by the one assembler run in progress (expires)
-====================================  ======  ===============================================================
+"""All Redis access: the calls into the Lua scripts of ``pipeline/lua/``, on the keys of
+:mod:`pipeline.keys` (the key layout, in one table).
 
 Records are orjson output, which never holds a raw newline (JSON escapes it inside strings), so a newline
 is a safe separator: a batch is one string, read with one GET and turned into a request body with one
@@ -51,8 +9,6 @@ Every move of a record between pending, a batch, the dead letters and the delive
 script (``pipeline/lua/<name>.lua``, each naming its KEYS and ARGV on its first lines), so a record is
 always in exactly one place. Times used for leases, due times and the
 de-duplication window come from Redis ``TIME``: every host shares that one clock.
-Batch keys (``batch:<bid>``, ``meta:<bid>``, ``lease:<bid>``) are named inside scripts; they carry the same
-hash tag as the declared keys, so they live in the same slot.
 """
 
 from __future__ import annotations
@@ -73,7 +29,8 @@ import redis
 
 from pipeline import constants as C
 from pipeline.errors import QueueFull
-from pipeline.policy import RetryKind
+from pipeline.keys import KeyLayout
+from pipeline.policy import BatchHistory, RetryKind
 
 
 def _lua(path: str) -> str:
@@ -113,67 +70,25 @@ def new_id() -> str:
     return f"{int(time.time() * 1000):013d}-{seq:06d}-{os.getpid() % 100000:05d}{secrets.token_hex(3)}"
 
 
-def dead_letter_kind(stage: str, fields: dict[str, Any]) -> str:
-    """What ``dead:kinds`` counts a dead letter under: ``api:<code>``, or ``mapping:`` and the part of its
-    first reason before a colon (``mapping:missing identity``); letters, digits and ``_.- ()`` only."""
-    if stage == "api":
-        kind = f"api:{fields.get('code')}"
-    else:
-        reasons = fields.get("reasons") or [""]
-        kind = "mapping:" + str(reasons[0]).split(":")[0]
-    return _KIND_UNSAFE.sub("", kind)[:80]
-
-
-_KIND_UNSAFE = re.compile(r"[^A-Za-z0-9_.: ()-]")
 _KIND = re.compile(rb'^{"id":"[^"]*","kind":"([^"]*)"')
 
 
 def kind_of(body: bytes) -> str | None:
-    """The kind written into a dead-letter entry (as the Lua ``kind_of`` reads it)."""
+    """The kind written into a dead-letter entry, read as lib/dead.lua's ``kind_of`` reads it (for the one
+    write that is not a script: :meth:`Store.keep_unqueued`)."""
     m = _KIND.match(body)
     return m.group(1).decode() if m else None
 
 
-def dead_letter(integration: str, stage: str, **fields: Any) -> tuple[str, bytes]:
-    """A dead-letter entry (``stage`` mapping or api) and its id, ready for the scripts that store it. Its
-    kind is the second key: the scripts count dead letters by kind without decoding them."""
-    did = new_id()
-    entry = {
-        "id": did,
-        "kind": dead_letter_kind(stage, fields),
-        "integration": integration,
-        "stage": stage,
-        "time": round(time.time(), 3),
-        **fields,
-    }
-    try:
-        return did, orjson.dumps(entry, default=str)
-    except TypeError:  # what a dead letter keeps may be anything that arrived, e.g. an integer over 64 bits
-        return did, orjson.dumps(_jsonable(entry), default=str)
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` with what JSON (and orjson) cannot hold as it is, integers over 64 bits, made text."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
-        return str(value)
-    return value
-
-
 @dataclass(frozen=True)
 class LeaseResult:
+    """What taking a batch's lease found; with OK, the batch's history so far (what the retry policy
+    decides on), with EARLY, when it is due."""
+
     status: LeaseStatus
     now_ms: int
-    created_ms: int = 0
-    attempts: int = 0
-    failures: int = 0
-    throttles: int = 0
-    first_failure_ms: int = 0
-    first_throttle_ms: int = 0
-    due_ms: int = 0  # with EARLY: when the batch is due
+    history: BatchHistory | None = None  # with OK
+    due_ms: int = 0  # with EARLY
 
 
 @dataclass(frozen=True)
@@ -201,15 +116,15 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Store:
+class Store(KeyLayout):
     """Redis operations of the pipeline. One instance per process (:meth:`shared`); it holds a connection
     pool. Every method that takes ``integration`` takes the integration's name."""
 
     _shared: ClassVar[dict[tuple[int, str, str], Store]] = {}
 
     def __init__(self, client: redis.Redis, prefix: str = C.DEFAULT_KEY_PREFIX) -> None:
+        super().__init__(prefix)
         self.r = client
-        self.prefix = prefix
         self._scripts = {name: client.register_script(text) for name, text in SCRIPTS.items()}
 
     @classmethod
@@ -236,24 +151,6 @@ class Store:
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
         return self._scripts[script](keys=list(keys), args=list(args), client=client)
-
-    # ------------------------------------------------------------------------------------------ keys
-
-    def base(self, integration: str) -> str:
-        return f"{self.prefix}:{{{integration}}}:"
-
-    def key(self, integration: str, name: str) -> str:
-        return f"{self.prefix}:{{{integration}}}:{name}"
-
-    def keys(self, integration: str, *names: str) -> list[str]:
-        return [self.key(integration, name) for name in names]
-
-    def account_key(self, account: str, name: str) -> str:
-        return f"{self.prefix}:{{acct:{account}}}:{name}"
-
-    @property
-    def ready_key(self) -> str:
-        return f"{self.prefix}:ready"
 
     # ----------------------------------------------------------------------------------------- ingest
 
@@ -383,7 +280,11 @@ class Store:
             return LeaseResult(status, int(res[1]), due_ms=int(float(_s(res[2]))))
         if status is not LeaseStatus.OK:
             return LeaseResult(status, int(res[1]))
-        return LeaseResult(status, *(int(float(_s(x))) for x in res[1:]))
+        now, created, attempts, failures, throttles, first_failure, first_throttle = (
+            int(float(_s(x))) for x in res[1:]
+        )
+        history = BatchHistory(now, created, attempts, failures, throttles, first_failure, first_throttle)
+        return LeaseResult(status, now, history)
 
     def unlease(self, integration: str, bid: str, owner: str, delay_s: float) -> int:
         """Give the batch back, due in ``delay_s``; returns its new dispatch generation (0: gone)."""
@@ -666,11 +567,11 @@ class Store:
 
     def try_lock(self, name: str, ttl_s: float) -> str | None:
         token = secrets.token_hex(8)
-        ok = self.r.set(f"{self.prefix}:{name}:lock", token, nx=True, px=int(ttl_s * 1000))
+        ok = self.r.set(self.lock_key(name), token, nx=True, px=int(ttl_s * 1000))
         return token if ok else None
 
     def unlock(self, name: str, token: str) -> None:
-        self._run("unlock", [f"{self.prefix}:{name}:lock"], [token])
+        self._run("unlock", [self.lock_key(name)], [token])
 
 
 def eviction_warning(url: str) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline import runtime
 from pipeline.delivery import Deliverer
-from pipeline.errors import PartialDelivery, QueueFull, UnknownIntegration, where
+from pipeline.errors import DeliveryError, QueueFull, UnknownIntegration, where
 from pipeline.ingest import TRANSIENT_REDIS_ERRORS
 from tasks.celeryapp import app
 
@@ -58,16 +58,18 @@ def assemble() -> dict[str, int] | None:
     return made
 
 
-# A partial or given-up batch raises PartialDelivery *after* its outcome is recorded, so Flower shows the
-# task as failed with the counts; `throws` keeps it out of the worker's error tracebacks.
-@app.task(name="clevertap.send_batch", throws=(PartialDelivery,))
+# A batch with rows dead-lettered raises a DeliveryError (PartialDelivery, BatchRefused, BatchGivenUp) *after*
+# its outcome is recorded, so Flower shows the task as failed with the counts; `throws` keeps it out of the
+# worker's error tracebacks.
+@app.task(name="clevertap.send_batch", throws=(DeliveryError,))
 def send_batch(integration: str, batch_id: str, generation: int | None = None) -> str:
     """Send one stored batch under the account's in-flight limit and record the outcome. ``generation``
     tells this message from stale copies (None: a message from before generations). The outcome's log
     line is written by the deliverer (pipeline.outcomes)."""
     report = _deliverer().send(integration, batch_id, generation)
-    if report.is_error:
-        raise PartialDelivery(report.summary)
+    error = report.error()
+    if error is not None:
+        raise error
     return report.result.value
 
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from pipeline.collect_app import create_app
-from pipeline.collector import MAX_BATCH_BYTES, MAX_CALL_BYTES, Answer, Collector
+from pipeline.collector.app import create_app
+from pipeline.collector.core import MAX_BATCH_BYTES, MAX_CALL_BYTES, Answer, Collector
 from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError
 from pipeline.store import Store

@@ -16,8 +16,9 @@ from starlette.testclient import TestClient
 from pipeline import saved as saved_module
 from pipeline.config import ENV_CONSOLE_KEY, load_settings
 from pipeline.console import create_console, session_secret
-from pipeline.saved import LiveSettings, SavedIntegrations, load_all
-from pipeline.store import Store, dead_letter
+from pipeline.deadletters import dead_letter
+from pipeline.saved import LiveSettings, SavedIntegrations, load_with_console
+from pipeline.store import Store
 from tests.helpers import PASSCODE, environment, pending
 
 PASSWORD = "console-password-123"
@@ -122,9 +123,9 @@ def test_an_integration_is_saved_encrypted_checked_by_the_schema_and_served_live
     config = live.current().integration("shop")
     assert config.batch_size == 250 and config.passcode.reveal() == "shop-passcode-1"
     # The CLI sees it too, with the key in its environment.
-    cli = load_all({**environment(store_url(store)), ENV_CONSOLE_KEY: KEY})
+    cli = load_with_console({**environment(store_url(store)), ENV_CONSOLE_KEY: KEY})
     assert "shop" in cli.integrations
-    assert "shop" not in load_all(environment(store_url(store))).integrations  # no key: not served
+    assert "shop" not in load_with_console(environment(store_url(store))).integrations  # no key: not served
 
 
 def store_url(store: Store) -> str:
@@ -269,7 +270,7 @@ def test_moving_an_integration_needs_its_passcode_again(client: TestClient, live
 def test_a_console_write_key_reaches_the_collector(
     client: TestClient, live: LiveSettings, store: Store
 ) -> None:
-    from pipeline.collector import Collector
+    from pipeline.collector.core import Collector
 
     token = logged_in(client)
     keyed = {"csrf": token, **form(write_key="wk-console-0123456789")}

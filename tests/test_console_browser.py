@@ -23,7 +23,7 @@ from pipeline.ingest import ingest
 from pipeline.local.procs import answers, wait_for
 from pipeline.local.redis_server import free_port
 from pipeline.local.runner import Stack, start_stack
-from pipeline.saved import load_all
+from pipeline.saved import load_with_console
 from pipeline.store import Store
 from tests.helpers import emulator_records, environment
 
@@ -150,7 +150,7 @@ def test_the_console_in_chromium(stack: tuple[Stack, str], browser: Any, tmp_pat
         {"type": "page", "name": "Home", "userId": f"p{n}", "messageId": f"page-{n}", "timestamp": 1706540000}
         for n in range(3)
     ]  # fmt: skip
-    ingest(events, integration="shop", settings=load_all(started.env), store=store)
+    ingest(events, integration="shop", settings=load_with_console(started.env), store=store)
     delivered = wait_for(lambda: len(emulator_records(emulator.url, SHOP_ACC)) == 20, 60, 0.3, started.group)
     assert delivered, started.logs()
     assert wait_for(lambda: store.dead_letter_count("shop") == 3, 30, 0.3, started.group)

@@ -11,10 +11,11 @@ import orjson
 import requests
 
 from pipeline.config import load_settings
-from pipeline.deadletters import count, iter_dead_letters, iter_pages, replay, summarise
+from pipeline.deadletters import Filter, count, dead_letter, iter_dead_letters, iter_pages, summarise
 from pipeline.ingest import ingest
 from pipeline.local.emulator import Emulator, Faults
-from pipeline.store import Store, dead_letter, kind_of
+from pipeline.replay import replay
+from pipeline.store import Store, kind_of
 from tests.helpers import (
     ACC,
     PASS,
@@ -42,7 +43,7 @@ def test_rows_clevertap_refused_deliver_when_replayed_after_the_cause_is_fixed(
         assert store.dead_letter_kinds("default") == {"api:513": 3}  # counted by the finish script
         # The account's restriction is lifted (or the preset changed); replay the refused rows.
         requests.post(emu.url + "/_emulator/faults", json={"restricted_events": []}, timeout=5)
-        result = replay(store, settings.integration("default"), stage="api")
+        result = replay(store, settings.integration("default"), where=Filter("default", "api"))
         assert result.replayed_records == 3 and store.dead_letter_count("default") == 0
         assert store.dead_letter_kinds("default") == {}  # and uncounted by the replay script
         time.sleep(0.06)
@@ -64,9 +65,9 @@ def test_mapping_dead_letters_replay_through_the_current_mappings(redis_url: str
     hopeless = {"type": "track", "event": "X", "messageId": "n2"}  # no identity, whatever the config
     assert ingest([nested, hopeless], settings=strict, store=store).rejected == 2
     lenient = load_settings(environment(redis_url, CLEVERTAP_NESTED="stringify"))
-    result = replay(store, lenient.integration("default"), stage="mapping")
+    result = replay(store, lenient.integration("default"), where=Filter("default", "mapping"))
     assert (result.remapped_events, result.rejected_again) == (1, 1)
-    (left,) = list(iter_dead_letters(store, "default"))
+    (left,) = list(iter_dead_letters(store, Filter("default")))
     assert left["event"]["messageId"] == "n2" and "missing identity" in left["reasons"][0]
     assert store.dead_letter_kinds("default") == {"mapping:missing identity": 1}
     # Replaying it again while another replay has taken it adds and counts nothing twice.
@@ -165,19 +166,19 @@ def test_listing_pages_through_every_dead_letter_behind_a_cursor(store: Store) -
     _store_raw(store, letters)
     m1 = orjson.dumps({"id": "m1", "kind": "mapping:x", "stage": "mapping", "reasons": ["x: y"]})
     _store_raw(store, [("m1", m1, 5000)])
-    everything = list(iter_dead_letters(store, "default"))
+    everything = list(iter_dead_letters(store, Filter("default")))
     assert len(everything) == 1235
     assert sorted(e["record"]["n"] for e in everything[:1234]) == list(range(1234))
-    assert len(list(iter_dead_letters(store, "default", "api", 522))) == 412
-    assert [e["id"] for e in iter_dead_letters(store, "default", "mapping")] == ["m1"]
-    assert [e["id"] for e in iter_dead_letters(store, "default", since=4.0, until=6.0)] == ["m1"]
+    assert len(list(iter_dead_letters(store, Filter("default", "api", 522)))) == 412
+    assert [e["id"] for e in iter_dead_letters(store, Filter("default", "mapping"))] == ["m1"]
+    assert [e["id"] for e in iter_dead_letters(store, Filter("default", since=4.0, until=6.0))] == ["m1"]
     # Removing what was read (a purge, a replay) neither skips nor repeats one.
     seen = []
-    for page in iter_pages(store, "default", stage="api", code=513):
+    for page in iter_pages(store, Filter("default", stage="api", code=513)):
         seen += [e["id"] for e in page]
         assert store.drop_dead_letters("default", [e["id"] for e in page]) == len(page)
     assert len(seen) == len(set(seen)) == 822
-    assert len(list(iter_dead_letters(store, "default"))) == 413
+    assert len(list(iter_dead_letters(store, Filter("default")))) == 413
     assert store.dead_letter_kinds("default") == {"api:522": 412, "mapping:x": 1}
 
 
@@ -197,7 +198,7 @@ def test_summaries_come_from_the_kind_counts_and_read_one_page() -> None:
     summary = summarise(store, "default")
     assert {k: v["count"] for k, v in summary.items()} == {"api:513": 822, "api:522": 412, "unknown": 1}
     assert summary["api:513"]["example"] == "row 1232" and summary["api:522"]["example"] == "row 1233"
-    assert count(store, "default") == {"api:513": 822, "api:522": 412, "unknown": 1}
+    assert count(store, Filter("default")) == {"api:513": 822, "api:522": 412, "unknown": 1}
 
 
 def test_cli_shows_counts_exports_dry_runs_and_purges_with_time_filters(

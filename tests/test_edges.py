@@ -15,12 +15,13 @@ import requests
 import responses
 
 from pipeline.client import UploadClient
-from pipeline.deadletters import iter_dead_letters, replay
+from pipeline.deadletters import Filter, dead_letter, iter_dead_letters
 from pipeline.delivery import Deliverer
 from pipeline.ingest import IngestMessage, Ingestor
 from pipeline.local.emulator import Emulator, Faults
 from pipeline.policy import Attempt, BatchHistory, Kind, classify, decide, parse_retry_after
-from pipeline.store import Store, dead_letter
+from pipeline.replay import replay
+from pipeline.store import Store
 from tests.helpers import (
     ACC,
     PASS,
@@ -298,7 +299,7 @@ def test_two_replays_of_one_mapping_dead_letter_queue_it_once(
     strict = make_settings(CLEVERTAP_NESTED="reject")
     no_id = {k: v for k, v in events(1, dims={"w": 1})[0].items() if k != "messageId"}  # no de-duplication
     Ingestor(store, strict.integration("default")).ingest([no_id])
-    (entry,) = iter_dead_letters(store, "default")
+    (entry,) = iter_dead_letters(store, Filter("default"))
     lenient = Ingestor(store, make_settings().integration("default"))
     # Both replays read the dead letter before either queued it.
     first = lenient.ingest_chunk([(0, entry["event"])], replaces=[entry["id"]])
@@ -389,7 +390,7 @@ def test_an_api_dead_letter_without_its_record_is_not_replayed_as_null(
     did, body = dead_letter("default", "api", code=None, error="unmatched entry", record=None)
     store.r.hset(store.key("default", "dead"), did, body)
     store.r.zadd(store.key("default", "dead:idx"), {did: 1})
-    result = replay(store, make_settings().integration("default"), stage="api")
+    result = replay(store, make_settings().integration("default"), where=Filter("default", "api"))
     assert result.replayed_records == 0 and result.unreplayable == [did]
     assert pending(store) == [] and store.dead_letter_count("default") == 1
 

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 import redis
 
+from pipeline.deadletters import dead_letter
 from pipeline.delivery import Deliverer
 from pipeline.errors import QueueFull
 from pipeline.ingest import Ingestor
 from pipeline.local.emulator import Emulator, Faults
-from pipeline.store import Store, dead_letter, eviction_warning
+from pipeline.store import Store, eviction_warning
 from tests.helpers import ACC, PASS, Dispatched, emulator_settings, events, pending, run_message
 
 

@@ -15,9 +15,10 @@ from starlette.testclient import TestClient
 
 from pipeline.config import ENV_CONSOLE_KEY, load_settings
 from pipeline.console import create_console, session_secret
+from pipeline.deadletters import dead_letter
 from pipeline.local.redis_server import EmbeddedRedis
 from pipeline.saved import LiveSettings
-from pipeline.store import Store, dead_letter
+from pipeline.store import Store
 
 PASSWORD = "bench-console-password"  # noqa: S105 - a throwaway console's, in this process only
 

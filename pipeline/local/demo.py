@@ -123,7 +123,7 @@ def run_demo(events_count: int = 3000, timeout_s: float = 120, out: TextIO = sys
                 p,
                 stack,
                 store,
-                settings.integration("default").account_key,
+                settings.integration("default").account_id,
                 result,
                 events,
                 time.monotonic() - started,

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import redis
 
-from pipeline.deadletters import iter_dead_letters
+from pipeline.deadletters import Filter, iter_dead_letters
 from pipeline.ingest import CHUNK, Ingestor, IngestResult, chunked
 from pipeline.local.procs import Child, wait_for
 from pipeline.local.runner import Stack, start_stack
@@ -256,7 +256,7 @@ class FaultRun:
             seen.add(trace)
         a.delivered = len(seen)
         dead: set[int] = set()
-        for entry in iter_dead_letters(self.store, "default"):
+        for entry in iter_dead_letters(self.store, Filter("default")):
             if entry["stage"] == "mapping":
                 a.rejected += 1
                 a.reasons[f"mapping: {entry['reasons'][0][:80]}"] += 1

@@ -8,8 +8,8 @@ or a ``writeKey`` field in the body. A 200 means the events are queued in Redis 
 the SDK's own retry keep them; a 400 names what is wrong with the body. One bad event in a batch does not
 refuse the others: it becomes a mapping dead letter with its reason.
 
-This module is the framework-free core (:meth:`Collector.handle`, tested directly); ``pipeline.collect_app``
-serves it over HTTP.
+This module is the framework-free logic (:meth:`Collector.handle`, tested directly); :mod:`.app` serves it
+over HTTP.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Answer:
 OK = Answer(200, {"success": True})
 
 
-def _error(status: int, code: str, message: str, **headers: str) -> Answer:
+def error_answer(status: int, code: str, message: str, **headers: str) -> Answer:
     # {"code", "message"}: what the Segment and RudderStack SDKs read from an error answer (and log)
     return Answer(status, {"success": False, "code": code, "message": message}, dict(headers))
 
@@ -129,10 +129,10 @@ class Collector:
         past ``limit_for(path)``)."""
         call = path.removeprefix("/v1/")
         if path not in ("/v1/batch", "/v1/import") and call not in CALLS:
-            return _error(404, "not_found", f"no such endpoint: {path[:100]}")
+            return error_answer(404, "not_found", f"no such endpoint: {path[:100]}")
         limit = limit_for(path)
         what = "a batch" if limit == MAX_BATCH_BYTES else "a single call"
-        too_big = _error(400, "too_large", f"{what} may be at most {limit // 1024} KB")
+        too_big = error_answer(400, "too_large", f"{what} may be at most {limit // 1024} KB")
         if len(body) > limit:
             return too_big
         header_key = _basic_user(headers.get("authorization", ""))
@@ -145,28 +145,32 @@ class Collector:
             except OverflowError:
                 return too_big
             except ValueError as exc:
-                return _error(400, "bad_encoding", str(exc))
+                return error_answer(400, "bad_encoding", str(exc))
         elif encoding not in ("", "identity"):
             message = f"Content-Encoding {encoding[:40]!r} is not supported (gzip is)"
-            return _error(400, "bad_encoding", message)
+            return error_answer(400, "bad_encoding", message)
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return _error(400, "bad_json", f"the body is not JSON: {exc}")
+            return error_answer(400, "bad_json", f"the body is not JSON: {exc}")
         if not isinstance(payload, dict):
-            return _error(400, "bad_json", f"the body must be a JSON object, got {type(payload).__name__}")
+            return error_answer(
+                400, "bad_json", f"the body must be a JSON object, got {type(payload).__name__}"
+            )
         integration = self.integration_for(header_key or _text(payload.get("writeKey")))
         if integration is None:
             return UNAUTHORIZED
         if limit == MAX_BATCH_BYTES:
             events = payload.get("batch")
             if not isinstance(events, list):
-                return _error(400, "bad_batch", "batch: required, a list of calls")
+                return error_answer(400, "bad_batch", "batch: required, a list of calls")
             for n, item in enumerate(
                 events
             ):  # not calls at all: refused whole, not dead letters by the 1,000
                 if not isinstance(item, dict) or not isinstance(item.get("type"), str):
-                    return _error(400, "bad_batch", f"batch[{n}]: must be a call, an object with a type")
+                    return error_answer(
+                        400, "bad_batch", f"batch[{n}]: must be a call, an object with a type"
+                    )
             shared = {k: payload[k] for k in ("context", "integrations") if isinstance(payload.get(k), dict)}
             # The batch's context and integrations apply to each call under it (the call's own keys win);
             # a write key never reaches a dead letter.
@@ -184,7 +188,7 @@ class Collector:
         try:
             self.ingestors[integration].ingest_chunk(list(enumerate(events)))
         except QueueFull:
-            return _error(
+            return error_answer(
                 503, "queue_full", f"integration {integration!r} is over its high-water mark; try again",
                 **{"Retry-After": str(RETRY_AFTER_FULL_S)},
             )  # fmt: skip
@@ -214,10 +218,10 @@ _PLAIN_REDIS_ERRORS = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.OutOfMemoryError,
 )
-UNAUTHORIZED = _error(
+UNAUTHORIZED = error_answer(
     401, "unauthorized", "a valid write key is required (the HTTP Basic user name, or writeKey in the body)"
 )
-UNAVAILABLE = _error(
+UNAVAILABLE = error_answer(
     503, "unavailable", "the queue is unavailable; try again", **{"Retry-After": str(RETRY_AFTER_REDIS_S)}
 )
 

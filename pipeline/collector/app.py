@@ -1,9 +1,9 @@
 """The collector over HTTP: a small Starlette app served by uvicorn (``clevertap-pipeline collect``).
 
 Starlette and uvicorn were chosen by measurement (README, dependency notes). The app reads a body only up
-to the path's limit, hands it to :class:`pipeline.collector.Collector` on the event loop (measured: cheaper
-than a worker thread per request), and answers with what that returns. Nothing here logs a header or a
-body: the write key and the events stay out of the logs.
+to the path's limit, hands it to :class:`~pipeline.collector.core.Collector` on the event loop
+(measured: cheaper than a worker thread per request), and answers with what that returns. Nothing here
+logs a header or a body: the write key and the events stay out of the logs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pipeline.collector import Answer, Collector, _error, limit_for
+from pipeline.collector.core import Answer, Collector, error_answer, limit_for
 from pipeline.config import Settings, load_settings
 from pipeline.saved import LiveSettings
 from pipeline.store import Store
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             return _respond(refused)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            return _respond(_error(400, "too_large", f"the body may be at most {limit // 1024} KB"))
+            return _respond(error_answer(400, "too_large", f"the body may be at most {limit // 1024} KB"))
         body = bytearray()
         try:
             async with asyncio.timeout(BODY_TIMEOUT_S):  # a client that stalls mid-body is let go
@@ -86,11 +86,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                     body += part
                     if len(body) > limit:  # stop reading: the rest is never buffered
                         return _respond(
-                            _error(400, "too_large", f"the body may be at most {limit // 1024} KB")
+                            error_answer(400, "too_large", f"the body may be at most {limit // 1024} KB")
                         )
         except TimeoutError:
             message = f"the body did not arrive within {BODY_TIMEOUT_S} s"
-            return _respond(_error(408, "timeout", message, Connection="close"))
+            return _respond(error_answer(408, "timeout", message, Connection="close"))
         # On the event loop, not in a thread: handling is CPU work plus one Redis round trip per 500 events,
         # and the hop to a thread cost 40% more CPU per event (bench-collect). Reading bodies stays async,
         # so a slow client holds no one up; a process handles one batch at a time (--workers for cores).
@@ -113,26 +113,3 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 def app_factory() -> Any:
     """For ``uvicorn --factory``: each worker process builds its app from the environment."""
     return create_app()
-
-
-def log_config(fmt: str) -> dict[str, Any]:
-    """uvicorn's logging, for every worker process: warnings and errors on stderr, as text or one JSON
-    object per line (``log_format``). No access log: it would say nothing the counters do not."""
-    formatter: dict[str, Any] = (
-        {"()": "pipeline.logs.JsonFormatter"}
-        if fmt == "json"
-        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
-    )
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"default": formatter},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default"}},
-        "root": {"handlers": ["stderr"], "level": "WARNING"},
-        "loggers": {
-            "uvicorn": {"level": "INFO"},
-            "uvicorn.error": {"level": "INFO"},
-            "uvicorn.access": {"level": "WARNING", "propagate": False},
-            "pipeline": {"level": "INFO"},
-        },
-    }
