@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint browser test demo bench-ingest bench-emulator bench-deliver bench-tenants bench-collect soak clean all
+.PHONY: install lint luacheck browser test demo bench-ingest bench-emulator bench-deliver bench-tenants bench-collect soak clean all
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -15,10 +15,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-lint: $(STAMP)
+lint: $(STAMP) luacheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	luacheck --config .luacheckrc --no-color pipeline/lua/lib
+	$(BIN)/python -m pipeline.local.lualint
+
+# luacheck (Debian's lua-check) lints the Lua scripts: installed here when missing and we are root on Debian;
+# without it `make lint` fails, saying how to get it (a lint that is skipped cannot fail).
+luacheck:
+	@command -v luacheck >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing lua-check (apt-get) for make lint"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua-check >/dev/null; \
+	  fi; \
+	  command -v luacheck >/dev/null 2>&1 || { echo "make lint needs luacheck: sudo apt-get install lua-check"; exit 1; }; }
 
 # The console's browser tests drive Debian's chromium through chromium-driver: installed here when missing and
 # we are root on Debian (apt-get), else those tests are skipped, and this says so plainly.

@@ -7,7 +7,7 @@ Two sources, one schema:
 * a TOML file named by ``CLEVERTAP_PIPELINE_CONFIG`` defines any number of ``[integrations.<name>]``.
 
 Every problem is reported at once, each with its key path (or environment variable) and what is allowed.
-The passcode is held in a :class:`Secret` that never prints.
+The passcode is held in a :class:`~pipeline.secret.Secret` that never prints.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, missing, validat
 from pipeline import constants as C
 from pipeline.errors import ConfigError, UnknownIntegration
 from pipeline.presets import Preset, available_presets, load_preset
+from pipeline.secret import Secret
 
 ENV_CONFIG_FILE = "CLEVERTAP_PIPELINE_CONFIG"
 #: The key that encrypts the passcodes of integrations saved in the console (Fernet); every process that
@@ -35,32 +36,6 @@ ENV_CONSOLE_KEY = "CLEVERTAP_CONSOLE_KEY"
 #: The console's login password.
 ENV_CONSOLE_PASSWORD = "CLEVERTAP_CONSOLE_PASSWORD"  # noqa: S105 - the variable's name, not a password
 ENV_PREFIX = "CLEVERTAP_"
-
-
-class Secret:
-    """A string that never shows itself in ``repr``, ``str``, logs or tracebacks."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
-
-    def __reduce__(self) -> Any:  # pickling would carry it into places it must not go
-        raise TypeError("Secret values cannot be pickled")
 
 
 # ---------------------------------------------------------------------------------------------- schemas

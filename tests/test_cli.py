@@ -103,21 +103,6 @@ def test_every_verb_has_help() -> None:
         assert out.returncode == 0 and b"usage: clevertap-pipeline " + name.encode() in out.stdout
 
 
-def test_the_product_never_imports_the_local_tooling() -> None:
-    import ast
-
-    for path in [*(ROOT / "pipeline").glob("*.py"), *(ROOT / "tasks").glob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            assert not [n for n in names if n.startswith("pipeline.local")], f"{path.name} imports {names}"
-
-
 def test_ingest_shows_a_progress_bar_on_a_terminal(env: dict[str, str], tmp_path: Any) -> None:
     import fcntl
     import os

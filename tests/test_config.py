@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from pipeline.config import Secret, load_settings
+from pipeline.config import load_settings
 from pipeline.errors import ConfigError
+from pipeline.secret import Secret
 from tests.helpers import PASSCODE, environment, run_cli
 
 
@@ -180,3 +183,31 @@ def test_check_config_prints_masked_settings_or_errors_with_exit_2() -> None:
 
 def test_a_passcode_that_cannot_be_an_http_header_is_rejected() -> None:
     assert "CLEVERTAP_PASSCODE" in errors_of(environment(CLEVERTAP_PASSCODE="pässcode"))
+
+
+def test_the_rules_across_integrations_are_one_function_for_files_and_the_console(tmp_path: Any) -> None:
+    from pipeline.config import rule_breaks
+
+    base = load_settings(environment(None, CLEVERTAP_WRITE_KEY="k" * 20)).integration("default")
+    broken = rule_breaks("other", base.account_id, 5, "k" * 20, [base])
+    assert set(broken) == {"max_concurrency", "write_key"}
+    assert "must equal integration default's max_concurrency (15)" in broken["max_concurrency"]
+    assert "is integration default's write key too" in broken["write_key"]
+    assert rule_breaks("other", "ANOTHER-ACC", 5, "j" * 20, [base]) == {}
+    assert rule_breaks("default", base.account_id, 5, "k" * 20, [base]) == {}  # itself, being edited
+    # The configuration file is held to the same rules, each named by its key path.
+    path = tmp_path / "pipeline.toml"
+    path.write_text(
+        "\n".join(
+            f'[integrations.{name}]\naccount_id = "ACC-1"\npasscode = "p"\nregion = "eu1"\n'
+            f'max_concurrency = {limit}\nwrite_key = "{"k" * 20}"\n'
+            for name, limit in (("a", 15), ("b", 5))
+        )
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"CLEVERTAP_PIPELINE_CONFIG": str(path)})
+    assert dict(caught.value.errors) == {
+        "integrations.b.max_concurrency": "must equal integration a's max_concurrency (15): both send as "
+        "account ACC-1, which has one in-flight limit",
+        "integrations.b.write_key": "is integration a's write key too: give each its own",
+    }

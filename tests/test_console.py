@@ -358,3 +358,16 @@ def test_an_ingest_task_finds_an_integration_saved_a_moment_ago_or_waits_for_it(
         assert result.accepted == 1  # the worker looked again at once rather than failing the message
     finally:
         runtime.reset()
+
+
+def test_editing_an_integration_keeps_its_own_preset() -> None:
+    import dataclasses
+
+    from pipeline.console.forms import form_of, spec_from
+    from pipeline.presets import Preset
+
+    config = load_settings(environment(None)).integration("default")
+    other = dataclasses.replace(config, preset=Preset("retail", events={}, properties={}))
+    values = form_of(other)
+    assert values["preset"] == "retail"  # it was always "default": an edit saved another preset back
+    assert spec_from(values, {"preset": "retail"})["preset"] == "retail"

@@ -292,3 +292,21 @@ def test_a_million_dead_letters_stream_flat_in_memory(redis_url: str, store: Sto
     # and even the 750,000 purged ids about 60 MB more.
     print(f"peak RSS: status {status_mb:.0f} MB, export {export_mb:.0f} MB, purge {purge_mb:.0f} MB")
     assert max(status_mb, export_mb, purge_mb) < 80
+
+
+def test_the_cli_and_the_console_read_a_dead_letter_filter_the_same_way() -> None:
+    import argparse
+
+    from pipeline.deadletters import parse_time
+
+    zoned = parse_time("2026-11-29T20:00:00Z")
+    assert parse_time("2026-11-29T20:00") == zoned == parse_time(str(zoned))  # no zone: UTC, in both
+    where, errors = Filter.from_query(
+        "shop", {"stage": "api", "code": "513", "since": "2026-11-29T20:00", "until": ""}
+    )
+    args = argparse.Namespace(integration="shop", stage="api", code=513, since=zoned, until=None)
+    assert errors == [] and where == Filter.from_args(args) == Filter("shop", "api", 513, zoned, None)
+    bad, errors = Filter.from_query("shop", {"stage": "x", "code": "5a", "since": "yesterday"})
+    assert bad == Filter("shop") and len(errors) == 3 and "since: 'yesterday' is not a time" in errors[2]
+    assert where.matches({"stage": "api", "code": 513}) and not where.matches({"stage": "api", "code": 522})
+    assert not where.matches({"stage": "mapping"}) and Filter("shop").everything and not where.everything

@@ -335,3 +335,40 @@ def test_an_unexpected_error_while_sending_is_a_transient_failure_not_a_crash(
     assert store.tokens_in_flight(ACC) == 0  # the token was released all the same
     assert store.depth("default")["open_batches"] == 1 and len(dispatched) == 1
     assert "unexpected ValueError" in caplog.text and PASS not in caplog.text
+
+
+def test_a_settings_change_gives_a_new_deliverer_and_leaves_the_running_one_as_it_was(
+    redis_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from pipeline import runtime
+
+    first = load_settings(environment(redis_url))
+    current = {"settings": first}
+    monkeypatch.setattr(runtime, "settings", lambda: current["settings"])
+    runtime.reset()
+    try:
+        before = runtime.deliverer(lambda *a: None)
+        assert runtime.deliverer(lambda *a: None) is before  # unchanged settings: the same one
+        current["settings"] = dataclasses.replace(first, integrations={})  # the console removed one
+        after = runtime.deliverer(lambda *a: None)
+        assert after is not before and after.settings is current["settings"]
+        assert before.settings is first  # a send still running on it keeps the settings it started with
+        assert after.client is before.client and after.limiter is before.limiter  # one HTTP session
+    finally:
+        runtime.reset()
+
+
+def test_each_outcome_that_dead_letters_rows_raises_its_own_error() -> None:
+    from pipeline.delivery import SendReport, SendResult
+    from pipeline.errors import BatchGivenUp, BatchRefused, PartialDelivery
+
+    def error(result: SendResult) -> object:
+        return SendReport("default", "b1", result, 10, 5, 5, {"513": 5}).error()
+
+    assert isinstance(error(SendResult.PARTIAL), PartialDelivery)
+    assert isinstance(error(SendResult.BAD_REQUEST), BatchRefused)
+    assert isinstance(error(SendResult.GAVE_UP), BatchGivenUp)
+    assert error(SendResult.DELIVERED) is None and error(SendResult.RETRY) is None
+    assert "5 delivered, 5 dead-lettered (513x5)" in str(error(SendResult.PARTIAL))

@@ -1,7 +1,8 @@
 """Ten accounts on one worker (gevent pool) and one beat, real processes: a trickle is not held up by a
 neighbour's million-record backlog, by an account whose API answers in 5 s, or by one that is down; the
 send queue stays bounded; the account another client shares adapts its limit. The bounds asserted here are
-the issue's targets with room for a shared 2-core machine; `clevertap-pipeline bench-tenants` measures."""
+loose (twice the latency a trickle should see, room for a shared 2-core machine): they catch a trickle held
+behind a backlog, not a slow machine; `clevertap-pipeline bench-tenants` measures."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def test_many_accounts_are_served_in_turn(tmp_path: Path) -> None:
         tmp_path, backlog=1_000_000, shared_backlog=400_000, seconds=45, latency_ms=500, trickle_per_s=4
     )
     print(figures.table())
-    target = flush_s + 2 * latency_s + 1  # the issue's p99 for a trickle beside a backlog
+    # A trickle's record waits a flush, a beat tick and its send (the API's latency, twice at worst): that
+    # is the p99 it should see beside a backlog, whatever the backlog.
+    target = flush_s + 2 * latency_s + 1
     for account in ("T05", "T06", "T07", "T08", "T09", "T10"):
         trickle = figures.accounts[account]
         assert trickle.latencies_ms, figures.table()

@@ -5,8 +5,7 @@
 local tokens, account_stats, limits = KEYS[1], KEYS[2], KEYS[3]
 local configured, lease_ms, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--! include now
 
 local effective = tonumber(redis.call('HGET', limits, 'effective') or configured)
 local limit = math.max(1, math.min(configured, math.floor(effective)))

@@ -8,8 +8,7 @@
 local limits = KEYS[1]
 local mode, configured, cooldown_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--! include now
 
 local effective = math.min(configured, tonumber(redis.call('HGET', limits, 'effective') or configured))
 if mode == 'down' then

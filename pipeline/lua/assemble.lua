@@ -10,8 +10,7 @@ local size, flush_ms, max_batches = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumb
 local base, stem = ARGV[4], ARGV[5]   -- the integration's key base 'P:{I}:', a unique batch id stem
 local cap = tonumber(ARGV[6])         -- at most this many batches open (sent soon), 0: no cap
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--! include now
 
 local function oldest_waiting()  -- ms when the oldest record still pending arrived
   local cut = tonumber(redis.call('HGET', flow, 'cut') or '0')

@@ -23,8 +23,7 @@ local chunks_done = ARGV[10]                -- '' or the message's chunks done a
 local identity_ms = tonumber(ARGV[11])      -- how long a remembered email lasts after its last identify
 local high_water = tonumber(ARGV[12])       -- refuse the chunk when this many records wait already (0: none)
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--! include now
 
 --! include arrivals
 --! include dead
@@ -41,6 +40,9 @@ if window_ms > 0 then
 else
   redis.call('DEL', seen)
 end
+-- Records go to pending in RPUSHes of at most PUSH_STEP: unpack() puts every element on Lua's C stack,
+-- which holds about 8,000 (LUAI_MAXCSTACK), and a chunk of events can map to more records than that.
+local PUSH_STEP = 1000
 local pos, find, sub = 1, string.find, string.sub
 local buf, pushed, accepted, dups, skipped = {}, 0, 0, {}, 0
 local function flush()
@@ -66,7 +68,7 @@ for g = 1, #counts do
     local e = find(blob, '\n', pos, true)
     if take then
       buf[#buf + 1] = sub(blob, pos, (e or 0) - 1)
-      if #buf >= 1000 then flush() end
+      if #buf >= PUSH_STEP then flush() end
     end
     pos = (e or #blob) + 1
   end

@@ -11,15 +11,13 @@ local counters = cjson.decode(ARGV[6])   -- {field: increment}
 local debug_entry, debug_size = ARGV[7], tonumber(ARGV[8])   -- '' when the debugger is off
 -- ARGV[9..]: dead letters as (id, entry) pairs
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--! include now
 
 --! include debugger
 --! include dead
 
-local meta, lease = base .. 'meta:' .. bid, base .. 'lease:' .. bid
-if redis.call('GET', lease) == owner then redis.call('DEL', lease) end
-if redis.call('EXISTS', meta) == 0 then return {0} end
+--! include lease
+if not batch_left() then return {0} end
 redis.call('HINCRBY', stats, 'delivered', delivered)
 for i = 9, #ARGV, 2 do add_dead(ARGV[i], ARGV[i + 1], now) end
 for field, n in pairs(counters) do redis.call('HINCRBY', stats, field, n) end

@@ -6,14 +6,12 @@ local open, held, auth, stats, debug = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[
 local base, bid, owner, reason, probe_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local debug_entry, debug_size = ARGV[6] or '', tonumber(ARGV[7] or '0')
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--! include now
 
 --! include debugger
 
-local meta, lease = base .. 'meta:' .. bid, base .. 'lease:' .. bid
-if redis.call('GET', lease) == owner then redis.call('DEL', lease) end
-if redis.call('EXISTS', meta) == 0 then return 0 end
+--! include lease
+if not batch_left() then return 0 end
 record_attempt()
 
 redis.call('ZREM', open, bid)

@@ -9,8 +9,7 @@ local open, held, auth = KEYS[1], KEYS[2], KEYS[3]
 local base, bid, owner, lease_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local generation = tonumber(ARGV[5])   -- the message's; 0: a message from before generations (any)
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--! include now
 
 local due = redis.call('ZSCORE', open, bid)
 if not due then return {'gone', now} end
@@ -24,7 +23,11 @@ if redis.call('EXISTS', auth) == 1 and redis.call('HGET', auth, 'probe') ~= bid 
   redis.call('HINCRBY', meta, 'gen', 1)
   return {'held', now}
 end
-if tonumber(due) > now + 50 then return {'early', now, due} end
+-- A message due within EARLY_SLACK_MS is sent now: a countdown fires a few ms early (Celery rounds ETAs,
+-- and the worker's clock is not Redis's), and giving it back for less than that would cost a round trip
+-- through the broker to gain nothing.
+local EARLY_SLACK_MS = 50
+if tonumber(due) > now + EARLY_SLACK_MS then return {'early', now, due} end
 if not redis.call('SET', base .. 'lease:' .. bid, owner, 'NX', 'PX', lease_ms) then
   return {'leased', now}
 end

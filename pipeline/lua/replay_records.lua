@@ -4,8 +4,7 @@ local dead, dead_idx, pending, arrivals, flow, stats, dead_kinds =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 -- ARGV: (dead letter id, record) pairs
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--! include now
 
 --! include arrivals
 --! include dead

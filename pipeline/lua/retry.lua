@@ -7,14 +7,12 @@ local base, bid, owner = ARGV[1], ARGV[2], ARGV[3]
 local delay_ms, kind, last_error = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local debug_entry, debug_size = ARGV[7] or '', tonumber(ARGV[8] or '0')
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--! include now
 
 --! include debugger
 
-local meta, lease = base .. 'meta:' .. bid, base .. 'lease:' .. bid
-if redis.call('GET', lease) == owner then redis.call('DEL', lease) end
-if redis.call('EXISTS', meta) == 0 then return 0 end
+--! include lease
+if not batch_left() then return 0 end
 record_attempt()
 
 redis.call('HINCRBY', meta, 'attempts', 1)

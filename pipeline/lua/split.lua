@@ -5,15 +5,14 @@ local open, stats, debug = KEYS[1], KEYS[2], KEYS[3]
 local base, bid, owner = ARGV[1], ARGV[2], ARGV[3]
 local debug_entry, debug_size = ARGV[4] or '', tonumber(ARGV[5] or '0')
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--! include now
 
 --! include debugger
 
-local meta, lease, batch = base .. 'meta:' .. bid, base .. 'lease:' .. bid, base .. 'batch:' .. bid
-if redis.call('GET', lease) == owner then redis.call('DEL', lease) end
+--! include lease
+local batch = base .. 'batch:' .. bid
 local body = redis.call('GET', batch)
-if redis.call('EXISTS', meta) == 0 or not body then return {} end
+if not batch_left() or not body then return {} end
 record_attempt()
 
 local records = {}

@@ -12,8 +12,7 @@ local dead_max_age_ms, dead_max_count = tonumber(ARGV[4]), tonumber(ARGV[5])   -
 
 --! include dead
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+--! include now
 
 local overdue = redis.call('ZRANGEBYSCORE', open, '-inf', now - grace_ms, 'WITHSCORES', 'LIMIT', 0, 1000)
 local again = {}
