@@ -290,13 +290,29 @@ class Settings:
         env="CLEVERTAP_LOG_FORMAT",
     )
     source: str = "environment"
+    #: whether this process has CLEVERTAP_CONSOLE_KEY, and so serves the integrations saved in the console
+    console_key: bool = field(default=False, compare=False)
 
     def integration(self, name: str) -> IntegrationConfig:
         try:
             return self.integrations[name]
         except KeyError:
             known = ", ".join(sorted(self.integrations)) or "none"
-            raise UnknownIntegration(f"no integration named {name!r} (configured: {known})") from None
+            raise UnknownIntegration(
+                f"no integration named {name!r} (configured: {known}); {self.unknown_hint()}"
+            ) from None
+
+    def unknown_hint(self) -> str:
+        """What most often makes an integration unknown to a process: said with every such error."""
+        if not self.console_key:
+            return (
+                f"one saved in the console is known only to processes with {ENV_CONSOLE_KEY} set, the same "
+                "key the console has (workers, beat, the collector and the CLI alike)"
+            )
+        return (
+            f"if it was saved in the console, it was saved with another {ENV_CONSOLE_KEY} than this "
+            "process has, or no longer validates (the console lists it as not served)"
+        )
 
     @property
     def min_flush_interval(self) -> float:
@@ -591,5 +607,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if errors:
         raise ConfigError(errors)
     return Settings(
-        integrations=integrations, source=source, **{f.name: data[f.name] for f in _settings_of(Settings)}
+        integrations=integrations,
+        source=source,
+        console_key=bool(env.get(ENV_CONSOLE_KEY)),
+        **{f.name: data[f.name] for f in _settings_of(Settings)},
     )

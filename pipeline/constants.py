@@ -104,6 +104,12 @@ REQUEST_DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 DEFAULT_DEBUGGER_SIZE = 200
 MAX_DEBUGGER_SIZE = 100_000
 
+#: How long status and the console report an integration that the workers found queued but do not serve
+#: after an assembler last found it so (the assembler looks at every flush interval).
+UNSERVED_KEPT_S = 60.0
+#: The warning for it is logged once a minute per integration and process, not on every assemble tick.
+UNSERVED_WARN_EVERY_S = 60.0
+
 DEFAULT_KEY_PREFIX = "ctp"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 SEND_QUEUE = "clevertap.send"

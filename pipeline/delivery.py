@@ -57,6 +57,9 @@ ASSEMBLE_LOCK_TTL_S = 10.0
 #: A backlog of millions waits as records in Redis, not as broker messages, and accounts take turns in the
 #: send queue instead of queueing behind one another.
 DISPATCH_AHEAD = 2
+#: When this process last warned of records queued for an integration it does not serve, by name (one
+#: warning a minute each, not one per assemble tick).
+_WARNED: dict[str, float] = {}
 #: How long a send waits for a token in-process before giving the batch back with a countdown.
 TOKEN_WAIT_S = 0.5
 #: On an event-loop pool (gevent) a waiting send costs a greenlet, not a thread another account needs, so
@@ -275,7 +278,14 @@ class Deliverer:
         for name in sorted(self.store.ready_integrations()):
             config = self.settings.integrations.get(name)
             if config is None:
-                log.warning("records are queued for integration %r, which is not configured", name)
+                self.store.mark_unserved(name)  # status and the console say so, from any process
+                now = time.monotonic()
+                if now - _WARNED.get(name, -math.inf) >= C.UNSERVED_WARN_EVERY_S:
+                    _WARNED[name] = now
+                    log.warning(
+                        "records are queued for integration %r, which this worker does not serve: they wait "
+                        "in Redis until it does (%s)", name, self.settings.unknown_hint(),
+                    )  # fmt: skip
                 continue
             count = self.fill(config)
             self.store.unready_if_empty(name)
@@ -475,4 +485,5 @@ class Deliverer:
             }
         for account in {c.account_id for c in self.settings.integrations.values()}:
             self.store.expire_tokens(account)
+        self.store.forget_unserved()
         return found

@@ -267,7 +267,9 @@ class Ingestor:
                 mid = str(raw.get("messageId") or "") if isinstance(raw, dict) else ""
                 if result.status == MAPPED and mid and self.config.dedup_window > 0:
                     if mid in seen or mid in dup_store:
-                        yield LineResult(index, DUPLICATE, [], ["duplicate messageId within the window"])
+                        # not queued again; the records show what it maps to (what went the first time)
+                        reason = "duplicate messageId within the window: not queued again"
+                        yield LineResult(index, DUPLICATE, result.records, [reason], result.warnings)
                         continue
                     seen.add(mid)
                 yield LineResult(index, result.status, result.records, result.reasons, result.warnings)

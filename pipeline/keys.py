@@ -41,6 +41,8 @@ key                                   type    holds
 ``P:{acct:<A>}:durations``            hash    request durations: a count per histogram bucket, and "sum"
 ``P:ready``                           set     integrations that may have records waiting
 ``P:assemble:lock``                   string  held by the one assembler run in progress (expires)
+``P:unserved``                        hash    integration -> ms when an assembler last found records queued
+                                              for it that its process does not serve (kept a minute)
 ``P:collector:health``                string  written by the collector's health check (expires in 10 s)
 ``P:console:integrations``            hash    integration name -> JSON of its settings, saved in the console
                                               (passcode and write key as Fernet tokens: ``pipeline.saved``)
@@ -87,6 +89,10 @@ class KeyLayout:
     def console_key(self, name: str) -> str:
         """``P:console:<name>``: the console's integrations, their version, its sessions."""
         return f"{self.prefix}:console:{name}"
+
+    @property
+    def unserved_key(self) -> str:
+        return f"{self.prefix}:unserved"
 
     @property
     def health_key(self) -> str:

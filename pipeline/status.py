@@ -19,16 +19,19 @@ def integration_status(settings: Settings, store: Store, name: str) -> dict[str,
     depth = store.depth(name)
     counters = store.stats(name)
     auth = store.auth_state(name)
-    failed = next((e for e in store.debug_entries(name, 200) if e["result"] != "delivered"), None)
-    last_error = (
-        {
-            "time": failed["time"],
-            "batch": failed["batch_id"],
-            "reason": failed.get("reason") or failed["result"],
+    attempts = store.debug_entries(name, 200)
+    failed = next((n for n, e in enumerate(attempts) if e["result"] != "delivered"), None)
+    last_error = None
+    if failed is not None:
+        e = attempts[failed]
+        last_error = {
+            "time": e["time"],
+            "batch": e["batch_id"],
+            "reason": e.get("reason") or e["result"],
+            # a newer attempt delivered every row: whatever it was, sends work again
+            "resolved": any(a["result"] == "delivered" for a in attempts[:failed]),
         }
-        if failed
-        else None
-    )
+    unserved = store.unserved().get(name)
     return {
         # flat: the documented shape
         "pending": depth["pending"],
@@ -47,6 +50,8 @@ def integration_status(settings: Settings, store: Store, name: str) -> dict[str,
         "throttled": counters.get("retries_throttles", 0),
         "fields_dropped": counters.get("fields_dropped", 0),
         "last_error": last_error,
+        "queued_in_batches": store.queued_in_batches(name),
+        "not_served_since": None if unserved is None else round(unserved / 1000, 3),
         # nested: the detail
         "account_id": config.account_id,
         "queues": depth,
@@ -58,6 +63,17 @@ def integration_status(settings: Settings, store: Store, name: str) -> dict[str,
         "peak_in_flight": store.peak_in_flight(config.account_id),
         "dead_letters": summarise(store, name),
         "as_of": round(time.time(), 3),
+    }
+
+
+def unserved_elsewhere(settings: Settings, store: Store) -> dict[str, dict[str, Any]]:
+    """Integrations this process does not know that the workers found records queued for and do not
+    serve either (a console integration, while neither has the console's key): name -> pending records
+    and when an assembler last found it so (epoch seconds)."""
+    return {
+        name: {"pending": store.depth(name)["pending"], "last_found": round(ms / 1000, 3)}
+        for name, ms in sorted(store.unserved().items())
+        if name not in settings.integrations
     }
 
 

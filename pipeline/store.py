@@ -255,6 +255,36 @@ class Store(KeyLayout):
         args = [batch_size, int(flush_s * 1000), max_batches, self.base(integration), new_id(), cap]
         return [_s(b) for b in cast(list[bytes], self._run("assemble", keys, args))]
 
+    def mark_unserved(self, integration: str) -> None:
+        """An assembler found records queued for ``integration``, which its process does not serve."""
+        self.r.hset(self.unserved_key, integration, self._now_ms())
+
+    def unserved(self, within_s: float = C.UNSERVED_KEPT_S) -> dict[str, int]:
+        """Integrations an assembler found unserved within the last ``within_s``: name -> ms last found."""
+        floor = self._now_ms() - within_s * 1000
+        raw = cast(dict[bytes, bytes], self.r.hgetall(self.unserved_key))
+        return {_s(k): int(v) for k, v in raw.items() if int(v) >= floor}
+
+    def forget_unserved(self, within_s: float = C.UNSERVED_KEPT_S) -> None:
+        """Drop what no assembler has found unserved within ``within_s`` (served again, or drained)."""
+        fresh = self.unserved(within_s)
+        stale = [_s(k) for k in cast(list[bytes], self.r.hkeys(self.unserved_key)) if _s(k) not in fresh]
+        if stale:
+            self.r.hdel(self.unserved_key, *stale)
+
+    def queued_in_batches(self, integration: str) -> int:
+        """Records in the integration's open and held batches (cut from pending, not yet delivered)."""
+        bids = [
+            *cast(list[bytes], self.r.zrange(self.key(integration, "open"), 0, -1)),
+            *cast(list[bytes], self.r.zrange(self.key(integration, "held"), 0, -1)),
+        ]
+        if not bids:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for bid in bids:
+            pipe.hget(self.key(integration, f"meta:{_s(bid)}"), "size")
+        return sum(int(size or 0) for size in pipe.execute())
+
     def ready_integrations(self) -> set[str]:
         return {_s(m) for m in cast(set[bytes], self.r.smembers(self.ready_key))}
 

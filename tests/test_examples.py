@@ -52,6 +52,25 @@ def test_shell_example(redis_url: str, store: Store) -> None:
     assert expected in out.stdout
 
 
+def test_shell_example_keeps_its_summary_when_events_are_rejected(redis_url: str, store: Store) -> None:
+    out = subprocess.run(
+        ["bash", "examples/trigger_shell.sh", str(ROOT / "examples" / "tour.jsonl")],
+        env=env_for(redis_url),
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1, out.stderr  # --strict: the step fails ...
+    summary = (
+        out.stdout.decode().strip().splitlines()[-1]
+    )  # ... and the summary is still there for later steps
+    assert (
+        summary.startswith("clevertap ingest: {")
+        and orjson.loads(summary.partition(": ")[2])["rejected"] == 3
+    )
+
+
 @pytest.mark.e2e
 def test_celery_example_from_another_service(redis_url: str, store: Store, tmp_path: Path) -> None:
     env = env_for(redis_url)

@@ -117,6 +117,21 @@ def test_the_lines_run_prints_are_all_another_shell_needs(tmp_path: Path) -> Non
                 f"{python} -m pipeline ingest --json --strict examples/events.jsonl",
             ]
         )
+        # or one line: env.sh also puts this installation's commands on PATH
+        sourced = subprocess.run(
+            [
+                "bash",
+                "-ec",
+                f"source {shlex.quote(str(tmp_path / 'data' / 'env.sh'))}; clevertap-pipeline status --json",
+            ],
+            env={**environment(None, process=True, credentials=False), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert sourced.returncode == 0, sourced.stderr.decode()
+        assert "default" in orjson.loads(sourced.stdout)["integrations"]
         out = subprocess.run(
             ["bash", "-ec", script],
             env=environment(None, process=True, credentials=False),
@@ -145,8 +160,12 @@ def test_what_was_in_flight_at_shutdown_is_sent_on_the_next_start(tmp_path: Path
         assert wait_for(lambda: first.store.tokens_in_flight("RUN-ACC") > 0, 30)
     finally:
         assert first.stop() == 0
+    env_before = (data / "env.sh").read_text()
     second = Run(data)  # the same data dir: Redis comes back from its AOF
     try:
+        # the same endpoints: what other shells, a console and saved API URLs point at still answers
+        assert (second.redis_url, second.emulator_url) == (first.redis_url, first.emulator_url)
+        assert (data / "env.sh").read_text() == env_before
         store = second.store
         assert wait_for(
             lambda: store.depth("default")["pending"] == 0 and store.depth("default")["open_batches"] == 0,

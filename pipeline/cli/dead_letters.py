@@ -63,9 +63,18 @@ def _dump(value: object) -> None:
     arg("--limit", type=int, default=100, help="at most this many"),
 )
 def dead_letters_list(args: argparse.Namespace) -> int:
+    shown = 0
     for entry in itertools.islice(iter_dead_letters(context(args).store, Filter.from_args(args)), args.limit):
         _dump(entry)
+        shown += 1
+    if not shown and sys.stderr.isatty():  # a person at a terminal sees that none matched; a pipe, nothing
+        err(f"no dead letters{_matching(args)} in integration {args.integration!r}")
     return EXIT_OK
+
+
+def _matching(args: argparse.Namespace) -> str:
+    said = [f"{k} {getattr(args, k)}" for k in ("stage", "code") if getattr(args, k) is not None]
+    return f" matching {', '.join(said)}" if said else ""
 
 
 @verb("dead-letters show", "Print one dead letter in full.", integration_arg(), arg("id", help="its id"))

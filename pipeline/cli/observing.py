@@ -28,7 +28,7 @@ from pipeline.errors import InputError
 def status(args: argparse.Namespace) -> int:
     import sys
 
-    from pipeline.status import DeliveryRate, integration_status
+    from pipeline.status import DeliveryRate, integration_status, unserved_elsewhere
 
     if args.interval <= 0:
         raise InputError(f"--interval must be above 0, got {args.interval}")
@@ -38,12 +38,18 @@ def status(args: argparse.Namespace) -> int:
     tty = sys.stdout.isatty()
     while True:
         found = {name: integration_status(ctx.settings, ctx.store, name) for name in ctx.names}
+        elsewhere = {} if args.integration else unserved_elsewhere(ctx.settings, ctx.store)
         if args.watch:
             rate.update(found)
         if args.json:
-            print(orjson.dumps({"integrations": found}).decode(), flush=True)
+            print(orjson.dumps({"integrations": found, "unserved": elsewhere}).decode(), flush=True)
         else:
-            text = "\n".join(_status_text(name, s) for name, s in found.items())
+            text = "\n".join(
+                [
+                    *(_status_text(name, s) for name, s in found.items()),
+                    *(_unserved_text(name, u, ctx.settings.unknown_hint()) for name, u in elsewhere.items()),
+                ]
+            )
             if args.watch and tty:
                 text = "\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + f"every {args.interval:g} s\n" + text
             print(text, flush=True)
@@ -54,6 +60,17 @@ def status(args: argparse.Namespace) -> int:
             time.sleep(args.interval)
         except KeyboardInterrupt:
             return EXIT_OK
+
+
+def _iso(epoch_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
+
+
+def _unserved_text(name: str, u: dict[str, Any], hint: str) -> str:
+    return (
+        f"integration {name}: {u['pending']:,} records queued, but NO WORKER SERVES IT (an assembler found "
+        f"it so at {_iso(u['last_found'])}): {hint}"
+    )
 
 
 def _status_text(name: str, s: dict[str, Any]) -> str:
@@ -67,8 +84,9 @@ def _status_text(name: str, s: dict[str, Any]) -> str:
         rate = s["delivered_per_s"]
         lines.append("  delivering " + ("... (measuring)" if rate is None else f"{rate:,.1f} records/s"))
     lines.append(
-        f"  queued {q['pending']:,} records; {q['open_batches']} open and {q['held_batches']} held "
-        f"batches; in flight {s['in_flight']} (peak {s['peak_in_flight']}, limit {s['effective_limit']}"
+        f"  queued {q['pending']:,} records (+{s['queued_in_batches']:,} in batches); "
+        f"{q['open_batches']} open and {q['held_batches']} held batches; "
+        f"in flight {s['in_flight']} (peak {s['peak_in_flight']}, limit {s['effective_limit']}"
         + (
             f" of {s['limit']}: lowered, another client uses the account)"
             if s["effective_limit"] < s["limit"]
@@ -88,12 +106,22 @@ def _status_text(name: str, s: dict[str, Any]) -> str:
     if s["fields_dropped"]:
         by_key = ", ".join(f"{k} {n:,}" for k, n in s["fields_dropped_by_key"].items())
         lines.append(f"  invalid profile values left out: {s['fields_dropped']:,} ({by_key})")
+    if s["not_served_since"] is not None:
+        lines.append(
+            f"  NOT SERVED BY THE WORKERS (an assembler found records for it that it does not serve, at "
+            f"{_iso(s['not_served_since'])}): give every worker and beat the same CLEVERTAP_CONSOLE_KEY as "
+            "the console"
+        )
     if s["auth"] != "ok":
-        lines.append(f"  AUTHENTICATION FAILING since {s['auth'].get('since')}: {s['auth'].get('reason')}")
+        since = s["auth"].get("since")
+        when = _iso(int(since) / 1000) if since and since.isdigit() else since
+        lines.append(f"  AUTHENTICATION FAILING since {when}: {s['auth'].get('reason')}")
     if s["last_error"]:
         e = s["last_error"]
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(e["time"])))
-        lines.append(f"  last error {when}, batch {e['batch']}: {e['reason'][:200]}")
+        lines.append(
+            f"  last error {_iso(float(e['time']))}, batch {e['batch']}: {e['reason'][:200]}"
+            + (" (resolved: batches were delivered after it)" if e.get("resolved") else "")
+        )
     for key, d in sorted(s["dead_letters"].items()):
         lines.append(
             f"  dead letters {key}: {d['count']:,}" + (f", e.g. {d['example'][:160]}" if d["example"] else "")

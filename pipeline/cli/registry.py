@@ -91,7 +91,25 @@ def _load_plugins() -> None:
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # "(default: None)" says nothing (an option's help says what leaving it out means), nor does a
+        # flag's "(default: False)"
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+#: The order ``--help`` lists verbs in: what a user types every day first, then serving, then the local
+#: tooling; benchmarks and the soak last.
+EVERYDAY = ("ingest", "preview", "status", "dead-letters", "debugger", "check-config", "collect", "console",
+            "metrics", "demo", "run", "emulator")  # fmt: skip
+
+
+def _listed(v: Verb) -> tuple[int, int, str]:
+    group = v.name.partition(" ")[0]
+    if group in EVERYDAY:
+        return (0, EVERYDAY.index(group), v.name)
+    return (2 if group.startswith(("bench-", "soak")) else 1, 0, v.name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     top = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     groups: dict[str, Any] = {}
-    for v in sorted(verbs().values(), key=lambda v: v.name):
+    for v in sorted(verbs().values(), key=_listed):
         group, _, action = v.name.partition(" ")
         sub = top
         if action:

@@ -34,13 +34,15 @@ PREVIEW_LINES = 500
 
 
 def _state(status: dict[str, Any]) -> str:
+    if status["not_served_since"] is not None:
+        return "not served"
     if not status["auth_ok"]:
         return "auth failing"
     if status["held"]:
         return "held"
     if status["effective_limit"] < status["limit"]:
         return "throttled"
-    if status["pending"] or status["open_batches"]:
+    if status["pending"] or status["open_batches"] or status["queued_in_batches"]:
         return "delivering"
     return "idle"
 

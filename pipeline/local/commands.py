@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, Handler, arg, err, verb
-from pipeline.config import load_settings
+from pipeline.config import ENV_CONSOLE_KEY, load_settings
 from pipeline.errors import InputError
 from pipeline.local.emulator import DEMO_ACCOUNT, Faults
 
@@ -61,19 +61,33 @@ def demo(args: argparse.Namespace) -> int:
     arg("--collect-workers", type=int, default=1, help="collector worker processes"),
 )
 def run(args: argparse.Namespace) -> int:
+    from cryptography.fernet import Fernet
+
+    from pipeline.local.datadir import ENV_FILE, DataDir, shown
     from pipeline.local.procs import answers, wait_for
     from pipeline.local.runner import interrupts_as_keyboard_interrupt, start_stack
 
-    data_dir = Path(args.data_dir).resolve()
+    home = DataDir(Path(args.data_dir).resolve())
+    data_dir = home.path
     env = dict(os.environ)
+    own = {k: v for k, v in env.items() if k.startswith("CLEVERTAP_") or k == "REDIS_URL"}
     if args.collect_port and not env.get("CLEVERTAP_WRITE_KEY"):
         if not args.emulator and "CLEVERTAP_PIPELINE_CONFIG" not in env:
             err("error: --collect-port needs a write key: set CLEVERTAP_WRITE_KEY (SDKs send it)")
             return EXIT_FAILED
-        if args.emulator:  # a made-up one for the local emulator, kept in a file only this user reads
-            env["CLEVERTAP_WRITE_KEY"] = "wk-" + secrets.token_urlsafe(24)
+        if args.emulator:  # a made-up one for the local emulator, kept (0600) for the next start too
+            env["CLEVERTAP_WRITE_KEY"] = home.secret(
+                "CLEVERTAP_WRITE_KEY", lambda: "wk-" + secrets.token_urlsafe(24)
+            )
+    if args.emulator and not env.get(ENV_CONSOLE_KEY):
+        # The console's integrations are served only where this key is: the worker, beat, the CLI and the
+        # console all get the same one (kept, so integrations saved with it stay readable after a restart).
+        env[ENV_CONSOLE_KEY] = home.secret(ENV_CONSOLE_KEY, lambda: Fernet.generate_key().decode())
     if not args.emulator:
         load_settings(env)  # fail fast, with every error, before starting anything
+    notes: list[str] = []
+    redis_port = None if env.get("REDIS_URL") else home.port_for("redis", notes)
+    emulator_port = (home.port_for("emulator", notes) or 0) if args.emulator else 0
     with interrupts_as_keyboard_interrupt():
         stack = None
         try:
@@ -81,10 +95,12 @@ def run(args: argparse.Namespace) -> int:
                 data_dir,
                 base_env=env,
                 persistent_redis=True,
-                emulator_flags=tuple(args.emulator_flag) if args.emulator else None,
+                emulator_flags=(*RUN_EMULATOR_FLAGS, *args.emulator_flag) if args.emulator else None,
                 workers=args.workers,
                 pool=args.pool,
                 concurrency=args.concurrency,
+                redis_port=redis_port,
+                emulator_port=emulator_port,
             )
             load_settings(stack.env)
             if args.collect_port:
@@ -101,17 +117,31 @@ def run(args: argparse.Namespace) -> int:
                         f"the collector did not answer {health} (see {data_dir / 'collector.log'})"
                     )
                 print(f"collector: http://127.0.0.1:{args.collect_port}/v1/batch", flush=True)
+            ports = home.ports()
             if stack.redis is not None:
+                ports["redis"] = stack.redis.port
                 print(
                     f"embedded Redis (AOF in {data_dir / 'redis'}): REDIS_URL={stack.redis_url}", flush=True
                 )
             if stack.emulator is not None:
+                ports["emulator"] = int(stack.emulator.url.rsplit(":", 1)[1])
                 records = data_dir / "emulator-records.jsonl"
                 print(f"emulator: {stack.emulator.url} (records also in {records})", flush=True)
+            home.keep_ports(ports)
             for child in stack.group.children:
                 print(f"started {child.name} pid {child.pid} (log {child.log_path})", flush=True)
-            own = {k: v for k, v in os.environ.items() if k.startswith("CLEVERTAP_") or k == "REDIS_URL"}
-            print(_next_steps(stack.env, data_dir, own), flush=True)
+            for note in notes:
+                print(note, flush=True)
+            exports = home.exports(stack.env, own)
+            kept = sorted(n for n in own if n in ("REDIS_URL", "CLEVERTAP_PIPELINE_CONFIG", *SECRETS_KEPT))
+            print(
+                f"to use it from another shell: source {shlex.quote(shown(data_dir / ENV_FILE))}\n"
+                "  (it holds these lines: this installation's commands on PATH, and where this pipeline is)\n"
+                + "\n".join(f"  {line}" for line in exports)
+                + (f"\n  # and {', '.join(kept)} as you set them for this run" if kept else "")
+                + "\nthen, for a tour (README, Quickstart): clevertap-pipeline ingest examples/tour.jsonl",
+                flush=True,
+            )
             print(
                 "running; Ctrl-C or SIGTERM stops everything "
                 "(in-flight batches are retried on the next start)",
@@ -132,36 +162,11 @@ def run(args: argparse.Namespace) -> int:
             print("stopped", flush=True)
 
 
-def _next_steps(env: dict[str, str], data_dir: Path, own: dict[str, str]) -> str:
-    """Ready-to-paste ``export`` lines for another shell. What ``run`` made up itself (the embedded Redis, the
-    emulator and its demo account) is printed, except the demo passcode, which goes to a file only this user
-    can read; what the user set (``own``: a Redis URL may hold a password, a passcode is a secret) is left
-    for them to set as they did."""
-    made = {
-        n: env[n]
-        for n in ("REDIS_URL", "CLEVERTAP_ACCOUNT_ID", "CLEVERTAP_REGION", "CLEVERTAP_API_URL")
-        if env.get(n) and n not in own
-    }
-    lines = ["to use it from another shell, paste:"]
-    if made:
-        lines.append("  export " + " ".join(f"{n}={shlex.quote(v)}" for n, v in made.items()))
-    for secret, file_name in (("CLEVERTAP_PASSCODE", "passcode"), ("CLEVERTAP_WRITE_KEY", "write-key")):
-        if env.get(secret) and secret not in own:
-            secret_file = data_dir / file_name
-            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.fchmod(fd, 0o600)  # also when the file was there before, with other permissions
-            with os.fdopen(fd, "w") as f:
-                f.write(env[secret])
-            lines.append(f'  export {secret}="$(cat {shlex.quote(str(secret_file))})"')
-    kept = sorted(
-        n
-        for n in own
-        if n in ("REDIS_URL", "CLEVERTAP_PASSCODE", "CLEVERTAP_WRITE_KEY", "CLEVERTAP_PIPELINE_CONFIG")
-    )
-    if kept:
-        lines.append(f"  # and {', '.join(kept)} as you set them for this run")
-    lines.append("  clevertap-pipeline ingest examples/events.jsonl && clevertap-pipeline status")
-    return "\n".join(lines)
+#: The emulator ``run --emulator`` starts plays the demo account, which allows 25 properties an event (an
+#: account's own limit, below CleverTap's default: the tour shows what CleverTap refuses). --emulator-flag
+#: comes after, so it can say otherwise.
+RUN_EMULATOR_FLAGS = ("--max-properties", "25")
+SECRETS_KEPT = ("CLEVERTAP_PASSCODE", "CLEVERTAP_WRITE_KEY", "CLEVERTAP_CONSOLE_KEY")
 
 
 def _fault_flags() -> tuple[Any, ...]:

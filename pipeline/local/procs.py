@@ -124,8 +124,10 @@ class ProcessGroup:
 class EmulatorProcess:
     """``clevertap-pipeline emulator`` as a real subprocess on a free port."""
 
-    def __init__(self, *flags: str, accounts: tuple[str, ...] = ("BENCH-ACCOUNT:bench-passcode",)) -> None:
-        args = [sys.executable, "-m", "pipeline", "emulator", "--port", "0", *flags]
+    def __init__(
+        self, *flags: str, accounts: tuple[str, ...] = ("BENCH-ACCOUNT:bench-passcode",), port: int = 0
+    ) -> None:
+        args = [sys.executable, "-m", "pipeline", "emulator", "--port", str(port), *flags]
         for account in accounts:
             args += ["--account", account]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

@@ -102,9 +102,11 @@ def start_stack(
     loglevel: str = "INFO",
     beat: bool = True,
     redis_fsync: str = "everysec",
+    redis_port: int | None = None,
+    emulator_port: int = 0,
 ) -> Stack:
-    """Start everything (``workers`` workers, and beat unless ``beat=False``); on any failure stop what was
-    started and re-raise."""
+    """Start everything (``workers`` workers, and beat unless ``beat=False``), the embedded Redis and the
+    emulator on the ports given (None, 0: free ones); on any failure stop what was started and re-raise."""
     env = dict(os.environ if base_env is None else base_env)
     workdir.mkdir(parents=True, exist_ok=True)
     stack = Stack(workdir, env, loglevel=loglevel)
@@ -112,7 +114,7 @@ def start_stack(
         if not env.get("REDIS_URL"):
             redis_dir = workdir / "redis"
             stack.redis = EmbeddedRedis(
-                appendonly=persistent_redis, workdir=str(redis_dir), appendfsync=redis_fsync
+                redis_port, appendonly=persistent_redis, workdir=str(redis_dir), appendfsync=redis_fsync
             ).start()
             env["REDIS_URL"] = stack.redis.url
         if emulator_flags is not None:
@@ -121,6 +123,7 @@ def start_stack(
                 "--record-file", str(workdir / "emulator-records.jsonl"),
                 accounts=(f"{env.get('CLEVERTAP_ACCOUNT_ID') or DEMO_ACCOUNT[0]}:"
                           f"{env.get('CLEVERTAP_PASSCODE') or DEMO_ACCOUNT[1]}",),
+                port=emulator_port,
             )  # fmt: skip
             env.setdefault("CLEVERTAP_ACCOUNT_ID", DEMO_ACCOUNT[0])
             env.setdefault("CLEVERTAP_PASSCODE", DEMO_ACCOUNT[1])
