@@ -119,7 +119,7 @@ def test_the_quickstart_works_as_printed_from_a_fresh_clone(tmp_path: Path) -> N
             time.sleep(0.5)
         else:
             raise AssertionError(f"the tour was not delivered: {s}")
-        rest = shell(tour, clone, env)  # the whole block again, now that it is delivered
+        rest = shell([tour[0], *tour[2:]], clone, env)  # the lines after ingest, now that it is delivered
         assert rest.returncode == 0, rest.stderr
         out = rest.stdout
         assert "delivered 4 records" in out and "rejected by CleverTap 1" in out  # status
