@@ -29,8 +29,11 @@ SECRET_FILES = {
 
 
 def port_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:``port`` now (so a server started next may take it)."""
+    """Whether nothing listens on 127.0.0.1:``port`` now (so a server started next may take it). As the
+    servers do (redis-server, the emulator), with SO_REUSEADDR: the last run's connections still in
+    TIME_WAIT do not make it taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
