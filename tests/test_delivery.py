@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ import responses
 
 from pipeline.config import Settings, load_settings
 from pipeline.delivery import Deliverer
+from pipeline.errors import UnknownIntegration
 from pipeline.ingest import ingest
 from pipeline.local.emulator import Emulator, Faults
 from pipeline.store import Store
@@ -372,3 +374,30 @@ def test_each_outcome_that_dead_letters_rows_raises_its_own_error() -> None:
     assert isinstance(error(SendResult.GAVE_UP), BatchGivenUp)
     assert error(SendResult.DELIVERED) is None and error(SendResult.RETRY) is None
     assert "5 delivered, 5 dead-lettered (513x5)" in str(error(SendResult.PARTIAL))
+
+
+def test_records_for_an_integration_no_worker_serves_are_flagged_and_warned_of_once_a_minute(
+    redis_url: str, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline import delivery
+    from pipeline.status import integration_status, unserved_elsewhere
+
+    # The CLI knew "shop2" (it had the console's key) and queued for it; this worker does not know it.
+    knows = load_settings(environment(redis_url, CLEVERTAP_PIPELINE_CONFIG="", CLEVERTAP_ACCOUNT_ID="ACC-S2"))
+    shop2 = dataclasses.replace(knows.integration("default"), name="shop2")
+    cli_settings = dataclasses.replace(knows, integrations={**knows.integrations, "shop2": shop2})
+    ingest(events(3), "shop2", settings=cli_settings, store=store)
+    worker = Deliverer(load_settings(environment(redis_url)), store, lambda *a: None)
+    delivery._WARNED.clear()
+    with caplog.at_level("WARNING", logger="pipeline.delivery"):
+        for _ in range(3):  # three assemble ticks
+            worker.assemble()
+    warned = [r for r in caplog.records if "shop2" in r.getMessage()]
+    assert len(warned) == 1 and "CLEVERTAP_CONSOLE_KEY" in warned[0].getMessage()
+    assert store.depth("shop2")["pending"] == 3  # waiting, not lost
+    # status says so, from a process that knows the integration and from one that does not
+    assert integration_status(cli_settings, store, "shop2")["not_served_since"] is not None
+    assert unserved_elsewhere(worker.settings, store)["shop2"]["pending"] == 3
+    assert integration_status(cli_settings, store, "default")["not_served_since"] is None
+    with pytest.raises(UnknownIntegration, match="CLEVERTAP_CONSOLE_KEY set"):
+        worker.settings.integration("shop2")

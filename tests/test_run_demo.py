@@ -148,8 +148,12 @@ def test_the_lines_run_prints_are_all_another_shell_needs(tmp_path: Path) -> Non
         assert run.stop() == 0
     key = (tmp_path / "data" / "write-key").read_text()
     assert key.startswith("wk-") and oct((tmp_path / "data" / "write-key").stat().st_mode)[-3:] == "600"
-    # the passcode and the write key are in files, not on the terminal
-    assert DEMO_ACCOUNT[1] not in "".join(run.lines) and key not in "".join(run.lines)
+    console_key = (tmp_path / "data" / "console-key").read_text()
+    assert oct((tmp_path / "data" / "console-key").stat().st_mode)[-3:] == "600"
+    # the passcode, the write key and the console key are in files, not on the terminal
+    printed = "".join(run.lines)
+    assert DEMO_ACCOUNT[1] not in printed and key not in printed and console_key not in printed
+    assert 'CLEVERTAP_CONSOLE_KEY="$(cat ' in printed
 
 
 def test_what_was_in_flight_at_shutdown_is_sent_on_the_next_start(tmp_path: Path) -> None:
