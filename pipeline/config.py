@@ -603,7 +603,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         errors.extend(
             (f"integrations.{name}.{setting_key}", message) for setting_key, message in broken.items()
         )
-        standing.append(config)
+        if not broken:  # one that breaks a rule is not what the next one is held to
+            standing.append(config)
     if errors:
         raise ConfigError(errors)
     return Settings(

@@ -10,6 +10,7 @@ its kind: the Lua scripts count dead letters by kind without decoding them (``lu
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,13 +42,6 @@ def dead_letter_kind(stage: str, fields: dict[str, Any]) -> str:
 
 
 _KIND_UNSAFE = re.compile(r"[^A-Za-z0-9_.: ()-]")
-_KIND = re.compile(rb'^{"id":"[^"]*","kind":"([^"]*)"')
-
-
-def kind_of(body: bytes) -> str | None:
-    """The kind written into a dead-letter entry (as the Lua ``kind_of`` reads it)."""
-    m = _KIND.match(body)
-    return m.group(1).decode() if m else None
 
 
 def dead_letter(integration: str, stage: str, **fields: Any) -> tuple[str, bytes]:
@@ -110,9 +104,13 @@ def parse_time(text: str) -> float:
     UTC). ValueError names what is wrong."""
     text = text.strip()
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number) or abs(number) > 1e11:  # not a time: nan, inf, past year 5000
+            raise ValueError(f"{text[:40]!r} is not a time: epoch seconds must be a finite number")
+        return number
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:

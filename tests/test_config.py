@@ -211,3 +211,39 @@ def test_the_rules_across_integrations_are_one_function_for_files_and_the_consol
         "account ACC-1, which has one in-flight limit",
         "integrations.b.write_key": "is integration a's write key too: give each its own",
     }
+
+
+def test_an_integration_that_breaks_a_rule_is_not_what_the_next_is_held_to(tmp_path: Any) -> None:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(
+        "\n".join(
+            f'[integrations.{name}]\naccount_id = "ACC-1"\npasscode = "p"\nregion = "eu1"\n'
+            f"max_concurrency = {n}\n"
+            for name, n in (("a", 15), ("b", 10), ("c", 15))
+        )
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"CLEVERTAP_PIPELINE_CONFIG": str(path)})
+    assert [p for p, _ in caught.value.errors] == ["integrations.b.max_concurrency"]  # c agrees with a
+
+
+def test_console_integrations_that_break_a_rule_are_left_out_of_the_merge(redis_url: str) -> None:
+    import dataclasses
+
+    from pipeline.saved import merged
+
+    base = load_settings(environment(redis_url, CLEVERTAP_WRITE_KEY="k" * 20))
+    own = base.integration("default")
+
+    class Saved:
+        def configs(self) -> dict[str, Any]:
+            return {
+                "same-key": dataclasses.replace(own, name="same-key", account_id="OTHER"),
+                "other-limit": dataclasses.replace(
+                    own, name="other-limit", max_concurrency=5, write_key=None
+                ),
+                "fine": dataclasses.replace(own, name="fine", account_id="OTHER-2", write_key=None),
+            }
+
+    served = merged(base, Saved())  # type: ignore[arg-type]
+    assert sorted(served.integrations) == ["default", "fine"]

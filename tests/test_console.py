@@ -360,14 +360,19 @@ def test_an_ingest_task_finds_an_integration_saved_a_moment_ago_or_waits_for_it(
         runtime.reset()
 
 
-def test_editing_an_integration_keeps_its_own_preset() -> None:
+def test_editing_an_integration_keeps_its_own_preset(client: TestClient) -> None:
     import dataclasses
 
     from pipeline.console.forms import form_of, spec_from
-    from pipeline.presets import Preset
+    from pipeline.presets import Preset, load_preset
 
     config = load_settings(environment(None)).integration("default")
-    other = dataclasses.replace(config, preset=Preset("retail", events={}, properties={}))
+    assert load_preset("default").name == "Default"  # shown so; configured as "default"
+    assert form_of(config)["preset"] == "default"
+    other = dataclasses.replace(config, preset=Preset("Retail shops", {}, {}, key="retail"))
     values = form_of(other)
     assert values["preset"] == "retail"  # it was always "default": an edit saved another preset back
     assert spec_from(values, {"preset": "retail"})["preset"] == "retail"
+    logged_in(client)
+    page = client.get("/integrations/default/edit").text
+    assert re.search(r'<option value="default" selected>', page), page  # the form shows the one it has

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 import requests
 
 from pipeline.config import load_settings
@@ -306,6 +307,9 @@ def test_the_cli_and_the_console_read_a_dead_letter_filter_the_same_way() -> Non
     )
     args = argparse.Namespace(integration="shop", stage="api", code=513, since=zoned, until=None)
     assert errors == [] and where == Filter.from_args(args) == Filter("shop", "api", 513, zoned, None)
+    for not_a_time in ("nan", "inf", "1e999"):
+        with pytest.raises(ValueError, match="not a time"):
+            parse_time(not_a_time)
     bad, errors = Filter.from_query("shop", {"stage": "x", "code": "5a", "since": "yesterday"})
     assert bad == Filter("shop") and len(errors) == 3 and "since: 'yesterday' is not a time" in errors[2]
     assert where.matches({"stage": "api", "code": 513}) and not where.matches({"stage": "api", "code": 522})

@@ -207,7 +207,7 @@ class Collector:
     def healthy(self) -> bool:
         """Redis takes a write (a ping alone passes on a read-only or full Redis)."""
         try:
-            self.store.r.set(f"{self.store.prefix}:collector:health", "1", px=10_000)
+            self.store.r.set(self.store.health_key, "1", px=10_000)
         except Exception:
             return False
         return True

@@ -64,7 +64,7 @@ def form_of(config: IntegrationConfig) -> dict[str, Any]:
         "name": config.name,
         "account_id": config.account_id,
         "region": config.region,
-        "preset": config.preset.name,
+        "preset": config.preset.key,
         "consent_categories": ", ".join(config.consent_categories),
         "batch_size": str(config.batch_size),
         "max_concurrency": str(config.max_concurrency),

@@ -8,7 +8,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +46,7 @@ class Console:
 
     live: LiveSettings
     templates: Jinja2Templates
-    password_digest: bytes
+    password_digest: bytes = field(repr=False)
 
     @property
     def store(self) -> Store:

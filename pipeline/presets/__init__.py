@@ -18,11 +18,12 @@ class Preset:
     CleverTap profile key, the trait names it is read from (the first present wins); and the trait names
     a Name is put together from when there is no ``name``."""
 
-    name: str
+    name: str  # as shown ("Default")
     events: Mapping[str, str]
     properties: Mapping[str, Mapping[str, tuple[str, ...]]]
     profile: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     name_parts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    key: str = ""  # as configured: the file's name ("default" for default.json), what `preset = ...` names
 
 
 def load_preset(name: str) -> Preset:
@@ -32,6 +33,7 @@ def load_preset(name: str) -> Preset:
         raise UnknownIntegration(f"unknown preset {name!r}") from None
     raw = json.loads(text)
     return Preset(
+        key=name,
         name=raw["name"],
         events=dict(raw["events"]),
         properties={

@@ -1,7 +1,7 @@
 -- Shared by the scripts that store or remove dead letters (included where a script says
 -- "--! include dead"; it expects the locals dead, dead_idx and dead_kinds). dead_kinds counts dead letters
 -- by kind ("api:<code>", "mapping:<reason>"), so status and metrics never read the letters themselves.
--- The kind is the entry's second key, written by store.dead_letter(), so its first match is the entry's.
+-- The kind is the entry's second key, written by deadletters.dead_letter(), so its first match is the entry's.
 local function kind_of(entry)
   return string.match(entry, '^{"id":"[^"]*","kind":"([^"]*)"')
 end

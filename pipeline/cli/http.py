@@ -1,0 +1,116 @@
+"""The HTTP protocol the collector and the console are served with: uvicorn's httptools protocol, guarded
+for a public endpoint.
+
+uvicorn (0.54) reads a request's header block for as long as the client likes, as large as it likes, and
+counts every open connection, idle or half-sent, against ``limit_concurrency``: 300 clients that send part
+of their headers and stop lock everyone else out with 503s. Here:
+
+- a connection must finish each request's header block within HEADER_TIMEOUT_S of opening (or of its
+  previous response), else it is closed;
+- a header block (request line and headers) over MAX_HEADER_BYTES is answered 431 and the connection
+  closed, before more of it is read;
+- open connections are capped at MAX_OPEN_CONNECTIONS (past it a new one is closed at once), apart from
+  the cap on requests in flight, which the app applies (a 503 with Retry-After): idle and half-sent
+  connections cost a few KB each, and no longer use up the requests' limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+#: Seconds a client has to send a request's whole header block.
+HEADER_TIMEOUT_S = 5.0
+#: The largest header block read (request line and every header): SDKs send well under 4 KB.
+MAX_HEADER_BYTES = 32 * 1024
+#: Open connections one process keeps at most (idle keep-alive ones included).
+MAX_OPEN_CONNECTIONS = 4096
+
+log = logging.getLogger("pipeline.http")
+
+_431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 33\r\nconnection: close\r\n\r\nthe request's headers are too big"
+)
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header deadline, a header size cap and a connection cap."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > MAX_OPEN_CONNECTIONS:
+            self._refused = True
+            transport.close()
+            return
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_bytes = 0
+        self._header_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_deadline is None:  # the next request on a kept-alive connection
+            self._arm()
+
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_HEADER_BYTES and not self._refused:
+            self._refused = True
+            self._disarm()
+            self.transport.write(_431)
+            self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        if not self._refused:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        if not self._refused:
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
