@@ -12,6 +12,7 @@ The passcode is held in a :class:`~pipeline.secret.Secret` that never prints.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -67,6 +68,25 @@ def _write_key(value: str) -> None:
     # Sent by SDKs as the user name of HTTP Basic auth: printable ASCII without ':', long enough to guess.
     if len(value) < 16 or not value.isascii() or not value.isprintable() or ":" in value or " " in value:
         raise ValidationError("must be at least 16 printable ASCII characters, without spaces or ':'")
+
+
+_ORIGIN = re.compile(r"^https?://(\*\.)?([a-z0-9-]+\.)*[a-z0-9-]+(:[0-9]{1,5})?$")
+
+
+def _origin(value: str) -> None:
+    # What a browser sends as Origin: scheme, host, port; no path, no trailing slash, lower case.
+    if not _ORIGIN.match(value):
+        raise ValidationError(
+            f"{value[:80]!r} is not an origin: write scheme://host[:port] (http or https, lower case, no "
+            "path), or https://*.example.com for every subdomain of example.com"
+        )
+
+
+def _network(value: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValidationError(f"{value[:80]!r} is not an IP address or network (10.0.0.0/8)") from None
 
 
 def _range(lo: float, hi: float, unit: str = "") -> validate.Range:
@@ -190,6 +210,20 @@ class IntegrationConfig:
             ),
         )
     )
+    # The page origins a browser may post from with this integration's write key (the collector's CORS).
+    allowed_origins: tuple[str, ...] = setting(
+        fields.List(fields.String(validate=_origin), load_default=()),
+        from_env=_comma_list,
+        convert=tuple,
+    )
+    # Requests a second (and a burst) one client address may make from a browser (an Origin header): a
+    # browser key is public, so it is rate-limited where a server's is not.
+    browser_rate_limit: float = setting(
+        fields.Float(load_default=C.DEFAULT_BROWSER_RATE_LIMIT, validate=_range(0.1, 10_000, " requests/s"))
+    )
+    browser_rate_burst: int = setting(
+        fields.Integer(load_default=C.DEFAULT_BROWSER_RATE_BURST, validate=_range(1, 100_000))
+    )
     max_event_properties: int = setting(
         fields.Integer(load_default=C.DEFAULT_MAX_EVENT_PROPERTIES, validate=_range(1, 1024))
     )
@@ -282,6 +316,12 @@ class Settings:
     )
     sweep_grace: float = setting(
         fields.Float(load_default=C.DEFAULT_SWEEP_GRACE_S, validate=_range(1, 3600, " s"))
+    )
+    # Proxies (addresses or networks) whose X-Forwarded-For the collector believes for a client's address.
+    trusted_proxies: tuple[str, ...] = setting(
+        fields.List(fields.String(validate=_network), load_default=()),
+        from_env=_comma_list,
+        convert=tuple,
     )
     log_format: str = setting(
         fields.String(
@@ -412,6 +452,7 @@ def _mask_url(url: str) -> str:
 
 #: Settings-level keys and the environment variables that set them.
 _GLOBAL_ENV = {f.name: var for f in _settings_of(Settings) if (var := _env_var(f))}
+_GLOBAL_FROM_ENV = {f.name: f.metadata["from_env"] for f in _settings_of(Settings) if f.metadata["from_env"]}
 #: Integration keys settable from the environment (the ``default`` integration), and their parsers.
 _INTEGRATION_ENV = {_key(f): var for f in _settings_of(IntegrationConfig) if (var := _env_var(f))}
 _FROM_ENV = {
@@ -460,7 +501,7 @@ def _env_raw(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[tuple[str
     ]
     for key, var in _GLOBAL_ENV.items():
         if environ.get(var, "") != "":
-            raw[key] = environ[var]
+            raw[key] = _GLOBAL_FROM_ENV[key](environ[var]) if key in _GLOBAL_FROM_ENV else environ[var]
     default_integration: dict[str, Any] = {}
     for key, var in _INTEGRATION_ENV.items():
         value = environ.get(var, "")

@@ -110,6 +110,11 @@ UNSERVED_KEPT_S = 60.0
 #: The warning for it is logged once a minute per integration and process, not on every assemble tick.
 UNSERVED_WARN_EVERY_S = 60.0
 
+#: A browser's page sends a few requests a page view (batched by the SDK); 20 a second with a burst of 40 per
+#: client address leaves a busy page room and makes a public write key useless for flooding.
+DEFAULT_BROWSER_RATE_LIMIT = 20.0
+DEFAULT_BROWSER_RATE_BURST = 40
+
 DEFAULT_KEY_PREFIX = "ctp"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 SEND_QUEUE = "clevertap.send"

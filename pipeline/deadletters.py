@@ -59,15 +59,28 @@ def dead_letter(integration: str, stage: str, **fields: Any) -> tuple[str, bytes
     try:
         return did, orjson.dumps(entry, default=str)
     except TypeError:  # what a dead letter keeps may be anything that arrived, e.g. an integer over 64 bits
+        pass
+    try:
         return did, orjson.dumps(_jsonable(entry), default=str)
+    except TypeError:  # nested deeper than orjson writes (254 levels): keep it cut at KEPT_DEPTH levels
+        return did, orjson.dumps(_jsonable(entry, cut=KEPT_DEPTH), default=str)
 
 
-def _jsonable(value: Any) -> Any:
-    """``value`` with what JSON (and orjson) cannot hold as it is, integers over 64 bits, made text."""
+#: How deep a dead letter keeps what arrived nested too deep to write whole (the rest: a marker).
+KEPT_DEPTH = 16
+CUT = "(nested deeper: not kept)"
+
+
+def _jsonable(value: Any, cut: int | None = None) -> Any:
+    """``value`` with what JSON (and orjson) cannot hold as it is, integers over 64 bits, made text; with
+    ``cut``, anything nested deeper than that many levels replaced by a marker."""
+    if cut is not None and cut <= 0 and isinstance(value, dict | list | tuple):
+        return CUT
+    deeper = None if cut is None else cut - 1
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v, deeper) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, deeper) for v in value]
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
         return str(value)
     return value

@@ -108,7 +108,8 @@ def _scalar_problem(value: Any) -> str | None:
 
 
 def _as_json_text(value: Any) -> str | None:
-    """A nested value as JSON text; None when it holds what JSON cannot carry (an integer beyond 64 bits)."""
+    """A nested value as JSON text; None when JSON cannot carry it (an integer beyond 64 bits, or nesting
+    deeper than orjson writes: 254 levels)."""
     try:
         return orjson.dumps(value).decode("utf-8")
     except TypeError:
@@ -349,7 +350,10 @@ class Mapper:
             if self.stringify:
                 value = _as_json_text(value)
                 if value is None:
-                    reasons.append(f"{path}: holds an integer beyond 64 bits, which JSON readers do not take")
+                    reasons.append(
+                        f"{path}: holds an integer beyond 64 bits, or is nested hundreds of levels deep: "
+                        "JSON readers do not take it"
+                    )
                     return
             else:
                 reasons.append(

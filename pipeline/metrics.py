@@ -4,6 +4,7 @@ multiprocess directory and no push gateway. ``clevertap-pipeline metrics --port 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,8 +29,15 @@ class RedisCollector(Collector):
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
+        # One scrape reads Redis at a time: concurrent scrapes wait their turn instead of each taking a
+        # connection of their own (and answering 500 once the pool is spent).
+        self._one_at_a_time = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
+        with self._one_at_a_time:
+            yield from list(self._collect())
+
+    def _collect(self) -> Iterator[Metric]:
         ingested = CounterMetricFamily(
             "clevertap_events_ingested",
             "Events ingested, by what became of them",

@@ -1,5 +1,5 @@
-"""The HTTP protocol the collector and the console are served with: uvicorn's httptools protocol, guarded
-for a public endpoint.
+"""How the services listen: the HTTP protocol the collector and the console are served with (uvicorn's
+httptools protocol, guarded for a public endpoint), and the metrics exporter's bounded WSGI server.
 
 uvicorn (0.54) reads a request's header block for as long as the client likes, as large as it likes, and
 counts every open connection, idle or half-sent, against ``limit_concurrency``: 300 clients that send part
@@ -17,8 +17,12 @@ of their headers and stop lock everyone else out with 503s. Here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -114,3 +118,56 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if not self._refused:
             super().on_message_complete()
+
+
+# ------------------------------------------------------------------------------- the metrics exporter
+
+#: Scrapes served at once by the metrics exporter; past it a 503 at once (Prometheus scrapes one at a
+#: time per target: more is a misconfiguration or a flood).
+MAX_SCRAPES = 8
+#: Seconds a scrape's request may take to arrive, and each write of the answer.
+SCRAPE_TIMEOUT_S = 10.0
+
+_503 = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = SCRAPE_TIMEOUT_S  # a client that connects and says nothing is let go
+
+    def log_message(self, format: str, *args: Any) -> None:  # no access log
+        pass
+
+
+class BoundedWSGIServer(ThreadingMixIn, WSGIServer):
+    """A threading WSGI server with a thread a scrape and at most MAX_SCRAPES of them (prometheus_client's
+    own keeps a thread per connection, with no timeout)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_SCRAPES)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(_503)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def bounded_wsgi_server(host: str, port: int, app: Any) -> BoundedWSGIServer:
+    """The metrics exporter's server on host:port (0: a free port), ready for ``serve_forever``."""
+    return make_server(host, port, app, server_class=BoundedWSGIServer, handler_class=_QuietHandler)

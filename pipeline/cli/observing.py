@@ -177,16 +177,20 @@ def debugger(args: argparse.Namespace) -> int:
 )
 def metrics(args: argparse.Namespace) -> int:
     import signal
+    import threading
 
-    from prometheus_client import start_http_server
+    from prometheus_client import make_wsgi_app
     from prometheus_client.registry import CollectorRegistry
 
+    from pipeline.cli.http import bounded_wsgi_server
     from pipeline.metrics import RedisCollector
 
     ctx = context(args)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(ctx.settings, ctx.store))
-    server, thread = start_http_server(args.port, addr=args.host, registry=registry)
+    server = bounded_wsgi_server(args.host, args.port, make_wsgi_app(registry))
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     print(f"metrics on http://{args.host}:{server.server_port}/metrics", flush=True)
 
     def stop(signum: int, frame: Any) -> None:

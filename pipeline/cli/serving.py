@@ -13,16 +13,20 @@ from pipeline.logs import uvicorn_log_config
 
 def serve(app: Any, host: str, port_: int, log_format: str, **options: Any) -> None:
     """Serve an ASGI app (or ``"module:factory"`` with ``factory=True``) the way every service here is
-    served: httptools on uvloop, no access log (a line per request says nothing the counters do not), no
-    server header, idle connections closed after 30 s, logs as ``log_format`` says."""
+    served: httptools on uvloop, guarded for the public (pipeline.cli.http: a header block must arrive
+    within 5 s and stay under 32 KB, open connections are capped apart from requests in flight), no access
+    log (a line per request says nothing the counters do not), no server header, idle connections closed
+    after 5 s, logs as ``log_format`` says."""
     import uvicorn
 
+    from pipeline.cli.http import GuardedHttpToolsProtocol
+
     settings: dict[str, Any] = {
-        "http": "httptools",
+        "http": GuardedHttpToolsProtocol,
         "loop": "uvloop",
         "access_log": False,
         "server_header": False,
-        "timeout_keep_alive": 30,
+        "timeout_keep_alive": 5,
         "log_config": uvicorn_log_config(log_format),
         **options,
     }
@@ -40,8 +44,6 @@ def serve(app: Any, host: str, port_: int, log_format: str, **options: Any) -> N
     arg("--workers", type=int, default=1, help="worker processes (each a core's worth of requests)"),
 )
 def collect(args: argparse.Namespace) -> int:
-    from pipeline.collector.app import MAX_CONNECTIONS
-
     if not 1 <= args.workers <= 64:
         raise InputError(f"--workers must be 1-64, got {args.workers}")
     settings = context(args).settings  # every error now, before a worker starts
@@ -64,8 +66,7 @@ def collect(args: argparse.Namespace) -> int:
         settings.log_format,
         factory=True,
         workers=args.workers,
-        timeout_graceful_shutdown=20,
-        limit_concurrency=MAX_CONNECTIONS,  # memory stays bounded: at most this many bodies of 500 KB
+        timeout_graceful_shutdown=20,  # requests in flight are capped by the app (MAX_REQUESTS bodies)
     )
     return EXIT_OK
 
@@ -85,5 +86,5 @@ def console(args: argparse.Namespace) -> int:
 
     app, live = from_environment(args.host, https_only=args.https_only)
     print(f"console on http://{args.host}:{args.port}/", flush=True)
-    serve(app, args.host, args.port, live.base.log_format, limit_concurrency=100)
+    serve(app, args.host, args.port, live.base.log_format)  # requests in flight: capped by its Guard
     return EXIT_OK

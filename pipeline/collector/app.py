@@ -9,23 +9,40 @@ logs a header or a body: the write key and the events stay out of the logs.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import orjson
 import redis
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pipeline.collector.core import Answer, Collector, error_answer, limit_for
-from pipeline.config import Settings, load_settings
+from pipeline.collector.browser import (
+    client_address,
+    cors_headers,
+    origin_allowed_anywhere,
+    origin_matches,
+    preflight_headers,
+    public_host,
+    rudderstack_source_config,
+    segment_settings,
+)
+from pipeline.collector.core import UNAUTHORIZED, Answer, Collector, basic_user, error_answer, limit_for
+from pipeline.config import IntegrationConfig, Settings, load_settings
 from pipeline.saved import LiveSettings
 from pipeline.store import Store
 
 #: Seconds a request's body may take to arrive.
-BODY_TIMEOUT_S = 30
-#: Connections one worker process serves at once; past it uvicorn answers 503 (and the SDK retries).
-MAX_CONNECTIONS = 200
+BODY_TIMEOUT_S = 10
+#: Requests one worker process handles at once (reading a body of up to 500 KB, or queueing it); past it
+#: a 503 with Retry-After (the SDK tries again). Open connections, idle or half-sent, are capped apart
+#: (pipeline.cli.http): they no longer use up this limit.
+MAX_REQUESTS = 256
+RETRY_AFTER_BUSY_S = 1
+
+log = logging.getLogger("pipeline.collector")
 
 #: On every answer: the body is JSON for SDKs, never a page to render or cache.
 SECURITY_HEADERS = {
@@ -59,6 +76,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     if store is None:
         store = Store.shared(settings.redis_url, settings.key_prefix)
     state = {"settings": settings, "collector": Collector(settings, store)}
+    in_flight = [0]
 
     def current() -> Collector:
         if live is not None:
@@ -68,14 +86,34 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         collector: Collector = state["collector"]  # type: ignore[assignment]
         return collector
 
+    def client_of(request: Request, collector: Collector) -> str:
+        peer = request.client.host if request.client else None
+        forwarded = request.headers.get("x-forwarded-for", "")
+        return client_address(peer, forwarded, collector.settings.trusted_proxies)
+
     async def calls(request: Request) -> Response:
+        if in_flight[0] >= MAX_REQUESTS:
+            busy = error_answer(
+                503, "busy", "the collector is busy; try again", **{"Retry-After": str(RETRY_AFTER_BUSY_S)}
+            )
+            return _respond(busy)
+        in_flight[0] += 1
+        try:
+            return await _calls(request)
+        except ClientDisconnect:  # the client hung up mid-body: nothing was queued, one short line
+            log.info("a client hung up before its request's body arrived: nothing queued")
+            return Response(status_code=400)
+        finally:
+            in_flight[0] -= 1
+
+    async def _calls(request: Request) -> Response:
         path = request.url.path
         limit = limit_for(path)
         headers = {k.lower(): v for k, v in request.headers.items()}
         collector = current()
         refused = collector.refuses_header(headers)  # a wrong key in the header: no body is read
         if refused is not None:
-            return _respond(refused)
+            return _respond(_with_cors(refused, headers, collector))
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return _respond(error_answer(400, "too_large", f"the body may be at most {limit // 1024} KB"))
@@ -94,8 +132,61 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         # On the event loop, not in a thread: handling is CPU work plus one Redis round trip per 500 events,
         # and the hop to a thread cost 40% more CPU per event (bench-collect). Reading bodies stays async,
         # so a slow client holds no one up; a process handles one batch at a time (--workers for cores).
-        answer = collector.handle(path, headers, bytes(body))
+        answer = collector.handle(path, headers, bytes(body), client_of(request, collector))
         return _respond(answer)
+
+    async def preflight(request: Request) -> Response:
+        """A browser's CORS preflight: allowed when any integration with a write key allows the origin (the
+        request that follows is held to its own integration's list)."""
+        origin = request.headers.get("origin", "")
+        if not origin or not origin_allowed_anywhere(origin, current().settings.integrations):
+            return Response(status_code=403, headers=SECURITY_HEADERS)
+        requested = request.headers.get("access-control-request-headers", "")
+        return Response(status_code=204, headers={**SECURITY_HEADERS, **preflight_headers(origin, requested)})
+
+    def _keyed(
+        request: Request, collector: Collector, key: str | None
+    ) -> tuple[str, IntegrationConfig] | Response:
+        """The write key's integration, for the SDKs' settings: 401 without a known key, 403 for a page on
+        an origin it does not allow."""
+        name = collector.integration_for(key)
+        if name is None or key is None:
+            return _respond(UNAUTHORIZED)
+        config = collector.settings.integration(name)
+        origin = request.headers.get("origin")
+        if origin is not None and not origin_matches(origin, config.allowed_origins):
+            return Response(status_code=403, headers=SECURITY_HEADERS)
+        return key, config
+
+    def _json(body: Any, request: Request) -> Response:
+        origin = request.headers.get("origin")
+        extra = cors_headers(origin) if origin else {}
+        return Response(
+            orjson.dumps(body), headers={**SECURITY_HEADERS, **extra}, media_type="application/json"
+        )
+
+    async def segment_project_settings(request: Request) -> Response:
+        """analytics-next's ``{cdnURL}/v1/projects/{writeKey}/settings``."""
+        collector = current()
+        found = _keyed(request, collector, request.path_params["key"])
+        if isinstance(found, Response):
+            return found
+        key, config = found
+        host = public_host(request.headers.get("host", ""))
+        if host is None:
+            return _respond(error_answer(400, "bad_host", "the Host header is not host[:port]"))
+        return _json(segment_settings(config, key, host, request.url.scheme), request)
+
+    async def rudderstack_config(request: Request) -> Response:
+        """RudderStack's JS SDK (v3) at ``{configUrl}/sourceConfig``: the write key as HTTP Basic, or
+        ``writeKey`` in the query."""
+        collector = current()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        key = basic_user(headers.get("authorization", "")) or request.query_params.get("writeKey")
+        found = _keyed(request, collector, key)
+        if isinstance(found, Response):
+            return found
+        return _json(rudderstack_source_config(found[1]), request)
 
     async def health(_: Request) -> Response:
         ok = current().healthy()
@@ -103,11 +194,24 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
     app = Starlette(
         routes=[
+            Route("/v1/projects/{key}/settings", segment_project_settings, methods=["GET"]),
+            Route("/sourceConfig", rudderstack_config, methods=["GET"]),
+            Route("/sourceConfig/", rudderstack_config, methods=["GET"]),
             Route("/v1/{call}", calls, methods=["POST"]),
+            Route("/v1/{call}", preflight, methods=["OPTIONS"]),
             Route("/health", health, methods=["GET"]),
         ]
     )
+    app.router.redirect_slashes = False  # a redirect would be built from the Host header
     return app
+
+
+def _with_cors(answer: Answer, headers: dict[str, str], collector: Collector) -> Answer:
+    """A 401 before the body is read: readable by a page on an allowed origin (its SDK logs the reason)."""
+    origin = headers.get("origin")
+    if origin is not None and origin_allowed_anywhere(origin, collector.settings.integrations):
+        answer = Answer(answer.status, answer.body, {**answer.headers, **cors_headers(origin)})
+    return answer
 
 
 def app_factory() -> Any:

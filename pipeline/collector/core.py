@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis
 
+from pipeline.collector.browser import RateLimit, corrected, cors_headers, origin_matches
 from pipeline.config import Settings
 from pipeline.errors import QueueFull, where
 from pipeline.ingest import TRANSIENT_REDIS_ERRORS, Ingestor
@@ -39,14 +43,17 @@ log = logging.getLogger("pipeline.collector")
 MAX_CALL_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 CALLS = ("track", "identify", "page", "screen", "alias", "group")
+#: analytics-next's short paths (its default in the browser): /v1/t for track, ... and /v1/b for a batch.
+SHORT = {"t": "track", "i": "identify", "p": "page", "s": "screen", "a": "alias", "g": "group", "b": "batch"}
 #: Seconds an SDK is asked to wait before trying again.
 RETRY_AFTER_REDIS_S = 5
 RETRY_AFTER_FULL_S = 30
 
 
-@dataclass
+@dataclass(frozen=True)
 class Answer:
-    """What the collector answers: an HTTP status, a JSON body, and extra headers."""
+    """What the collector answers: an HTTP status, a JSON body, and extra headers (never changed once
+    made: OK and the other stock answers are shared by every request)."""
 
     status: int
     body: dict[str, Any]
@@ -64,9 +71,15 @@ def error_answer(status: int, code: str, message: str, **headers: str) -> Answer
     return Answer(status, {"success": False, "code": code, "message": message}, dict(headers))
 
 
+def canonical(path: str) -> str:
+    """``/v1/t`` as ``/v1/track``, ``/v1/b`` as ``/v1/batch``; any other path as it is."""
+    call = path.removeprefix("/v1/")
+    return f"/v1/{SHORT[call]}" if path.startswith("/v1/") and call in SHORT else path
+
+
 def limit_for(path: str) -> int:
     """The largest body (after gzip) the path takes."""
-    return MAX_BATCH_BYTES if path in ("/v1/batch", "/v1/import") else MAX_CALL_BYTES
+    return MAX_BATCH_BYTES if canonical(path) in ("/v1/batch", "/v1/import") else MAX_CALL_BYTES
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
@@ -97,6 +110,8 @@ class Collector:
         # they are.
         self.by_digest: dict[bytes, str] = {}
         self.ingestors: dict[str, Ingestor] = {}
+        self.settings = settings
+        self.rate = RateLimit()
         for name, config in settings.integrations.items():
             if config.write_key is not None:
                 self.by_digest[_digest(config.write_key.reveal())] = name
@@ -119,14 +134,32 @@ class Collector:
     def refuses_header(self, headers: Mapping[str, str]) -> Answer | None:
         """A 401 for a request whose HTTP Basic key is wrong, before its body is read; None otherwise (no
         such header: the key may be in the body)."""
-        key = _basic_user(headers.get("authorization", ""))
+        key = basic_user(headers.get("authorization", ""))
         if key is not None and self.integration_for(key) is None:
             return UNAUTHORIZED
         return None
 
-    def handle(self, path: str, headers: Mapping[str, str], body: bytes) -> Answer:
+    def handle(self, path: str, headers: Mapping[str, str], body: bytes, client: str = "") -> Answer:
         """Answer one request. ``headers`` by lower-case name; ``body`` as read (the server stops reading
-        past ``limit_for(path)``)."""
+        past ``limit_for(path)``); ``client``, the client's address (for a browser's rate limit). A request
+        with an ``Origin`` header (a browser) is refused unless its integration allows that origin, and
+        is rate-limited per client address; the answer carries the CORS headers it needs."""
+        received = datetime.now(UTC)
+        origin = headers.get("origin")
+        answer = self._handle(canonical(path), headers, body, client, origin, received)
+        if origin is not None and answer.status != 403:  # a new answer: OK and the others are shared
+            answer = Answer(answer.status, answer.body, {**answer.headers, **cors_headers(origin)})
+        return answer
+
+    def _handle(
+        self,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        client: str,
+        origin: str | None,
+        received: datetime,
+    ) -> Answer:
         call = path.removeprefix("/v1/")
         if path not in ("/v1/batch", "/v1/import") and call not in CALLS:
             return error_answer(404, "not_found", f"no such endpoint: {path[:100]}")
@@ -135,7 +168,7 @@ class Collector:
         too_big = error_answer(400, "too_large", f"{what} may be at most {limit // 1024} KB")
         if len(body) > limit:
             return too_big
-        header_key = _basic_user(headers.get("authorization", ""))
+        header_key = basic_user(headers.get("authorization", ""))
         if header_key is not None and self.integration_for(header_key) is None:
             return UNAUTHORIZED  # before any work on the body
         encoding = headers.get("content-encoding", "").strip().lower()
@@ -160,6 +193,10 @@ class Collector:
         integration = self.integration_for(header_key or _text(payload.get("writeKey")))
         if integration is None:
             return UNAUTHORIZED
+        if origin is not None:
+            refused = self._browser(integration, origin, client)
+            if refused is not None:
+                return refused
         if limit == MAX_BATCH_BYTES:
             events = payload.get("batch")
             if not isinstance(events, list):
@@ -174,10 +211,27 @@ class Collector:
             shared = {k: payload[k] for k in ("context", "integrations") if isinstance(payload.get(k), dict)}
             # The batch's context and integrations apply to each call under it (the call's own keys win);
             # a write key never reaches a dead letter.
-            events = [_prepared(e, shared) for e in events]
+            sent_at = payload.get("sentAt")
+            events = [corrected(_prepared(e, shared), received, sent_at) for e in events]
         else:
-            events = [_prepared({**payload, "type": call}, {})]  # the path says what call it is
+            events = [corrected(_prepared({**payload, "type": call}, {}), received)]  # the path says the call
         return self._queue(integration, events)
+
+    def _browser(self, integration: str, origin: str, client: str) -> Answer | None:
+        """A browser's request (an Origin header): refused (403) unless the integration allows the origin,
+        429 past its rate limit per client address; None when it may go on."""
+        config = self.ingestors[integration].config
+        if not origin_matches(origin, config.allowed_origins):
+            return error_answer(
+                403, "origin_not_allowed", f"origin {origin[:100]!r} may not post to this write key"
+            )
+        wait = self.rate.take(client, config.browser_rate_limit, config.browser_rate_burst)
+        if wait > 0:
+            with contextlib.suppress(redis.RedisError):
+                self.store.incr(integration, "browser_rate_limited")
+            return error_answer(429, "rate_limited", "too many requests from this address; try again",
+                                **{"Retry-After": str(max(1, math.ceil(wait)))})  # fmt: skip
+        return None
 
     def _queue(self, integration: str, events: list[Any]) -> Answer:
         """Queue every event of the request in one atomic enqueue (a request is 500 KB at most): a request
@@ -230,7 +284,7 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "replace")).digest()
 
 
-def _basic_user(header: str) -> str | None:
+def basic_user(header: str) -> str | None:
     """The user name of an HTTP Basic ``Authorization`` header (SDKs send the write key there)."""
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "basic" or not value:

@@ -68,7 +68,10 @@ def create_console(
         ],
         exception_handlers={HTTPException: error_page, Exception: error_page},
     )
-    app.state.console = Console(live, templates, hashlib.sha256(password.encode()).digest())
+    app.state.console = Console(
+        live, templates, hashlib.sha256(password.encode()).digest(), auth.LoginFailures()
+    )
+    app.router.redirect_slashes = False  # a redirect would be built from the Host header
     return Guard(app)  # outermost: error pages (500s included) get the security headers too
 
 

@@ -25,6 +25,8 @@ from pipeline.store import Store
 
 #: Largest request body the console reads (the preview's pasted events are the big one).
 MAX_BODY = 512 * 1024
+#: Requests the console handles at once (it is a page for a few people, not a public endpoint).
+MAX_REQUESTS = 100
 #: A login lasts this long (and its session key in Redis as long).
 SESSION_S = 8 * 3600
 SECURITY_HEADERS = [
@@ -47,6 +49,7 @@ class Console:
     live: LiveSettings
     templates: Jinja2Templates
     password_digest: bytes = field(repr=False)
+    login_failures: Any = field(default=None, repr=False)  # auth.LoginFailures, made by the app
 
     @property
     def store(self) -> Store:
@@ -69,15 +72,27 @@ def console_of(request: Request) -> Console:
 
 
 class Guard:
-    """Security headers on every answer, and a bound on every request body."""
+    """Security headers on every answer, a bound on every request body, and on the requests in flight (a
+    503 past MAX_REQUESTS; open connections are capped apart, by the HTTP protocol)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.in_flight >= MAX_REQUESTS:
+            await _plain(send, 503, b"busy: try again")
+            return
+        self.in_flight += 1
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > MAX_BODY:
             await _plain(send, 413, b"request too large")

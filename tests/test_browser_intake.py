@@ -1,0 +1,165 @@
+"""The collector as a website's tag sees it, against a real Redis: CORS by each integration's allowed
+origins, analytics-next's short paths and text/plain bodies, the visitor's clock corrected, a rate limit
+per client address behind trusted proxies only, the settings both SDKs fetch while loading, and one bad
+call never sinking its batch."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from pipeline.collector.app import create_app
+from pipeline.collector.browser import RateLimit, client_address, corrected, origin_matches
+from pipeline.collector.core import Collector
+from pipeline.config import Settings, load_settings
+from pipeline.store import Store
+from tests.helpers import dead_letters, environment, pending
+
+KEY = "wk-browser-0123456789"
+SHOP = "https://shop.example.com"
+
+
+def settings_for(redis_url: str, **extra: Any) -> Settings:
+    return load_settings(
+        environment(
+            redis_url,
+            CLEVERTAP_WRITE_KEY=KEY,
+            CLEVERTAP_ALLOWED_ORIGINS=f"{SHOP},https://*.shop.test",
+            **extra,
+        )
+    )
+
+
+@pytest.fixture
+def client(redis_url: str, store: Store) -> TestClient:
+    return TestClient(create_app(settings_for(redis_url), store))
+
+
+def track(n: int, **extra: Any) -> dict[str, Any]:
+    return {"type": "track", "event": "Product Viewed", "userId": f"u{n}", "messageId": f"b{n}", **extra}
+
+
+def test_origins_match_exactly_or_by_subdomain() -> None:
+    allowed = [SHOP, "https://*.shop.test"]
+    assert origin_matches(SHOP, allowed) and origin_matches("https://eu.shop.test", allowed)
+    assert not origin_matches("https://shop.test", allowed)  # the wildcard is for subdomains only
+    assert not origin_matches("http://shop.example.com", allowed)  # another scheme is another origin
+    assert not origin_matches("https://shop.example.com.evil.test", allowed)
+    assert not origin_matches("https://evil.test/.shop.test", allowed)
+    assert not origin_matches("https://shop.example.com:8443", allowed)
+
+
+def test_a_preflight_from_an_allowed_origin_gets_what_the_sdks_need(client: TestClient) -> None:
+    asked = {"origin": SHOP, "access-control-request-method": "POST",
+             "access-control-request-headers": "content-type, authorization, x-evil"}  # fmt: skip
+    ok = client.options("/v1/t", headers=asked)
+    assert ok.status_code == 204
+    assert (
+        ok.headers["access-control-allow-origin"] == SHOP
+        and "POST" in ok.headers["access-control-allow-methods"]
+    )
+    assert ok.headers["access-control-allow-headers"] == "content-type, authorization"
+    assert "Origin" in ok.headers["vary"] and int(ok.headers["access-control-max-age"]) > 0
+    assert "access-control-allow-credentials" not in ok.headers
+    refused = client.options("/v1/t", headers={**asked, "origin": "https://evil.test"})
+    assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
+
+
+def test_a_browser_post_is_held_to_its_integrations_origins(client: TestClient, store: Store) -> None:
+    body = orjson.dumps({**track(1), "writeKey": KEY})
+    evil = client.post(
+        "/v1/t", content=body, headers={"origin": "https://evil.test", "content-type": "text/plain"}
+    )
+    assert evil.status_code == 403 and pending(store) == []  # nothing queued
+    ok = client.post("/v1/t", content=body, headers={"origin": SHOP, "content-type": "text/plain"})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == SHOP
+    assert [r["evtName"] for r in pending(store)] == ["Product Viewed"]
+    server = client.post("/v1/track", content=body)  # no Origin: a server SDK, as before
+    assert server.status_code == 200 and "access-control-allow-origin" not in server.headers
+
+
+def test_analytics_next_short_paths_and_its_batch(client: TestClient, store: Store) -> None:
+    for path, call in (("/v1/i", {"type": "identify", "traits": {"email": "a@example.com"}}),
+                       ("/v1/p", {"type": "page", "name": "Home"})):  # fmt: skip
+        body = {**call, "userId": "u1", "messageId": path, "writeKey": KEY}
+        assert client.post(path, content=orjson.dumps(body), headers={"origin": SHOP}).status_code == 200
+    batch = {"batch": [track(2), track(3)], "writeKey": KEY, "sentAt": datetime.now(UTC).isoformat()}
+    assert client.post("/v1/b", content=orjson.dumps(batch), headers={"origin": SHOP}).status_code == 200
+    assert len(pending(store)) == 4  # a profile, Web Page Viewed, two Product Viewed
+
+
+def test_a_visitors_clock_an_hour_fast_is_corrected_by_the_receive_time(
+    client: TestClient, store: Store
+) -> None:
+    now = datetime.now(UTC)
+    fast = now + timedelta(hours=1)
+    call = {**track(9), "writeKey": KEY, "timestamp": (fast - timedelta(seconds=30)).isoformat(),
+            "sentAt": fast.isoformat()}  # fmt: skip
+    assert client.post("/v1/t", content=orjson.dumps(call), headers={"origin": SHOP}).status_code == 200
+    (record,) = pending(store)
+    assert abs(record["ts"] - (now.timestamp() - 30)) < 60  # within a minute of the truth, not an hour
+    untouched = corrected({"timestamp": "2024-01-01T00:00:00Z"}, now)
+    assert untouched == {"timestamp": "2024-01-01T00:00:00Z"}  # no sentAt: as it came
+
+
+def test_browser_requests_are_rate_limited_per_client_and_counted(redis_url: str, store: Store) -> None:
+    collector = Collector(settings_for(redis_url, CLEVERTAP_BROWSER_RATE_BURST="3"), store)
+    ticks = iter(float(n) * 0.001 for n in range(1000))
+    collector.rate = RateLimit(clock=lambda: next(ticks))
+    body = orjson.dumps({**track(1), "writeKey": KEY})
+    answers = [collector.handle("/v1/t", {"origin": SHOP}, body, "203.0.113.7").status for _ in range(5)]
+    assert answers == [200, 200, 200, 429, 429]
+    limited = collector.handle("/v1/t", {"origin": SHOP}, body, "203.0.113.7")
+    assert int(limited.headers["Retry-After"]) >= 1 and store.stats("default")["browser_rate_limited"] == 3
+    assert collector.handle("/v1/t", {"origin": SHOP}, body, "203.0.113.8").status == 200  # another visitor
+    assert collector.handle("/v1/track", {}, body, "203.0.113.7").status == 200  # a server: not limited
+
+
+def test_x_forwarded_for_counts_only_from_trusted_proxies() -> None:
+    assert client_address("198.51.100.1", "203.0.113.9", []) == "198.51.100.1"
+    assert client_address("198.51.100.1", "203.0.113.9", ["10.0.0.0/8"]) == "198.51.100.1"  # not a proxy
+    assert client_address("10.0.0.5", "1.2.3.4, 203.0.113.9, 10.0.0.9", ["10.0.0.0/8"]) == "203.0.113.9"
+
+
+def test_the_sdks_load_their_settings_from_the_collector(client: TestClient) -> None:
+    seg = client.get(
+        f"/v1/projects/{KEY}/settings", headers={"origin": SHOP, "host": "collect.shop.test:8088"}
+    )
+    assert seg.status_code == 200 and seg.headers["access-control-allow-origin"] == SHOP
+    assert seg.json()["integrations"]["Segment.io"]["apiHost"] == "collect.shop.test:8088/v1"
+    assert client.get("/v1/projects/wk-unknown-000000000/settings").status_code == 401
+    basic = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
+    rudder = client.get("/sourceConfig/?p=npm&v=3", headers={"origin": SHOP, "authorization": basic})
+    assert rudder.status_code == 200 and rudder.json()["source"]["enabled"] is True
+    assert (
+        client.get(
+            "/sourceConfig/", headers={"origin": "https://evil.test", "authorization": basic}
+        ).status_code
+        == 403
+    )
+
+
+def test_one_call_nested_too_deep_becomes_a_dead_letter_and_the_rest_are_queued(
+    redis_url: str, store: Store
+) -> None:
+    deep: Any = "bottom"
+    for _ in range(300):
+        deep = {"d": deep}
+    batch = {"batch": [track(n) for n in range(99)] + [track(99, properties={"deep": deep})], "writeKey": KEY}
+    body = json.dumps(batch).encode()  # orjson writes 254 levels at most; an SDK's JSON has no such limit
+    answer = Collector(settings_for(redis_url), store).handle("/v1/batch", {}, body)
+    assert answer.status == 200, answer.body  # it was a 503 on every try: the SDK retried it for ever
+    assert len(pending(store)) == 99
+    (letter,) = dead_letters(store)
+    assert "nested" in letter["reasons"][0] and "not kept" in orjson.dumps(letter["event"]).decode()
+
+
+def test_redirects_are_never_built_from_the_host_header(client: TestClient) -> None:
+    answer = client.get("/health/", headers={"host": "evil.test"}, follow_redirects=False)
+    assert answer.status_code == 404 and "location" not in answer.headers

@@ -1,0 +1,170 @@
+"""The listeners as the public reaches them, over real sockets: a collector process that slow, huge and
+vanishing clients cannot lock, fill or flood the log of; a console that limits and logs failed logins; a
+metrics exporter that serves concurrent scrapes and lets silent clients go."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from pipeline.local.procs import answers, wait_for
+from pipeline.local.redis_server import free_port
+from tests.helpers import ROOT, environment
+
+KEY = "wk-public-0123456789"
+
+
+class Served:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, health: str) -> None:
+        self.log = log
+        with log.open("wb") as out:  # the child has its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline", *args], env=env, cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=out,
+            )  # fmt: skip
+        if not wait_for(lambda: answers(health), 30, 0.1):
+            self.stop()
+            raise AssertionError(log.read_text())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def collector(redis_url: str, tmp_path: Path) -> Iterator[tuple[int, Served]]:
+    port = free_port()
+    env = environment(redis_url, process=True, CLEVERTAP_WRITE_KEY=KEY)
+    served = Served(
+        ["collect", "--port", str(port)], env, tmp_path / "collector.log", f"http://127.0.0.1:{port}/health"
+    )
+    yield port, served
+    served.stop()
+
+
+def track(port: int) -> int:
+    auth = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
+    body = {"event": "Signed Up", "userId": "u1", "messageId": f"m-{time.monotonic_ns()}"}
+    return requests.post(
+        f"http://127.0.0.1:{port}/v1/track", json=body, headers={"authorization": auth}, timeout=5
+    ).status_code
+
+
+def test_slow_clients_do_not_lock_anyone_out_and_are_let_go(collector: tuple[int, Served]) -> None:
+    port, _ = collector
+    slow = []
+    for n in range(300):  # part of a header block each, then nothing (and a few send nothing at all)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if n % 10:
+            sock.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: appli")
+        slow.append(sock)
+    try:
+        assert track(port) == 200  # it was a 503: uvicorn counted the 300 against its limit of 200
+        time.sleep(6)  # past the 5 s a header block may take
+        closed = 0
+        for sock in slow:
+            sock.settimeout(2)
+            try:
+                closed += sock.recv(1) == b""
+            except (ConnectionResetError, TimeoutError):
+                closed += isinstance(sys.exc_info()[1], ConnectionResetError)
+        assert closed == 300  # every one let go; they were all still open 15 s later
+        assert track(port) == 200
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_a_header_block_over_the_cap_is_refused_with_431(collector: tuple[int, Served]) -> None:
+    port, _ = collector
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for n in range(64):  # 64 headers of 1 MiB were read in full, +65 MB for one connection
+                sock.sendall(f"X-Big-{n}: ".encode() + b"a" * (1 << 20) + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed it after its 431, as it should
+        status = sock.recv(64)
+    finally:
+        sock.close()
+    assert status.startswith(b"HTTP/1.1 431"), status
+    assert track(port) == 200
+
+
+def test_clients_that_hang_up_mid_body_write_at_most_a_short_line_each(collector: tuple[int, Served]) -> None:
+    port, served = collector
+    before = served.log.read_text().count("\n")
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(
+            b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 10000\r\n\r\n" + b'{"batch": [' + b" " * 100
+        )
+        sock.close()
+    time.sleep(1)
+    assert track(port) == 200
+    written = served.log.read_text()
+    assert written.count("\n") - before <= 20 and "Traceback" not in written, written[-3000:]
+
+
+def test_the_console_limits_failed_logins_and_logs_them(redis_url: str, tmp_path: Path) -> None:
+    from cryptography.fernet import Fernet
+
+    port = free_port()
+    env = environment(redis_url, process=True, CLEVERTAP_CONSOLE_PASSWORD="a long console password",
+                      CLEVERTAP_CONSOLE_KEY=Fernet.generate_key().decode())  # fmt: skip
+    served = Served(
+        ["console", "--port", str(port)], env, tmp_path / "console.log", f"http://127.0.0.1:{port}/login"
+    )
+    try:
+        session = requests.Session()
+        page = session.get(f"http://127.0.0.1:{port}/login", timeout=5).text
+        csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        codes = [
+            session.post(f"http://127.0.0.1:{port}/login", data={"csrf": csrf, "password": f"guess {n}"},
+                         timeout=10, allow_redirects=False).status_code
+            for n in range(8)
+        ]  # fmt: skip
+        assert codes == [401] * 5 + [429] * 3  # it took ~40 guesses a second, and logged none
+        right = session.post(
+            f"http://127.0.0.1:{port}/login", data={"csrf": csrf, "password": "a long console password"},
+            timeout=10, allow_redirects=False,
+        )  # fmt: skip
+        assert right.status_code == 429  # while the address is blocked, even the right one waits
+        log = (tmp_path / "console.log").read_text()
+        assert log.count("failed login from 127.0.0.1") == 5 and "a long console password" not in log
+    finally:
+        served.stop()
+
+
+def test_the_metrics_exporter_serves_concurrent_scrapes_and_lets_silent_clients_go(
+    redis_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = environment(redis_url, process=True)
+    url = f"http://127.0.0.1:{port}/metrics"
+    served = Served(["metrics", "--port", str(port)], env, tmp_path / "metrics.log", url)
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            codes = list(pool.map(lambda _: requests.get(url, timeout=30).status_code, range(64)))
+        assert set(codes) <= {200, 503} and codes.count(200) >= 8, codes  # never a 500
+        time.sleep(11)  # past the 10 s a scrape's request may take
+        for sock in silent:
+            sock.settimeout(2)
+            assert sock.recv(1) == b""  # let go (a thread each was held for ever)
+        assert requests.get(url, timeout=10).status_code == 200
+    finally:
+        for sock in silent:
+            sock.close()
+        served.stop()
