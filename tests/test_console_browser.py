@@ -30,6 +30,7 @@ from tests.helpers import emulator_records, environment
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.long,
     pytest.mark.skipif(
         not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
         reason="no Chromium: apt-get install chromium chromium-driver (make test does, as root on Debian)",

@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long]
 
 
 def quickstart_blocks() -> list[list[str]]:

@@ -198,8 +198,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             Route("/sourceConfig", rudderstack_config, methods=["GET"]),
             Route("/sourceConfig/", rudderstack_config, methods=["GET"]),
             Route("/v1/{call}", calls, methods=["POST"]),
-            Route("/v1/{call}", preflight, methods=["OPTIONS"]),
             Route("/health", health, methods=["GET"]),
+            Route("/{path:path}", preflight, methods=["OPTIONS"]),  # the calls' and the SDKs' settings
         ]
     )
     app.router.redirect_slashes = False  # a redirect would be built from the Host header

@@ -21,9 +21,13 @@ from pipeline.config import IntegrationConfig
 
 #: How long a browser may cache a preflight's answer (s): Chromium caps it at 7,200.
 PREFLIGHT_MAX_AGE_S = 600
-#: Request headers a page's SDK may send (analytics-next: Content-Type; RudderStack: Authorization,
-#: AnonymousId for its source config). Anything else asked for in a preflight is not allowed.
-ALLOWED_HEADERS = ("authorization", "content-type", "anonymousid")
+#: Request headers a page's SDK may send: analytics-next, Content-Type; RudderStack's v3, Authorization
+#: (the write key), AnonymousId, SentAt and, on its retries, its Rsa-* headers (read from its 3.34 bundle).
+#: Anything else asked for in a preflight is not allowed.
+ALLOWED_HEADERS = (
+    "authorization", "content-type", "anonymousid", "sentat", "rsa-retry-attempt", "rsa-retry-reason",
+    "rsa-since-last-attempt", "rsa-since-first-attempt", "rsa-recovered",
+)  # fmt: skip
 #: Client addresses the rate limiter remembers at most (least recently seen go first): memory stays
 #: bounded whatever a flood of addresses.
 MAX_TRACKED_CLIENTS = 100_000
