@@ -206,9 +206,17 @@ class IntegrationConfig:
         fields.String(
             load_default="filter",
             validate=validate.OneOf(
-                ("filter", "object_id", "reject"), error="must be filter, object_id or reject"
+                ("filter", "object_id", "reject", "hold"), error="must be filter, object_id, reject or hold"
             ),
         )
+    )
+    # With anonymous = "hold": how long a visitor's anonymous events wait for an identify (or any event)
+    # that says who they are, and how many the integration holds at most (past it they are filtered).
+    anonymous_hold: float = setting(
+        fields.Float(load_default=C.DEFAULT_ANONYMOUS_HOLD_S, validate=_range(1, 7 * 86400, " s"))
+    )
+    anonymous_hold_max: int = setting(
+        fields.Integer(load_default=C.DEFAULT_ANONYMOUS_HOLD_MAX, validate=_range(1, 10**8))
     )
     # The page origins a browser may post from with this integration's write key (the collector's CORS).
     allowed_origins: tuple[str, ...] = setting(

@@ -115,6 +115,13 @@ UNSERVED_WARN_EVERY_S = 60.0
 DEFAULT_BROWSER_RATE_LIMIT = 20.0
 DEFAULT_BROWSER_RATE_BURST = 40
 
+#: anonymous = "hold": a visitor's anonymous events wait 30 minutes (most logins come within a visit) for an
+#: event that says who they are; at most 100,000 per integration (about 50 MB of Redis at ~500 bytes each),
+#: and 1,000 per visitor (a page that loops cannot fill the hold alone).
+DEFAULT_ANONYMOUS_HOLD_S = 1800.0
+DEFAULT_ANONYMOUS_HOLD_MAX = 100_000
+MAX_HELD_PER_VISITOR = 1000
+
 DEFAULT_KEY_PREFIX = "ctp"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 SEND_QUEUE = "clevertap.send"

@@ -468,6 +468,7 @@ class Deliverer:
                 self.settings.auth_probe_interval,
                 config.dead_letter_max_age,
                 config.dead_letter_max_count,
+                config.anonymous_hold,  # also after anonymous = "hold" is switched off: what was held expires
             )
             for bid, gen in res.redispatch:
                 self.dispatch(name, bid, 0.0, gen)

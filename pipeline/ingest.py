@@ -7,6 +7,7 @@ identities, de-duplication marks and mapping dead letters in one atomic Redis sc
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,8 +21,8 @@ from pipeline.config import IntegrationConfig, Settings, load_settings
 from pipeline.deadletters import mapping_dead_letter
 from pipeline.errors import InputError, QueueFull, where
 from pipeline.events import Event, validate_event
-from pipeline.mapping import DUPLICATE, FILTERED, MAPPED, REJECTED, Mapper, MapResult, MapStatus
-from pipeline.store import Store
+from pipeline.mapping import DUPLICATE, FILTERED, HELD, MAPPED, REJECTED, Mapper, MapResult, MapStatus
+from pipeline.store import Hold, Store, new_id
 
 #: Events per Redis round trip: big enough to amortise the round trip, small enough that one script
 #: call stays well under a millisecond or two of Redis time.
@@ -43,6 +44,7 @@ class IngestResult:
     records: int = 0
     already_replayed: int = 0  # replayed dead letters another replay had queued already
     fields_dropped: int = 0  # profile values left out of records that were still sent (invalid_fields)
+    held: int = 0  # anonymous events held until the visitor is known (anonymous = "hold")
     rejections: list[Rejection] = field(default_factory=list)
     warnings: list[Rejection] = field(default_factory=list)  # events sent with something left out, and why
 
@@ -53,6 +55,7 @@ class IngestResult:
             "duplicate": self.duplicate,
             "rejected": self.rejected,
             "fields_dropped": self.fields_dropped,
+            "held": self.held,
         }
 
     def add(self, other: IngestResult) -> None:
@@ -63,6 +66,7 @@ class IngestResult:
         self.records += other.records
         self.already_replayed += other.already_replayed
         self.fields_dropped += other.fields_dropped
+        self.held += other.held
         self.rejections.extend(other.rejections)
         self.warnings.extend(other.warnings)
 
@@ -153,15 +157,25 @@ class Ingestor:
         known = self._lookup(items)
         now = int(time.time())
         mapped = self._map_chunk(items, known, now)
+        hold = Hold(limit=self.config.anonymous_hold_max) if self.config.anonymous == "hold" else None
+        released, claims = self._released(mapped, known, now) if hold is not None else ([], [])
         res = IngestResult()
         groups: list[tuple[str, list[bytes], str]] = []
         group_index: list[int] = []
+        group_claims: list[str] = []
+        # A visitor's held events go first, in the order they came, under the identity now known.
+        for visitor, result, raw, encoded in released:
+            if result.status == MAPPED:
+                groups.append((str(raw.get("messageId") or ""), encoded, ""))
+                group_index.append(-1)
+                group_claims.append(visitor)
         identities: list[tuple[str, str]] = []
         dead: list[tuple[str, bytes, str]] = []
         drops: list[str] = []
         filtered = rejected = 0
         group_notes: list[tuple[list[str], list[str]]] = []  # per queued event: keys left out, warnings
         per_line: dict[int, LineResult] = {}
+        group_notes.extend(([], []) for _ in groups)
         for position, (index, raw, result, encoded) in enumerate(mapped):
             replaced = replaces[position] if replaces else ""
             if result.status == MAPPED:
@@ -169,7 +183,13 @@ class Ingestor:
                     identities.append(result.identity_update)
                 groups.append((str(raw.get("messageId") or ""), encoded, replaced))
                 group_index.append(index)
+                group_claims.append("")
                 group_notes.append((result.dropped, result.warnings))
+            elif result.status == HELD and hold is not None:
+                visitor = _visitor(str(raw["anonymousId"]))
+                hold.held.append((visitor, orjson.dumps({"id": new_id(), "event": raw}, default=str)))
+                if replaced:
+                    drops.append(replaced)
             elif result.status == FILTERED:
                 filtered += 1
                 if replaced:
@@ -185,6 +205,11 @@ class Ingestor:
                 )
         # rejected_mapping is counted by the script, for the dead letters it actually adds
         counters = {"filtered": filtered}
+        if hold is not None:
+            hold.group_claims = group_claims
+            hold.claims = claims
+            # held events that no longer map are counted as filtered (their reasons: preview shows them)
+            counters["filtered"] += sum(1 for _, r, _, _ in released if r.status != MAPPED)
         pushed, skipped, dups = self.store.enqueue(
             self.config.name,
             groups,
@@ -196,9 +221,13 @@ class Ingestor:
             progress,
             self.config.identity_retention,
             self.config.max_pending,
+            hold,
         )
         res.filtered, res.rejected, res.duplicate = filtered, rejected, len(dups)
         res.accepted = len(groups) - len(dups) - skipped
+        if hold is not None:
+            res.held = len(hold.held) - hold.full
+            res.filtered += hold.full
         res.records = pushed
         res.already_replayed = skipped
         # Fields left out count for events queued, not for duplicates (counters only: after the enqueue).
@@ -220,6 +249,37 @@ class Ingestor:
                 o.status, o.records, o.reasons = DUPLICATE, [], ["duplicate messageId within the window"]
             lines.extend(per_line[i] for i in sorted(per_line))
         return res
+
+    def _released(
+        self, mapped: list[tuple[int, Any, MapResult, list[bytes]]], known: dict[str, str], now: int
+    ) -> tuple[list[tuple[str, MapResult, Any, list[bytes]]], list[tuple[str, bytes, bytes, int]]]:
+        """The held events of every visitor this chunk's mapped events say who is (an anonymousId beside
+        an email or a userId), mapped under that identity with their own times, oldest first, each with
+        its visitor's key; and the claim on each visitor's held entries (first, last, how many) that the
+        enqueue checks before it releases them."""
+        links: dict[str, dict[str, str]] = {}
+        for _, raw, result, _ in mapped:
+            anonymous = raw.get("anonymousId") if isinstance(raw, dict) else None
+            if result.status != MAPPED or not isinstance(anonymous, str) or not anonymous:
+                continue
+            record = result.records[0] if result.records else {}
+            who = {"userId": raw.get("userId")} if isinstance(raw.get("userId"), str) else {}
+            if record.get("identity"):
+                who["email"] = str(record["identity"])
+            if who:
+                links.setdefault(_visitor(anonymous), who)
+        if not links:
+            return [], []
+        out = []
+        claims = []
+        for visitor, entries in self.store.held_events(self.config.name, sorted(links)).items():
+            who = links[visitor]
+            events = [_claimed(orjson.loads(entry)["event"], who) for entry in entries]
+            items = self._validated(list(enumerate(events)))
+            for _, raw, result, encoded in self._map_chunk(items, known, now):
+                out.append((visitor, result, raw, encoded))
+            claims.append((visitor, entries[0], entries[-1], len(entries)))
+        return out, claims
 
     def ingest_message(self, message: IngestMessage) -> IngestResult:
         """Ingest a message that may be delivered more than once (a Celery task retried, or redelivered
@@ -273,6 +333,24 @@ class Ingestor:
                         continue
                     seen.add(mid)
                 yield LineResult(index, result.status, result.records, result.reasons, result.warnings)
+
+
+def _visitor(anonymous_id: str) -> str:
+    """A visitor's key in ``anon:*``: a digest of its anonymousId (any length, any characters)."""
+    return hashlib.sha256(anonymous_id.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _claimed(event: Any, who: dict[str, str]) -> Any:
+    """A held event as the visitor's identity now known makes it: its userId, and the email in
+    context.traits (where the mapper looks), its own time and everything else as it came."""
+    if not isinstance(event, dict):
+        return event
+    out = {**event, **({"userId": who["userId"]} if "userId" in who else {})}
+    if "email" in who:
+        context: dict[str, Any] = out["context"] if isinstance(out.get("context"), dict) else {}
+        traits: dict[str, Any] = context["traits"] if isinstance(context.get("traits"), dict) else {}
+        out["context"] = {**context, "traits": {**traits, "email": who["email"]}}
+    return out
 
 
 class _BadInput:

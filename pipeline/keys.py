@@ -28,6 +28,10 @@ key                                   type    holds
 ``P:{I}:dead:idx``                    zset    dead-letter id -> ms, for listing in order
 ``P:{I}:dead:kinds``                  hash    dead letters kept, by kind (``api:<code>``,
                                               ``mapping:<reason>``), kept by the scripts that add/remove
+``P:{I}:anon:<visitor>``              list    anonymous = "hold": a visitor's held events (JSON: id, event),
+                                              by sha256 of its anonymousId; released or expired whole
+``P:{I}:anon:idx``                    zset    visitor -> ms its first event was held (the sweep's expiry)
+``P:{I}:anon:count``                  string  events held in all (the cap, anonymous_hold_max)
 ``P:{I}:stats``                       hash    counters (accepted, delivered, retries_throttles, ...)
 ``P:{I}:debug``                       list    the event debugger: the last debugger_size send attempts, newest
                                               first (JSON: time, batch, records, attempt, HTTP status,

@@ -26,14 +26,16 @@ class MapStatus(enum.StrEnum):
     FILTERED = "filtered"  # not meant for CleverTap (no consent, unmapped with unmapped = drop): counted
     REJECTED = "rejected"  # cannot be sent: a mapping dead letter with its reasons
     DUPLICATE = "duplicate"  # its messageId was accepted within the de-duplication window
+    HELD = "held"  # anonymous, with anonymous = "hold": waits in Redis until an event says who it is
 
 
-MAPPED, FILTERED, REJECTED, DUPLICATE = MapStatus
+MAPPED, FILTERED, REJECTED, DUPLICATE, HELD = MapStatus
 MISSING_IDENTITY = (
     "missing identity: no email (context.traits.email, traits.email, or an earlier identify for this "
     "userId) and no userId"
 )
 ANONYMOUS = "anonymous: no email or userId"
+HELD_REASON = "anonymous: held until an identify (or any event) with this anonymousId says who it is"
 NOT_SENT = "not sent to CleverTap"
 #: Keys that identify a user or time an event rather than describe it: never custom properties.
 NOT_PROPERTIES = frozenset(("userId", "anonymousId", "id", "ts"))
@@ -178,6 +180,8 @@ class Mapper:
             ident_key, ident = "objectId", event.anonymous_id
         elif event.anonymous_id and self.config.anonymous == "filter":
             return MapResult(FILTERED, reasons=[ANONYMOUS])
+        elif event.anonymous_id and self.config.anonymous == "hold":
+            return MapResult(HELD, reasons=[HELD_REASON])
         else:
             return MapResult(REJECTED, reasons=[MISSING_IDENTITY])
         ts = event.ts if event.ts is not None else now

@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, ClassVar, cast
 
@@ -89,6 +89,31 @@ class LeaseResult:
     now_ms: int
     history: BatchHistory | None = None  # with OK
     due_ms: int = 0  # with EARLY
+
+
+@dataclass
+class Hold:
+    """What one enqueue holds and releases for anonymous = "hold" (``anon:*`` keys): ``held`` (visitor key,
+    entry) to hold, up to ``limit`` in the integration; ``claims`` (visitor key, first entry, last entry,
+    count) of held events released, each only if the visitor's held events still start and end so (no
+    other enqueue took them meanwhile); ``group_claims``, per queued group, the visitor key whose held
+    event it is ('' for the others). After the enqueue, ``full``: events not held, the hold being full."""
+
+    held: list[tuple[str, bytes]] = field(default_factory=list)
+    claims: list[tuple[str, bytes, bytes, int]] = field(default_factory=list)
+    group_claims: list[str] = field(default_factory=list)
+    limit: int = 0
+    full: int = 0
+
+    def args(self, base: str) -> list[Any]:
+        return [
+            orjson.dumps([[v, e.decode()] for v, e in self.held]),
+            orjson.dumps([[v, a.decode(), b.decode(), n] for v, a, b, n in self.claims]),
+            orjson.dumps(self.group_claims if any(self.group_claims) else []),
+            self.limit,
+            C.MAX_HELD_PER_VISITOR,
+            base,
+        ]
 
 
 @dataclass(frozen=True)
@@ -181,12 +206,14 @@ class Store(KeyLayout):
         progress: tuple[str, int] | None = None,
         identity_retention_s: float = 0,
         high_water: int = 0,
+        hold: Hold | None = None,
     ) -> tuple[int, int, list[int]]:
         """Queue each group ``(messageId, records, dead letter it replaces)`` unless its messageId was seen in
         the window (or the dead letter it replaces is gone: replayed already); store identities, mapping
         dead letters ``(id, entry, dead letter it replaces)`` and counters, remove ``drops``, and record
-        ``progress`` ``(message id, chunks done)``, all in the same atomic step. Returns (records pushed,
-        groups skipped as already replayed, duplicate group indexes)."""
+        ``progress`` ``(message id, chunks done)``, all in the same atomic step; with ``hold``, anonymous
+        events are held and held ones released in that step too. Returns (records pushed, groups skipped:
+        already replayed, or held events another enqueue released first, duplicate group indexes)."""
         args: list[Any] = [
             int(dedup_window_s * 1000),
             orjson.dumps([mid for mid, _, _ in groups]),
@@ -200,6 +227,7 @@ class Store(KeyLayout):
             str(progress[1]) if progress else "",
             int(identity_retention_s * 1000),
             high_water,
+            *(hold or Hold()).args(self.base(integration)),
         ]
         keys = self.keys(
             integration, "pending", "arrivals", "flow", "seen", "ids", "dead", "dead:idx", "stats"
@@ -207,6 +235,8 @@ class Store(KeyLayout):
         keys.append(self.key(integration, f"ingest:{progress[0] if progress else ''}"))
         keys.append(self.key(integration, "ids:seen"))
         keys.append(self.key(integration, "dead:kinds"))
+        keys.append(self.key(integration, "anon:idx"))
+        keys.append(self.key(integration, "anon:count"))
         pipe = self.r.pipeline(transaction=False)
         self._run("enqueue", keys, args, client=pipe)
         pipe.sadd(self.ready_key, integration)
@@ -217,7 +247,20 @@ class Store(KeyLayout):
                 "mark, max_pending): these events were not queued (any before them were); try again once "
                 "delivery catches up"
             )
-        return int(result[0]), int(result[1]), [int(x) for x in result[2:]]
+        if hold is not None:
+            hold.full = int(result[2])
+        return int(result[0]), int(result[1]), [int(x) for x in result[3:]]
+
+    def held_events(self, integration: str, visitors: Sequence[str]) -> dict[str, list[bytes]]:
+        """The events held for each visitor (its anonymousId's key), oldest first (read-only)."""
+        if not visitors:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for visitor in visitors:
+            pipe.lrange(self.key(integration, f"anon:{visitor}"), 0, C.MAX_HELD_PER_VISITOR - 1)
+        return {
+            v: list(cast(list[bytes], got)) for v, got in zip(visitors, pipe.execute(), strict=True) if got
+        }
 
     def chunks_done(self, integration: str, message_id: str) -> int:
         """How many chunks of an ingest message are queued already (0 for a message not seen)."""
@@ -409,13 +452,15 @@ class Store(KeyLayout):
         probe_s: float,
         dead_max_age_s: float = 0,
         dead_max_count: int = 0,
+        hold_s: float = 0,
     ) -> SweepResult:
         keys = self.keys(
-            integration, "open", "held", "auth", "pending", "stats", "dead", "dead:idx", "debug", "dead:kinds"
-        )
+            integration, "open", "held", "auth", "pending", "stats", "dead", "dead:idx", "debug",
+            "dead:kinds", "anon:idx", "anon:count",
+        )  # fmt: skip
         args = [
             self.base(integration), int(grace_s * 1000), int(probe_s * 1000), int(dead_max_age_s * 1000),
-            dead_max_count,
+            dead_max_count, int(hold_s * 1000),
         ]  # fmt: skip
         res = cast(list[Any], self._run("sweep", keys, args))
         probe = (_s(res[3]), int(res[4])) if _s(res[3]) else None

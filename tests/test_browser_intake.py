@@ -162,4 +162,4 @@ def test_one_call_nested_too_deep_becomes_a_dead_letter_and_the_rest_are_queued(
 
 def test_redirects_are_never_built_from_the_host_header(client: TestClient) -> None:
     answer = client.get("/health/", headers={"host": "evil.test"}, follow_redirects=False)
-    assert answer.status_code == 404 and "location" not in answer.headers
+    assert answer.status_code in (404, 405) and "location" not in answer.headers

@@ -46,6 +46,7 @@ def test_ingest_reports_every_bad_line_by_number_and_ends_with_a_json_summary(en
         "duplicate": 1,
         "rejected": 2,
         "fields_dropped": 0,
+        "held": 0,
     }
     errors = out.stderr.decode().splitlines()
     assert errors[0].startswith("line 2: rejected: not JSON")

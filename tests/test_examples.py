@@ -33,7 +33,7 @@ def test_python_api_example(redis_url: str, store: Store) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert orjson.loads(out.stdout) == {
-        "accepted": 3, "filtered": 0, "duplicate": 0, "rejected": 0, "fields_dropped": 0,
+        "accepted": 3, "filtered": 0, "duplicate": 0, "rejected": 0, "fields_dropped": 0, "held": 0,
     }  # fmt: skip
     assert store.r.llen(store.key("default", "pending")) == 3
 
@@ -48,7 +48,9 @@ def test_shell_example(redis_url: str, store: Store) -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    expected = b'clevertap ingest: {"accepted":3,"filtered":0,"duplicate":0,"rejected":0,"fields_dropped":0}'
+    expected = (
+        b'clevertap ingest: {"accepted":3,"filtered":0,"duplicate":0,"rejected":0,"fields_dropped":0,"held":0}'
+    )
     assert expected in out.stdout
 
 

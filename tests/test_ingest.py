@@ -28,7 +28,7 @@ def test_queued_records_are_the_mapped_json_joinable_into_a_request_body(
 ) -> None:
     result = ingest([SPEC_PURCHASE], settings=make_settings(), store=store)
     assert result.counts() == {
-        "accepted": 1, "filtered": 0, "duplicate": 0, "rejected": 0, "fields_dropped": 0,
+        "accepted": 1, "filtered": 0, "duplicate": 0, "rejected": 0, "fields_dropped": 0, "held": 0,
     }  # fmt: skip
     raw: list[bytes] = store.r.lrange(store.key("default", "pending"), 0, -1)  # type: ignore[assignment]
     assert orjson.loads(b'{"d":[' + b",".join(raw) + b"]}") == SPEC_PAYLOAD
@@ -52,7 +52,7 @@ def test_counts_filtered_rejected_and_keeps_rejections_as_dead_letters(
     ]
     result = ingest(events, settings=make_settings(CLEVERTAP_CONSENT_CATEGORIES="marketing"), store=store)
     assert result.counts() == {
-        "accepted": 1, "filtered": 1, "duplicate": 0, "rejected": 2, "fields_dropped": 0,
+        "accepted": 1, "filtered": 1, "duplicate": 0, "rejected": 2, "fields_dropped": 0, "held": 0,
     }  # fmt: skip
     assert [r.index for r in result.rejections] == [2, 3]
     letters = dead(store)

@@ -451,7 +451,7 @@ def test_sdk_traffic_delivers_with_no_dead_letter_noise(redis_url: str, store: S
         delivery = deliver_through(emu.url, redis_url, store, traffic)
         result = delivery.ingested
         assert result is not None and result.counts() == {
-            "accepted": 5, "filtered": 3, "duplicate": 0, "rejected": 0, "fields_dropped": 3,
+            "accepted": 5, "filtered": 3, "duplicate": 0, "rejected": 0, "fields_dropped": 3, "held": 0
         }  # fmt: skip
         stored = emulator_records(emu.url)
     assert len(stored) == 5 and dead_letters(store) == []
@@ -480,7 +480,7 @@ def test_preview_and_ingest_report_the_fields_left_out(redis_url: str, store: St
     assert preview[2]["reason"] == "alias: not sent to CleverTap"
     ingested = run_cli("ingest", "--json", "-", env=env, input=lines)
     assert orjson.loads(ingested.stdout.splitlines()[-1]) == {
-        "accepted": 1, "filtered": 2, "duplicate": 0, "rejected": 0, "fields_dropped": 1,
+        "accepted": 1, "filtered": 2, "duplicate": 0, "rejected": 0, "fields_dropped": 1, "held": 0
     }  # fmt: skip
     assert b"line 1: sent, but traits.phone: '(415) 555-0101' has no country code" in ingested.stderr
     assert store.dead_letter_count("default") == 0

@@ -27,7 +27,14 @@ def test_ingest_task_queues_events_and_returns_counts_only(task_env: None, store
     from tasks.pipeline_tasks import ingest
 
     result: Any = ingest.apply(args=([SPEC_PURCHASE, {"type": "bad"}],)).get()
-    assert result == {"accepted": 1, "filtered": 0, "duplicate": 0, "rejected": 1, "fields_dropped": 0}
+    assert result == {
+        "accepted": 1,
+        "filtered": 0,
+        "duplicate": 0,
+        "rejected": 1,
+        "fields_dropped": 0,
+        "held": 0,
+    }
     assert store.r.llen(store.key("default", "pending")) == 1
 
 

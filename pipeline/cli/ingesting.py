@@ -90,6 +90,11 @@ def ingest(args: argparse.Namespace) -> int:
                 if total.fields_dropped
                 else ""
             )
+            + (
+                f"; {total.held} anonymous events held until the visitor is known (anonymous = hold)"
+                if total.held
+                else ""
+            )
         )
     return EXIT_FAILED if args.strict and total.rejected else EXIT_OK
 

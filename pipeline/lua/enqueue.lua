@@ -6,10 +6,16 @@
 -- Replaying mapping dead letters: an event that replaces a dead letter is queued (and a new dead letter
 -- that replaces one is stored) only if that dead letter is still there, and it leaves in the same step:
 -- two replays of one dead letter queue it once.
--- Returns {records pushed, events skipped as already replayed, 0-based index of each duplicate event...},
--- or {-1} when the integration's queue is past its high-water mark (nothing written).
+-- anonymous = "hold": a visitor's anonymous events wait in anon:<visitor> (a list; anon:idx scores each
+-- visitor by when its first was held, for the sweep's expiry; anon:count counts them all). An event that
+-- says who the visitor is releases them: their records are queued here, and the held events trimmed,
+-- only if the list still starts and ends with the entries the caller mapped (no other enqueue took them).
+-- Returns {records pushed, events skipped (already replayed, or held ones released elsewhere first),
+-- anonymous events not held (the hold full), 0-based index of each duplicate event...}, or {-1} when the
+-- integration's queue is past its high-water mark (nothing written).
 local pending, arrivals, flow, seen, ids, dead, dead_idx, stats, progress, ids_seen, dead_kinds =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local anon_idx, anon_count = KEYS[12], KEYS[13]
 local window_ms = tonumber(ARGV[1])
 local message_ids = cjson.decode(ARGV[2])   -- one per event, '' when it has none
 local counts = cjson.decode(ARGV[3])        -- records per event
@@ -22,6 +28,11 @@ local drops = cjson.decode(ARGV[9])         -- dead letter ids replayed into not
 local chunks_done = ARGV[10]                -- '' or the message's chunks done after this one
 local identity_ms = tonumber(ARGV[11])      -- how long a remembered email lasts after its last identify
 local high_water = tonumber(ARGV[12])       -- refuse the chunk when this many records wait already (0: none)
+local holds = cjson.decode(ARGV[13])        -- [[visitor, entry], ...]: anonymous events to hold
+local claims = cjson.decode(ARGV[14])       -- [[visitor, first entry, last entry, count], ...] to release
+local group_claims = cjson.decode(ARGV[15]) -- per event: the visitor whose held event it is, or ''
+local hold_max, per_visitor = tonumber(ARGV[16]), tonumber(ARGV[17])
+local base = ARGV[18]                       -- the integration's key base 'P:{I}:'; anon:<visitor> below it
 
 --! include now
 
@@ -43,6 +54,17 @@ end
 -- Records go to pending in RPUSHes of at most PUSH_STEP: unpack() puts every element on Lua's C stack,
 -- which holds about 8,000 (LUAI_MAXCSTACK), and a chunk of events can map to more records than that.
 local PUSH_STEP = 1000
+local released = {}
+for _, c in ipairs(claims) do
+  local list, n = base .. 'anon:' .. c[1], tonumber(c[4])
+  if redis.call('LINDEX', list, 0) == c[2] and redis.call('LINDEX', list, n - 1) == c[3] then
+    redis.call('LTRIM', list, n, -1)
+    redis.call('DECRBY', anon_count, n)
+    if redis.call('LLEN', list) == 0 then redis.call('ZREM', anon_idx, c[1]) end
+    redis.call('HINCRBY', stats, 'anonymous_released', n)
+    released[c[1]] = true
+  end
+end
 local pos, find, sub = 1, string.find, string.sub
 local buf, pushed, accepted, dups, skipped = {}, 0, 0, {}, 0
 local function flush()
@@ -54,7 +76,8 @@ local function flush()
 end
 for g = 1, #counts do
   local mid, n = message_ids[g], counts[g]
-  local take = claim(replaces[g] or '')
+  local visitor = group_claims[g] or ''
+  local take = (visitor == '' or released[visitor] == true) and claim(replaces[g] or '')
   if not take then
     skipped = skipped + 1
   elseif window_ms > 0 and mid ~= '' and redis.call('ZSCORE', seen, mid) then
@@ -100,7 +123,26 @@ for field, n in pairs(counters) do redis.call('HINCRBY', stats, field, n) end
 redis.call('HINCRBY', stats, 'accepted', accepted)
 redis.call('HINCRBY', stats, 'duplicate', #dups)
 redis.call('HINCRBY', stats, 'records_queued', pushed)
+local held_now, held, full = tonumber(redis.call('GET', anon_count) or '0'), 0, 0
+for _, h in ipairs(holds) do
+  local list = base .. 'anon:' .. h[1]
+  if held_now < hold_max and redis.call('LLEN', list) < per_visitor then
+    redis.call('RPUSH', list, h[2])
+    redis.call('ZADD', anon_idx, 'NX', now, h[1])
+    held_now, held = held_now + 1, held + 1
+  else
+    full = full + 1
+  end
+end
+if held > 0 then
+  redis.call('INCRBY', anon_count, held)
+  redis.call('HINCRBY', stats, 'anonymous_held', held)
+end
+if full > 0 then
+  redis.call('HINCRBY', stats, 'filtered', full)
+  redis.call('HINCRBY', stats, 'anonymous_hold_full', full)
+end
 if chunks_done ~= '' then redis.call('SET', progress, chunks_done, 'EX', 86400) end
-local out = {pushed, skipped}
+local out = {pushed, skipped, full}
 for _, d in ipairs(dups) do out[#out + 1] = d end
 return out

@@ -3,12 +3,14 @@
 -- queue looks the same as a lost one, so each further re-publish of the same batch waits twice as long
 -- (grace, 2 x grace, 4 x grace, ... 64 x grace), and each bumps the batch's dispatch generation: the copy
 -- still in the queue is stale when it arrives. One live message a batch, whatever the backlog.
--- Dead letters are kept dead_max_age_ms and dead_max_count at most (the oldest go first).
+-- Dead letters are kept dead_max_age_ms and dead_max_count at most (the oldest go first). A visitor's held
+-- anonymous events that nothing claimed within hold_ms are counted (anonymous_expired) and filtered.
 -- Returns {open, held, pending, probe bid or '', probe generation, (re-published bid, generation)...}.
-local open, held, auth, pending, stats, dead, dead_idx, debug, dead_kinds =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local open, held, auth, pending, stats, dead, dead_idx, debug, dead_kinds, anon_idx, anon_count =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local base, grace_ms, probe_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local dead_max_age_ms, dead_max_count = tonumber(ARGV[4]), tonumber(ARGV[5])   -- 0: no limit
+local hold_ms = tonumber(ARGV[6] or '0')   -- how long anonymous events are held; 0: none are
 
 --! include dead
 
@@ -69,6 +71,20 @@ if #expired > 0 then
     if remove_dead(id) then gone = gone + 1 end
   end
   redis.call('HINCRBY', stats, 'dead_letters_expired', gone)
+end
+if hold_ms > 0 then   -- a few hundred visitors a sweep at most: each call stays short
+  local gone = 0
+  for _, visitor in ipairs(redis.call('ZRANGEBYSCORE', anon_idx, '-inf', now - hold_ms, 'LIMIT', 0, 200)) do
+    local list = base .. 'anon:' .. visitor
+    gone = gone + redis.call('LLEN', list)
+    redis.call('DEL', list)
+    redis.call('ZREM', anon_idx, visitor)
+  end
+  if gone > 0 then
+    redis.call('DECRBY', anon_count, gone)
+    redis.call('HINCRBY', stats, 'anonymous_expired', gone)
+    redis.call('HINCRBY', stats, 'filtered', gone)
+  end
 end
 -- Counts that drifted (letters removed by an older version, which kept no counts) heal once none is left.
 if redis.call('HLEN', dead) == 0 then redis.call('DEL', dead_kinds) end
