@@ -48,8 +48,8 @@ def test_shell_example(redis_url: str, store: Store) -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    expected = (
-        b'clevertap ingest: {"accepted":3,"filtered":0,"duplicate":0,"rejected":0,"fields_dropped":0,"held":0}'
+    expected = b"clevertap ingest: " + (
+        b'{"accepted":3,"filtered":0,"duplicate":0,"rejected":0,"fields_dropped":0,"held":0}'
     )
     assert expected in out.stdout
 
