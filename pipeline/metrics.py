@@ -69,8 +69,22 @@ class RedisCollector(Collector):
             "1 while CleverTap accepts the integration's credentials and configuration",
             labels=["integration"],
         )
+        limited = CounterMetricFamily(
+            "clevertap_collector_rate_limited",
+            "Browser requests the collector refused past browser_rate_limit (429), per client address limit",
+            labels=["integration"],
+        )
+        anonymous = CounterMetricFamily(
+            "clevertap_anonymous_events",
+            "anonymous = hold: events held, released under a known identity, expired unclaimed, or not held "
+            "(the hold full)",
+            labels=["integration", "what"],
+        )
         for name in sorted(self.settings.integrations):
             stats = self.store.stats(name)
+            limited.add_metric([name], stats.get("browser_rate_limited", 0))
+            for what in ("held", "released", "expired", "hold_full"):
+                anonymous.add_metric([name, what], stats.get(f"anonymous_{what}", 0))
             for counter, outcome in INGESTED.items():
                 ingested.add_metric([name, outcome], stats.get(counter, 0))
             delivered.add_metric([name], stats.get("delivered", 0))
@@ -84,7 +98,7 @@ class RedisCollector(Collector):
                 stage, _, code = key.partition(":")
                 dead.add_metric([name, stage, code], n)
             auth.add_metric([name], 0 if self.store.auth_state(name) else 1)
-        yield from (ingested, delivered, pending, oldest, dead_lettered, dead, auth)
+        yield from (ingested, delivered, pending, oldest, dead_lettered, dead, auth, limited, anonymous)
         yield from self._accounts()
 
     def _accounts(self) -> Iterator[Metric]:

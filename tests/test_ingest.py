@@ -11,7 +11,7 @@ import orjson
 from pipeline.ingest import ingest
 from pipeline.local.sample import SPEC_PAYLOAD, SPEC_PURCHASE
 from pipeline.store import Store
-from tests.helpers import ROOT, environment
+from tests.helpers import ROOT, environment, events
 
 
 def pending(store: Store, integ: str = "default") -> list[dict[str, Any]]:
@@ -127,3 +127,18 @@ def test_integrations_are_kept_apart(redis_url: str, tmp_path: Any, store: Store
     ingest([event], "b", settings=settings, store=store)  # the same messageId is new to b
     assert len(pending(store, "a")) == len(pending(store, "b")) == 1
     assert store.ready_integrations() == {"a", "b"}
+
+
+def test_a_redis_that_lost_its_scripts_still_queues_and_replays(make_settings: Any, store: Store) -> None:
+    from pipeline.deadletters import dead_letter
+    from pipeline.replay import replay
+
+    settings = make_settings()
+    store.r.script_flush()  # what a restarted or promoted Redis has: no script cached
+    assert ingest(events(2), settings=settings, store=store).accepted == 2
+    did, body = dead_letter("default", "api", code=509, error="x", record={"type": "event"})
+    store.r.hset(store.key("default", "dead"), did, body)
+    store.r.zadd(store.key("default", "dead:idx"), {did: 1})
+    store.r.script_flush()
+    assert replay(store, settings.integration("default"), ids=[did]).replayed_records == 1
+    assert store.depth("default")["pending"] == 3

@@ -22,9 +22,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from pipeline.config import load_settings
 from pipeline.ingest import CHUNK, Ingestor, chunked
 from pipeline.local.bench import bench_settings, redis_for_bench
 from pipeline.local.procs import ProcessGroup, answers, wait_for
@@ -34,6 +36,7 @@ from pipeline.store import Store
 
 WRITE_KEY = "wk-bench-collect-0123456789"
 BATCH = 100
+ORIGIN = "https://shop.bench.test"
 
 
 def _cpu_s(pid: int) -> float:
@@ -56,10 +59,18 @@ def _bodies(run: int, count: int) -> list[bytes]:
 class Load:
     """Client threads posting bodies to the collector, each on its own keep-alive connection."""
 
-    def __init__(self, port: int, bodies: list[bytes]) -> None:
+    def __init__(self, port: int, bodies: list[bytes], browser: bool = False) -> None:
         self.port = port
         self.bodies = bodies
         self.auth = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+        # a page's request: one event, the key in the body, text/plain (sendBeacon), an Origin
+        self.path, self.per_body = ("/v1/t", 1) if browser else ("/v1/batch", BATCH)
+        self.headers = (
+            {"Content-Type": "text/plain", "Origin": ORIGIN}
+            if browser
+            else {"Content-Type": "application/json", "Authorization": self.auth}
+        )
+        self.requests = 0
         self.next = 0
         self.lock = threading.Lock()
         self.accepted = 0
@@ -75,16 +86,15 @@ class Load:
 
     def _post(self, conn: http.client.HTTPConnection, body: bytes) -> None:
         started = time.perf_counter()
-        conn.request(
-            "POST", "/v1/batch", body, {"Content-Type": "application/json", "Authorization": self.auth}
-        )
+        conn.request("POST", self.path, body, self.headers)
         answer = conn.getresponse()
         answer.read()
         elapsed = time.perf_counter() - started
         with self.lock:
             self.latencies.append(elapsed)
             if answer.status == 200:
-                self.accepted += BATCH
+                self.accepted += self.per_body
+                self.requests += 1
             else:
                 self.refused += 1
 
@@ -112,7 +122,7 @@ class Load:
     def paced(self, events_per_s: float, seconds: float, threads: int = 8) -> None:
         """Post one batch every BATCH / events_per_s seconds (open loop: a slow answer does not slow the
         schedule) for ``seconds``."""
-        interval = BATCH / events_per_s
+        interval = self.per_body / events_per_s
         start = time.perf_counter()
         slots = int(seconds / interval)
         slot = iter(range(slots))
@@ -167,54 +177,86 @@ def bench_collect(args: argparse.Namespace) -> int:
             "CLEVERTAP_CONSENT_CATEGORIES": "marketing",
             "CLEVERTAP_WRITE_KEY": WRITE_KEY,
             "CLEVERTAP_MAX_PENDING": "0",
+            "CLEVERTAP_ALLOWED_ORIGINS": ORIGIN,
+            # every request here comes from one address: the limit per address is set past what is measured
+            "CLEVERTAP_BROWSER_RATE_LIMIT": "10000",
+            "CLEVERTAP_BROWSER_RATE_BURST": "100000",
         }
         store = Store.from_url(url)
-        port = free_port()
-        group = ProcessGroup()
-        collector = group.start(
-            "collector",
-            [sys.executable, "-m", "pipeline", "collect", "--port", str(port), "--workers", "1"],
-            env,
-            None,
-        )
+        failed = 0
         try:
-            up = wait_for(lambda: answers(f"http://127.0.0.1:{port}/health"), 30, 0.2, group)
-            if not up:
-                print("the collector did not start", file=sys.stderr)
-                return 1
-            rates, per_core, cpu_us, p50s, p99s, ratios, refused = [], [], [], [], [], [], 0
-            for run in range(args.runs):
-                store.r.flushdb()
-                bodies = _bodies(run, int(args.seconds * 400) + 50)  # more than one core can take
-                load = Load(port, bodies)
-                cpu0 = _cpu_s(collector.pid)
-                wall = load.flat_out(args.threads, args.seconds)
-                cpu = _cpu_s(collector.pid) - cpu0
-                rate = load.accepted / wall
-                refused += load.refused
-                store.r.flushdb()
-                paced = Load(port, _bodies(run + 1000, int(args.seconds * rate / 2 / BATCH) + 10))
-                paced.paced(rate / 2, args.seconds)
-                lat = sorted(paced.latencies)
-                p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-                refused += paced.refused
-                store.r.flushdb()
-                cli = _cli_ingest_cpu_per_event(store, bodies[: max(20, len(bodies) // 4)], env)
-                rates.append(rate)
-                per_core.append(load.accepted / cpu)
-                cpu_us.append(cpu / load.accepted * 1e6)
-                p50s.append(p50 * 1000)
-                p99s.append(p99 * 1000)
-                ratios.append(cpu / load.accepted / cli)
-                print(
-                    f"run {run + 1}: {rate:,.0f} events/s accepted ({load.accepted / cpu:,.0f} per core of "
-                    f"collector CPU, {cpu / load.accepted * 1e6:.1f} µs/event); at {rate / 2:,.0f} events/s: "
-                    f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; CLI ingest {cli * 1e6:.1f} µs/event "
-                    f"(collector {cpu / load.accepted / cli:.2f}x)",
-                    flush=True,
-                )
+            if args.shape in ("batch", "both"):
+                failed += _batch_shape(args, env, store)
+            if args.shape in ("browser", "both"):
+                failed += _browser_shape(args, env, store)
+                _hold_bytes(store, env)
         finally:
-            group.stop()
+            store.r.close()
+    return 0 if failed == 0 else 1
+
+
+def _serve(group: ProcessGroup, name: str, command: list[str], env: dict[str, str], port: int) -> Any:
+    child = group.start(name, command, env, None)
+    if not wait_for(lambda: answers(f"http://127.0.0.1:{port}/health") or _posts(port), 30, 0.2, group):
+        raise RuntimeError(f"{name} did not start")
+    return child
+
+
+def _posts(port: int) -> bool:
+    """The bare endpoint answers a POST (it has no /health)."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("POST", "/v1/t", b"{}")
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def _collector(group: ProcessGroup, env: dict[str, str]) -> tuple[Any, int]:
+    port = free_port()
+    command = [sys.executable, "-m", "pipeline", "collect", "--port", str(port), "--workers", "1"]
+    return _serve(group, "collector", command, env, port), port
+
+
+def _batch_shape(args: argparse.Namespace, env: dict[str, str], store: Store) -> int:
+    group = ProcessGroup()
+    collector, port = _collector(group, env)
+    try:
+        rates, per_core, cpu_us, p50s, p99s, ratios, refused = [], [], [], [], [], [], 0
+        for run in range(args.runs):
+            store.r.flushdb()
+            bodies = _bodies(run, int(args.seconds * 400) + 50)  # more than one core can take
+            load = Load(port, bodies)
+            cpu0 = _cpu_s(collector.pid)
+            wall = load.flat_out(args.threads, args.seconds)
+            cpu = _cpu_s(collector.pid) - cpu0
+            rate = load.accepted / wall
+            refused += load.refused
+            store.r.flushdb()
+            paced = Load(port, _bodies(run + 1000, int(args.seconds * rate / 2 / BATCH) + 10))
+            paced.paced(rate / 2, args.seconds)
+            lat = sorted(paced.latencies)
+            p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            refused += paced.refused
+            store.r.flushdb()
+            cli = _cli_ingest_cpu_per_event(store, bodies[: max(20, len(bodies) // 4)], env)
+            rates.append(rate)
+            per_core.append(load.accepted / cpu)
+            cpu_us.append(cpu / load.accepted * 1e6)
+            p50s.append(p50 * 1000)
+            p99s.append(p99 * 1000)
+            ratios.append(cpu / load.accepted / cli)
+            print(
+                f"run {run + 1}: {rate:,.0f} events/s accepted ({load.accepted / cpu:,.0f} per core of "
+                f"collector CPU, {cpu / load.accepted * 1e6:.1f} µs/event); at {rate / 2:,.0f} events/s: "
+                f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; CLI ingest {cli * 1e6:.1f} µs/event "
+                f"(collector {cpu / load.accepted / cli:.2f}x)",
+                flush=True,
+            )
+    finally:
+        group.stop()
     med = statistics.median
     print(
         f"batches of {BATCH} events (Segment /v1/batch, JSON, HTTP Basic write key), {args.threads} client "
@@ -227,3 +269,107 @@ def bench_collect(args: argparse.Namespace) -> int:
     if refused:
         print(f"refused requests: {refused} (should be 0)")
     return 0 if refused == 0 else 1
+
+
+def _browser_bodies(run: int, count: int) -> list[bytes]:
+    """``count`` single track calls as a page's SDK sends them: the write key and sentAt in the body."""
+    sent = "2026-12-01T12:00:00.000Z"
+    return [
+        orjson.dumps({
+            "type": "track", "event": "Product Viewed", "userId": f"visitor-{n % 5000}",
+            "writeKey": WRITE_KEY,
+            "messageId": f"br-{run}-{n}", "timestamp": sent, "sentAt": sent,
+            "properties": {"product_id": f"SKU-{n % 97}", "name": "Widget", "price": 49.99},
+            "context": {"traits": {"email": f"visitor-{n % 5000}@example.com"}, "page": {"path": "/p"},
+                        "consent": {"categoryPreferences": {"marketing": True}}},
+        })
+        for n in range(count)
+    ]  # fmt: skip
+
+
+def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store) -> int:
+    """One event a request, as a page sends: requests/s and events/s per collector core, p50/p99 at half
+    that rate, and a bare Starlette endpoint's requests/s on the same uvicorn, measured in turn."""
+    bare_command = [
+        sys.executable, "-c", "import sys; from pipeline.cli.serving import serve; "
+        "from pipeline.local.bare_app import app; serve(app, '127.0.0.1', int(sys.argv[1]), 'text')",
+    ]  # fmt: skip
+    rates, per_core, p50s, p99s, bare_rates, refused = [], [], [], [], [], 0
+    for run in range(args.runs):
+        group = ProcessGroup()
+        try:
+            collector, port = _collector(group, env)
+            store.r.flushdb()
+            load = Load(port, _browser_bodies(run, int(args.seconds * 8000) + 100), browser=True)
+            cpu0 = _cpu_s(collector.pid)
+            wall = load.flat_out(args.threads, args.seconds)
+            cpu = _cpu_s(collector.pid) - cpu0
+            rate = load.requests / wall
+            store.r.flushdb()
+            paced = Load(port, _browser_bodies(run + 1000, int(args.seconds * rate / 2) + 10), browser=True)
+            paced.paced(rate / 2, args.seconds)
+            lat = sorted(paced.latencies)
+            p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            refused += load.refused + paced.refused
+        finally:
+            group.stop()
+        group = ProcessGroup()
+        try:
+            bare_port = free_port()
+            _serve(group, "bare", [*bare_command, str(bare_port)], env, bare_port)
+            bare = Load(bare_port, _browser_bodies(run, int(args.seconds * 12000) + 100), browser=True)
+            bare_wall = bare.flat_out(args.threads, args.seconds)
+            bare_rate = bare.requests / bare_wall
+        finally:
+            group.stop()
+        rates.append(rate)
+        per_core.append(load.requests / cpu)
+        p50s.append(p50 * 1000)
+        p99s.append(p99 * 1000)
+        bare_rates.append(bare_rate)
+        print(
+            f"browser run {run + 1}: {rate:,.0f} requests/s = events/s "
+            f"({load.requests / cpu:,.0f} per core of collector CPU); at {rate / 2:,.0f}/s: "
+            f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; bare Starlette endpoint "
+            f"{bare_rate:,.0f} requests/s (collector {rate / bare_rate:.2f}x)",
+            flush=True,
+        )
+    med = statistics.median
+    print(
+        f"browser shape: one track call a request (/v1/t, text/plain, the write key in the body, an Origin), "
+        f"{args.threads} client threads, one collector process, {args.seconds:g} s per phase"
+    )
+    print(f"median requests/s:        {med(rates):,.0f} (= events/s), {med(per_core):,.0f} per core of CPU")
+    print(f"median latency at half:   p50 {med(p50s):.1f} ms, p99 {med(p99s):.1f} ms (goal: p99 under 20 ms)")
+    ratio = med(r / b for r, b in zip(rates, bare_rates, strict=True))
+    print(
+        f"against a bare endpoint:  {med(bare_rates):,.0f} requests/s; collector {ratio:.2f}x "
+        "(goal: at least 0.5x)"
+    )
+    if refused:
+        print(f"refused requests: {refused} (should be 0)")
+    return 0 if refused == 0 else 1
+
+
+def _hold_bytes(store: Store, env: dict[str, str], n: int = 20_000) -> None:
+    """Redis bytes per held anonymous event (anonymous = "hold"), from used_memory around holding ``n``
+    page views of 2,000 visitors."""
+    settings = load_settings({**env, "CLEVERTAP_ANONYMOUS": "hold"})
+    ingestor = Ingestor(store, settings.integration("default"))
+    store.r.flushdb()
+    before = int(store.r.info("memory")["used_memory"])
+    events = [
+        {"type": "page", "name": "Product", "anonymousId": f"anon-{n % 2000:05d}-0f3c9a1e",
+         "messageId": f"h-{n}", "timestamp": "2026-12-01T12:00:00.000Z",
+         "properties": {"path": "/products/widget", "title": "Widget"},
+         "context": {"page": {"url": "https://shop.example.com/products/widget"},
+                     "consent": {"categoryPreferences": {"marketing": True}}}}
+        for n in range(n)
+    ]  # fmt: skip
+    for chunk in chunked(enumerate(events), CHUNK):
+        ingestor.ingest_chunk(list(chunk))
+    after = int(store.r.info("memory")["used_memory"])
+    print(
+        f"anonymous hold:           {(after - before) / n:,.0f} bytes of Redis per held event ({n:,} page "
+        "views, 2,000 visitors)"
+    )

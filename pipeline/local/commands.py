@@ -289,8 +289,11 @@ verb(
 @verb(
     "bench-collect",
     "Measure one collector process (clevertap-pipeline collect): events/s accepted in Segment batches of "
-    "100, its CPU per event against the CLI ingest path's, and p50/p99 request latency at half that rate.",
+    "100, its CPU per event against the CLI ingest path's, and p50/p99 request latency at half that rate; "
+    "then the browser shape (one event a request, as a page sends, against a bare Starlette endpoint on the "
+    "same uvicorn) and the anonymous hold's Redis bytes per held event.",
     arg("--seconds", type=float, default=5.0, help="seconds per phase"),
+    arg("--shape", choices=("batch", "browser", "both"), default="both", help="which request shape"),
     arg("--threads", type=int, default=4, help="client threads (keep-alive connections)"),
     arg("--runs", type=int, default=3, help="runs; medians are reported"),
     REDIS_URL_ARG,
