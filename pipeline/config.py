@@ -75,10 +75,11 @@ _ORIGIN = re.compile(r"^https?://(\*\.)?([a-z0-9-]+\.)*[a-z0-9-]+(:[0-9]{1,5})?$
 
 def _origin(value: str) -> None:
     # What a browser sends as Origin: scheme, host, port; no path, no trailing slash, lower case.
-    if not _ORIGIN.match(value):
+    if not _ORIGIN.match(value) or (value.partition("://*.")[1] and "." not in value.partition("://*.")[2]):
         raise ValidationError(
             f"{value[:80]!r} is not an origin: write scheme://host[:port] (http or https, lower case, no "
-            "path), or https://*.example.com for every subdomain of example.com"
+            "path), or https://*.example.com for every subdomain of example.com (a wildcard needs a domain "
+            "of two labels at least: not *.com)"
         )
 
 

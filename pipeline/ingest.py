@@ -12,6 +12,7 @@ import io
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
@@ -158,21 +159,30 @@ class Ingestor:
         now = int(time.time())
         mapped = self._map_chunk(items, known, now)
         hold = Hold(limit=self.config.anonymous_hold_max) if self.config.anonymous == "hold" else None
-        released, claims = self._released(mapped, known, now) if hold is not None else ([], [])
+        released, claims, links = self._released(mapped, known, now) if hold is not None else ([], [], {})
+        for position, (index, raw, result, _) in enumerate(mapped):
+            # held, but this very chunk says who the visitor is: mapped under that identity at once
+            if result.status == HELD and (visitor := _visitor_of(raw)) in links:
+                now_known = [(index, _claimed(raw, links[visitor]))]
+                mapped[position] = self._map_chunk(self._validated(now_known), known, now)[0]
         res = IngestResult()
         groups: list[tuple[str, list[bytes], str]] = []
         group_index: list[int] = []
         group_claims: list[str] = []
-        # A visitor's held events go first, in the order they came, under the identity now known.
+        identities: list[tuple[str, str]] = []
+        dead: list[tuple[str, bytes, str]] = []
+        drops: list[str] = []
+        filtered = rejected = 0
+        # A visitor's held events go first, in the order they came, under the identity now known; one that
+        # no longer maps becomes a mapping dead letter (with its reasons), as it would have on arrival.
         for visitor, result, raw, encoded in released:
             if result.status == MAPPED:
                 groups.append((str(raw.get("messageId") or ""), encoded, ""))
                 group_index.append(-1)
                 group_claims.append(visitor)
-        identities: list[tuple[str, str]] = []
-        dead: list[tuple[str, bytes, str]] = []
-        drops: list[str] = []
-        filtered = rejected = 0
+            elif result.status == REJECTED:
+                did, body = mapping_dead_letter(self.config.name, raw, result.reasons)
+                dead.append((did, body, ""))
         group_notes: list[tuple[list[str], list[str]]] = []  # per queued event: keys left out, warnings
         per_line: dict[int, LineResult] = {}
         group_notes.extend(([], []) for _ in groups)
@@ -185,19 +195,22 @@ class Ingestor:
                 group_index.append(index)
                 group_claims.append("")
                 group_notes.append((result.dropped, result.warnings))
-            elif result.status == HELD and hold is not None:
-                visitor = _visitor(str(raw["anonymousId"]))
-                hold.held.append((visitor, orjson.dumps({"id": new_id(), "event": raw}, default=str)))
-                if replaced:
-                    drops.append(replaced)
+            elif (
+                result.status == HELD
+                and hold is not None
+                and (visitor := _visitor_of(raw)) is not None
+                and (entry := _held_entry(raw)) is not None
+            ):  # held (a replayed one only if its dead letter is still there: the script checks)
+                hold.held.append((visitor, entry, replaced))
             elif result.status == FILTERED:
                 filtered += 1
                 if replaced:
                     drops.append(replaced)
             else:
+                reasons = result.reasons if result.status != HELD else [_TOO_BIG_TO_HOLD]
                 rejected += 1
-                res.rejections.append(Rejection(index, result.reasons))
-                did, body = mapping_dead_letter(self.config.name, raw, result.reasons)
+                res.rejections.append(Rejection(index, reasons))
+                did, body = mapping_dead_letter(self.config.name, raw, reasons)
                 dead.append((did, body, replaced))
             if lines is not None:
                 per_line[index] = LineResult(
@@ -208,8 +221,8 @@ class Ingestor:
         if hold is not None:
             hold.group_claims = group_claims
             hold.claims = claims
-            # held events that no longer map are counted as filtered (their reasons: preview shows them)
-            counters["filtered"] += sum(1 for _, r, _, _ in released if r.status != MAPPED)
+            # held events filtered now (no consent, say) count as filtered
+            counters["filtered"] += sum(1 for _, r, _, _ in released if r.status == FILTERED)
         pushed, skipped, dups = self.store.enqueue(
             self.config.name,
             groups,
@@ -245,6 +258,8 @@ class Ingestor:
             self.store.count_fields_dropped(self.config.name, dropped_by_key)
         if lines is not None:
             for g in dups:
+                if group_index[g] < 0:  # a released held event: not a line of this input
+                    continue
                 o = per_line[group_index[g]]
                 o.status, o.records, o.reasons = DUPLICATE, [], ["duplicate messageId within the window"]
             lines.extend(per_line[i] for i in sorted(per_line))
@@ -252,34 +267,43 @@ class Ingestor:
 
     def _released(
         self, mapped: list[tuple[int, Any, MapResult, list[bytes]]], known: dict[str, str], now: int
-    ) -> tuple[list[tuple[str, MapResult, Any, list[bytes]]], list[tuple[str, bytes, bytes, int]]]:
+    ) -> tuple[
+        list[tuple[str, MapResult, Any, list[bytes]]],
+        list[tuple[str, bytes, bytes, int]],
+        dict[str, dict[str, str]],
+    ]:
         """The held events of every visitor this chunk's mapped events say who is (an anonymousId beside
         an email or a userId), mapped under that identity with their own times, oldest first, each with
         its visitor's key; and the claim on each visitor's held entries (first, last, how many) that the
         enqueue checks before it releases them."""
         links: dict[str, dict[str, str]] = {}
         for _, raw, result, _ in mapped:
-            anonymous = raw.get("anonymousId") if isinstance(raw, dict) else None
-            if result.status != MAPPED or not isinstance(anonymous, str) or not anonymous:
+            visitor = _visitor_of(raw)
+            if result.status != MAPPED or visitor is None:
                 continue
             record = result.records[0] if result.records else {}
-            who = {"userId": raw.get("userId")} if isinstance(raw.get("userId"), str) else {}
+            user_id = raw.get("userId")
+            who = (
+                {"userId": str(user_id)}
+                if isinstance(user_id, str | int) and not isinstance(user_id, bool)
+                else {}
+            )
             if record.get("identity"):
                 who["email"] = str(record["identity"])
             if who:
-                links.setdefault(_visitor(anonymous), who)
+                links.setdefault(visitor, who)
         if not links:
-            return [], []
+            return [], [], {}
         out = []
         claims = []
         for visitor, entries in self.store.held_events(self.config.name, sorted(links)).items():
             who = links[visitor]
-            events = [_claimed(orjson.loads(entry)["event"], who) for entry in entries]
+            events = [_claimed(event, who, held_at) for event, held_at in map(_unheld, entries)]
             items = self._validated(list(enumerate(events)))
             for _, raw, result, encoded in self._map_chunk(items, known, now):
                 out.append((visitor, result, raw, encoded))
             claims.append((visitor, entries[0], entries[-1], len(entries)))
-        return out, claims
+        return out, claims, links
 
     def ingest_message(self, message: IngestMessage) -> IngestResult:
         """Ingest a message that may be delivered more than once (a Celery task retried, or redelivered
@@ -335,17 +359,49 @@ class Ingestor:
                 yield LineResult(index, result.status, result.records, result.reasons, result.warnings)
 
 
-def _visitor(anonymous_id: str) -> str:
-    """A visitor's key in ``anon:*``: a digest of its anonymousId (any length, any characters)."""
-    return hashlib.sha256(anonymous_id.encode("utf-8", "replace")).hexdigest()[:32]
+def _visitor_of(raw: Any) -> str | None:
+    """A visitor's key in ``anon:*``: a digest of its anonymousId (text or a number, any length, any
+    characters); None without one."""
+    anonymous = raw.get("anonymousId") if isinstance(raw, dict) else None
+    if isinstance(anonymous, bool) or not isinstance(anonymous, str | int) or anonymous == "":
+        return None
+    return hashlib.sha256(str(anonymous).encode("utf-8", "replace")).hexdigest()[:32]
 
 
-def _claimed(event: Any, who: dict[str, str]) -> Any:
+#: A held event is kept whole up to a single call's size (Segment's 32 KB): the hold's cap counts events.
+MAX_HELD_BYTES = 32 * 1024
+_TOO_BIG_TO_HOLD = (
+    f"anonymous: too large or too deeply nested to hold until the visitor is known (at most "
+    f"{MAX_HELD_BYTES // 1024} KB)"
+)
+
+
+def _held_entry(raw: Any) -> bytes | None:
+    """What the hold keeps of an anonymous event: its id (and when it was held) and the event; None when
+    it cannot be held (over MAX_HELD_BYTES, or nested deeper than JSON writes): then a dead letter."""
+    try:
+        entry = orjson.dumps({"id": new_id(), "event": raw}, default=str)
+    except TypeError:
+        return None
+    return entry if len(entry) <= MAX_HELD_BYTES else None
+
+
+def _unheld(entry: bytes) -> tuple[Any, str]:
+    """A held entry's event, and when it was held (ISO 8601: an id starts with its epoch ms)."""
+    held = orjson.loads(entry)
+    ms = int(str(held.get("id", ""))[:13] or 0)
+    return held["event"], datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _claimed(event: Any, who: dict[str, str], held_at: str | None = None) -> Any:
     """A held event as the visitor's identity now known makes it: its userId, and the email in
-    context.traits (where the mapper looks), its own time and everything else as it came."""
+    context.traits (where the mapper looks), its own time (the time it was held, if it had none) and
+    everything else as it came."""
     if not isinstance(event, dict):
         return event
     out = {**event, **({"userId": who["userId"]} if "userId" in who else {})}
+    if held_at is not None and not any(k in out for k in ("timestamp", "originalTimestamp", "sentAt")):
+        out["timestamp"] = held_at
     if "email" in who:
         context: dict[str, Any] = out["context"] if isinstance(out.get("context"), dict) else {}
         traits: dict[str, Any] = context["traits"] if isinstance(context.get("traits"), dict) else {}

@@ -94,12 +94,15 @@ class LeaseResult:
 @dataclass
 class Hold:
     """What one enqueue holds and releases for anonymous = "hold" (``anon:*`` keys): ``held`` (visitor key,
-    entry) to hold, up to ``limit`` in the integration; ``claims`` (visitor key, first entry, last entry,
+    entry, the mapping dead letter a replayed one replaces or '') to hold, up to ``limit`` in the
+    integration; ``claims`` (visitor key, first entry, last entry,
     count) of held events released, each only if the visitor's held events still start and end so (no
     other enqueue took them meanwhile); ``group_claims``, per queued group, the visitor key whose held
     event it is ('' for the others). After the enqueue, ``full``: events not held, the hold being full."""
 
-    held: list[tuple[str, bytes]] = field(default_factory=list)
+    held: list[tuple[str, bytes, str]] = field(
+        default_factory=list
+    )  # (visitor, entry, dead letter it replaces)
     claims: list[tuple[str, bytes, bytes, int]] = field(default_factory=list)
     group_claims: list[str] = field(default_factory=list)
     limit: int = 0
@@ -107,7 +110,7 @@ class Hold:
 
     def args(self, base: str) -> list[Any]:
         return [
-            orjson.dumps([[v, e.decode()] for v, e in self.held]),
+            orjson.dumps([[v, e.decode(), rep] for v, e, rep in self.held]),
             orjson.dumps([[v, a.decode(), b.decode(), n] for v, a, b, n in self.claims]),
             orjson.dumps(self.group_claims if any(self.group_claims) else []),
             self.limit,

@@ -5,16 +5,18 @@ first is never made twice."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
+import orjson
 import pytest
 
 from pipeline.config import Settings
 from pipeline.delivery import Deliverer
 from pipeline.ingest import Ingestor, ingest
 from pipeline.store import Store
-from tests.helpers import pending
+from tests.helpers import dead_letters, pending
 
 EMAIL = "ana.hold@example.com"
 
@@ -111,8 +113,48 @@ def test_held_events_another_enqueue_released_first_are_not_queued_again(
     assert ingestor.ingest_chunk([(0, identify())]).accepted == 2  # released: the page and the identify
     # A second link read the held events before the first released them: its claim no longer matches.
     monkeypatch.setattr(store, "held_events", lambda integration, visitors: stale)
-    again = ingestor.ingest_chunk([(0, {**identify(), "messageId": "id-2"})])
-    assert (
-        again.accepted == 1
-        and [r.get("evtData", {}).get("name") for r in pending(store)].count("Page 1") == 1
-    )
+    no_dedup = Ingestor(store, dataclasses.replace(held.integration("default"), dedup_window=0))
+    again = no_dedup.ingest_chunk([(0, {**identify(), "messageId": "id-2"})])  # dedup would hide a repeat
+    names = [r.get("evtData", {}).get("name") for r in pending(store)]
+    assert again.accepted == 1 and names.count("Page 1") == 1
+    assert int(store.r.get(store.key("default", "anon:count")) or 0) == 0
+    assert store.stats("default")["anonymous_released"] == 1
+
+
+def test_a_visitor_known_in_the_same_chunk_goes_through_at_once(held: Settings, store: Store) -> None:
+    chunk = [anonymous(1, "2026-11-30T10:00:00Z"), identify(), anonymous(2, "2026-11-30T10:11:00Z")]
+    res = ingest(chunk, settings=held, store=store)
+    assert (res.accepted, res.held) == (3, 0)  # both pages stayed held before
+    assert [r.get("evtData", {}).get("name") for r in pending(store)] == ["Page 1", None, "Page 2"]
+    assert all(r["identity"] == EMAIL for r in pending(store))
+
+
+def test_what_cannot_be_held_or_no_longer_maps_becomes_a_dead_letter(held: Settings, store: Store) -> None:
+    deep: Any = "x"
+    for _ in range(300):
+        deep = {"d": deep}
+    big = {**anonymous(1, "2026-11-30T10:00:00Z"), "properties": {"text": "y" * 40_000}}
+    nested = {**anonymous(2, "2026-11-30T10:00:00Z"), "properties": {"deep": deep}}
+    res = ingest([big, nested], settings=held, store=store)
+    assert (res.held, res.rejected) == (0, 2) and len(dead_letters(store)) == 2  # it was a 503 for the batch
+    later = {
+        **anonymous(3, "2026-11-30T10:01:00Z"),
+        "properties": {"long": "z" * 600},
+    }  # held: not checked yet
+    assert ingest([later], settings=held, store=store).held == 1
+    ingest([identify()], settings=held, store=store)
+    reasons = [d["reasons"][0] for d in dead_letters(store)]
+    assert any("512" in r for r in reasons)  # released, refused as on arrival: a dead letter, not lost
+
+
+def test_a_replayed_anonymous_event_is_held_once(held: Settings, store: Store) -> None:
+    from pipeline.deadletters import mapping_dead_letter
+
+    did, body = mapping_dead_letter("default", anonymous(1, "2026-11-30T10:00:00Z"), ["why"])
+    store.r.hset(store.key("default", "dead"), did, body)
+    store.r.zadd(store.key("default", "dead:idx"), {did: 1})
+    ingestor = Ingestor(store, dataclasses.replace(held.integration("default"), dedup_window=0))
+    event = orjson.loads(body)["event"]
+    ingestor.ingest_chunk([(0, event)], replaces=[did])
+    ingestor.ingest_chunk([(0, event)], replaces=[did])  # a second replay of the same dead letter
+    assert int(store.r.get(store.key("default", "anon:count")) or 0) == 1 and dead_letters(store) == []

@@ -106,6 +106,13 @@ def test_a_visitors_clock_an_hour_fast_is_corrected_by_the_receive_time(
     assert abs(record["ts"] - (now.timestamp() - 30)) < 60  # within a minute of the truth, not an hour
     untouched = corrected({"timestamp": "2024-01-01T00:00:00Z"}, now)
     assert untouched == {"timestamp": "2024-01-01T00:00:00Z"}  # no sentAt: as it came
+    sent = (now + timedelta(hours=1)).isoformat()
+    numeric = corrected({"timestamp": int(now.timestamp() + 3600) * 1000, "sentAt": sent}, now)
+    assert abs(datetime.fromisoformat(numeric["timestamp"]).timestamp() - now.timestamp()) < 2  # epoch ms too
+    far = {"timestamp": "2025-01-01T00:00:00Z", "sentAt": "9999-12-31T23:59:59Z"}
+    assert corrected(far, now) == far  # not a clock that is off: left alone (it was a 500 and a traceback)
+    bad = {**track(8), "writeKey": KEY, "sentAt": "9999-12-31T23:59:59Z", "timestamp": "2025-01-01T00:00:00Z"}
+    assert client.post("/v1/t", content=orjson.dumps(bad), headers={"origin": SHOP}).status_code == 200
 
 
 def test_browser_requests_are_rate_limited_per_client_and_counted(redis_url: str, store: Store) -> None:
@@ -118,13 +125,27 @@ def test_browser_requests_are_rate_limited_per_client_and_counted(redis_url: str
     limited = collector.handle("/v1/t", {"origin": SHOP}, body, "203.0.113.7")
     assert int(limited.headers["Retry-After"]) >= 1 and store.stats("default")["browser_rate_limited"] == 3
     assert collector.handle("/v1/t", {"origin": SHOP}, body, "203.0.113.8").status == 200  # another visitor
-    assert collector.handle("/v1/track", {}, body, "203.0.113.7").status == 200  # a server: not limited
+    # the key is public: a request without an Origin (curl) with it is held to the same limit
+    assert collector.handle("/v1/track", {}, body, "203.0.113.7").status == 429
+
+
+def test_a_servers_key_is_not_rate_limited(redis_url: str, store: Store) -> None:
+    collector = Collector(
+        load_settings(environment(redis_url, CLEVERTAP_WRITE_KEY=KEY, CLEVERTAP_BROWSER_RATE_BURST="1")),
+        store,
+    )
+    body = orjson.dumps({**track(1), "writeKey": KEY})
+    assert [collector.handle("/v1/track", {}, body, "203.0.113.7").status for _ in range(3)] == [200] * 3
 
 
 def test_x_forwarded_for_counts_only_from_trusted_proxies() -> None:
     assert client_address("198.51.100.1", "203.0.113.9", []) == "198.51.100.1"
     assert client_address("198.51.100.1", "203.0.113.9", ["10.0.0.0/8"]) == "198.51.100.1"  # not a proxy
     assert client_address("10.0.0.5", "1.2.3.4, 203.0.113.9, 10.0.0.9", ["10.0.0.0/8"]) == "203.0.113.9"
+    # one IPv6 /64 is one client, whatever address in it: a subscriber there has billions
+    assert (
+        client_address("2001:db8::1", "", []) == client_address("2001:db8::ffff:1", "", []) == "2001:db8::/64"
+    )
 
 
 def test_the_sdks_load_their_settings_from_the_collector(client: TestClient) -> None:

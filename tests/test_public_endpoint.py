@@ -5,6 +5,7 @@ metrics exporter that serves concurrent scrapes and lets silent clients go."""
 from __future__ import annotations
 
 import base64
+import http.client
 import socket
 import subprocess
 import sys
@@ -99,6 +100,43 @@ def test_a_header_block_over_the_cap_is_refused_with_431(collector: tuple[int, S
         sock.close()
     assert status.startswith(b"HTTP/1.1 431"), status
     assert track(port) == 200
+
+
+def test_an_unfinished_header_line_is_cut_at_the_cap_too(collector: tuple[int, Served]) -> None:
+    port, _ = collector
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        started = time.monotonic()
+        try:
+            for _ in range(64):  # megabytes of one header line, never ended: it was read for 5 s, ~45 MB
+                sock.sendall(b"a" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status = sock.recv(64)
+    finally:
+        sock.close()
+    assert status.startswith(b"HTTP/1.1 431") and time.monotonic() - started < 3, status
+
+
+def test_slow_bodies_from_one_client_do_not_lock_out_another(collector: tuple[int, Served]) -> None:
+    port, _ = collector
+    slow = []
+    for _ in range(40):  # complete headers, a body that never comes
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.3", 0))
+        sock.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 400000\r\n\r\n{")
+        slow.append(sock)
+    try:
+        time.sleep(0.5)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=("127.0.0.2", 0))
+        auth = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
+        conn.request("POST", "/v1/track", b'{"event": "Signed Up", "userId": "u9", "messageId": "slow-1"}',
+                     {"Authorization": auth, "Content-Type": "application/json"})  # fmt: skip
+        assert conn.getresponse().status == 200  # another address gets in: one holds only its own share
+        conn.close()
+    finally:
+        for sock in slow:
+            sock.close()
 
 
 def test_clients_that_hang_up_mid_body_write_at_most_a_short_line_each(collector: tuple[int, Served]) -> None:

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from pipeline.local.procs import answers, wait_for
@@ -231,7 +232,17 @@ def test_a_page_on_an_origin_the_integration_does_not_allow_gets_nothing_queued(
     ):
         with chromium() as driver:
             driver.get(shop + "/")
-            time.sleep(5)  # the tag tries: its settings and its calls are refused (CORS)
+            time.sleep(3)  # the tag tries: its settings and its calls are refused (CORS)
+            # and a simple text/plain POST, which a browser sends without asking first: refused by the
+            # collector itself (the Origin is not the integration's), so nothing is queued
+            sent = driver.execute_script(
+                "return fetch(arguments[0] + '/v1/t', {method: 'POST', mode: 'no-cors', body: arguments[1]})"
+                ".then(() => 'sent', () => 'failed');",
+                f"http://127.0.0.1:{port}",
+                orjson.dumps({"event": "Sneaky", "userId": "u1", "writeKey": KEY}).decode(),
+            )
+            assert sent == "sent"
+            time.sleep(1)
         store = Store.from_url(stack.redis_url)
         try:
             assert store.stats("default").get("accepted", 0) == 0 and store.depth("default")["pending"] == 0

@@ -8,7 +8,7 @@ of their headers and stop lock everyone else out with 503s. Here:
 - a connection must finish each request's header block within HEADER_TIMEOUT_S of opening (or of its
   previous response), else it is closed;
 - a header block (request line and headers) over MAX_HEADER_BYTES is answered 431 and the connection
-  closed, before more of it is read;
+  closed, before more of it is read: the bytes are counted as they arrive, an unfinished line too;
 - open connections are capped at MAX_OPEN_CONNECTIONS (past it a new one is closed at once), apart from
   the cap on requests in flight, which the app applies (a 503 with Retry-After): idle and half-sent
   connections cost a few KB each, and no longer use up the requests' limit.
@@ -80,6 +80,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        # still in a header block: every byte counts as it arrives (httptools keeps an unfinished header
+        # line in its own buffer, unseen by on_header)
+        if self._header_deadline is not None and not self._count(len(data)):
+            return
         super().data_received(data)
 
     def on_message_begin(self) -> None:
@@ -87,21 +91,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._header_deadline is None:  # the next request on a kept-alive connection
             self._arm()
 
-    def _count(self, n: int) -> None:
+    def _count(self, n: int) -> bool:
+        """Count ``n`` more bytes of the header block; False (431 sent, closed) past the cap."""
         self._header_bytes += n
-        if self._header_bytes > MAX_HEADER_BYTES and not self._refused:
+        if self._header_bytes > MAX_HEADER_BYTES:
             self._refused = True
             self._disarm()
             self.transport.write(_431)
             self.transport.close()
+            return False
+        return True
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
         if not self._refused:
             super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
         if not self._refused:
             super().on_header(name, value)
 

@@ -68,8 +68,8 @@ def _iso(epoch_s: float) -> str:
 
 def _unserved_text(name: str, u: dict[str, Any], hint: str) -> str:
     return (
-        f"integration {name}: {u['pending']:,} records queued, but NO WORKER SERVES IT (an assembler found "
-        f"it so at {_iso(u['last_found'])}): {hint}"
+        f"integration {name}: {u['pending']:,} records queued, and an assembler that does not serve it found "
+        f"them at {_iso(u['last_found'])} (a worker or beat without the console's key?): {hint}"
     )
 
 
@@ -108,8 +108,8 @@ def _status_text(name: str, s: dict[str, Any]) -> str:
         lines.append(f"  invalid profile values left out: {s['fields_dropped']:,} ({by_key})")
     if s["not_served_since"] is not None:
         lines.append(
-            f"  NOT SERVED BY THE WORKERS (an assembler found records for it that it does not serve, at "
-            f"{_iso(s['not_served_since'])}): give every worker and beat the same CLEVERTAP_CONSOLE_KEY as "
+            f"  NOT SERVED BY SOME WORKER: an assembler that does not know it found its records at "
+            f"{_iso(s['not_served_since'])}: give every worker and beat the same CLEVERTAP_CONSOLE_KEY as "
             "the console"
         )
     if s["auth"] != "ok":

@@ -27,6 +27,9 @@ def serve(app: Any, host: str, port_: int, log_format: str, **options: Any) -> N
         "access_log": False,
         "server_header": False,
         "timeout_keep_alive": 5,
+        # never rewrite the client's address from X-Forwarded-For (uvicorn does for a loopback peer): the
+        # collector believes it only from its trusted_proxies, and the console never
+        "proxy_headers": False,
         "log_config": uvicorn_log_config(log_format),
         **options,
     }

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from pipeline.collector.browser import (
     client_address,
     cors_headers,
+    from_trusted_proxy,
     origin_allowed_anywhere,
     origin_matches,
     preflight_headers,
@@ -40,6 +41,8 @@ BODY_TIMEOUT_S = 10
 #: a 503 with Retry-After (the SDK tries again). Open connections, idle or half-sent, are capped apart
 #: (pipeline.cli.http): they no longer use up this limit.
 MAX_REQUESTS = 256
+#: Of which one client address may have this many (its bodies arriving slowly hold only its own share).
+MAX_REQUESTS_PER_CLIENT = 16
 RETRY_AFTER_BUSY_S = 1
 
 log = logging.getLogger("pipeline.collector")
@@ -77,6 +80,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         store = Store.shared(settings.redis_url, settings.key_prefix)
     state = {"settings": settings, "collector": Collector(settings, store)}
     in_flight = [0]
+    by_client: dict[str, int] = {}
 
     def current() -> Collector:
         if live is not None:
@@ -88,25 +92,30 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
     def client_of(request: Request, collector: Collector) -> str:
         peer = request.client.host if request.client else None
-        forwarded = request.headers.get("x-forwarded-for", "")
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))  # a proxy may add its own line
         return client_address(peer, forwarded, collector.settings.trusted_proxies)
 
     async def calls(request: Request) -> Response:
-        if in_flight[0] >= MAX_REQUESTS:
+        client = client_of(request, current())
+        if in_flight[0] >= MAX_REQUESTS or by_client.get(client, 0) >= MAX_REQUESTS_PER_CLIENT:
             busy = error_answer(
                 503, "busy", "the collector is busy; try again", **{"Retry-After": str(RETRY_AFTER_BUSY_S)}
             )
             return _respond(busy)
         in_flight[0] += 1
+        by_client[client] = by_client.get(client, 0) + 1
         try:
-            return await _calls(request)
+            return await _calls(request, client)
         except ClientDisconnect:  # the client hung up mid-body: nothing was queued, one short line
             log.info("a client hung up before its request's body arrived: nothing queued")
             return Response(status_code=400)
         finally:
             in_flight[0] -= 1
+            by_client[client] -= 1
+            if not by_client[client]:
+                del by_client[client]
 
-    async def _calls(request: Request) -> Response:
+    async def _calls(request: Request, client: str) -> Response:
         path = request.url.path
         limit = limit_for(path)
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -132,7 +141,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         # On the event loop, not in a thread: handling is CPU work plus one Redis round trip per 500 events,
         # and the hop to a thread cost 40% more CPU per event (bench-collect). Reading bodies stays async,
         # so a slow client holds no one up; a process handles one batch at a time (--workers for cores).
-        answer = collector.handle(path, headers, bytes(body), client_of(request, collector))
+        answer = collector.handle(path, headers, bytes(body), client)
         return _respond(answer)
 
     async def preflight(request: Request) -> Response:
@@ -172,10 +181,16 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if isinstance(found, Response):
             return found
         key, config = found
-        host = public_host(request.headers.get("host", ""))
-        if host is None:
+        host, scheme = request.headers.get("host", ""), request.url.scheme
+        peer = request.client.host if request.client else ""
+        if from_trusted_proxy(peer, collector.settings.trusted_proxies):
+            # from a trusted proxy (TLS in front): the host and scheme the page used are the proxy's
+            host = request.headers.get("x-forwarded-host", host).split(",")[0].strip()
+            scheme = request.headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
+        public = public_host(host)
+        if public is None or scheme not in ("http", "https"):
             return _respond(error_answer(400, "bad_host", "the Host header is not host[:port]"))
-        return _json(segment_settings(config, key, host, request.url.scheme), request)
+        return _json(segment_settings(config, key, public, scheme), request)
 
     async def rudderstack_config(request: Request) -> Response:
         """RudderStack's JS SDK (v3) at ``{configUrl}/sourceConfig``: the write key as HTTP Basic, or

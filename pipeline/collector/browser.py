@@ -14,10 +14,11 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline.config import IntegrationConfig
+from pipeline.events import parse_timestamp
 
 #: How long a browser may cache a preflight's answer (s): Chromium caps it at 7,200.
 PREFLIGHT_MAX_AGE_S = 600
@@ -98,11 +99,28 @@ def client_address(peer: str | None, forwarded_for: str, trusted: Sequence[str])
         return "unknown"
     networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
     if not networks or not forwarded_for or not _within(peer, networks):
-        return peer
+        return _bucket(peer)
     for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
         if hop and not _within(hop, networks):
-            return hop
-    return peer
+            return _bucket(hop)
+    return _bucket(peer)
+
+
+def _bucket(address: str) -> str:
+    """What the rate limit counts as one client: an IPv4 address, or an IPv6 /64 (one subscriber's
+    network: a client there has billions of addresses)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def from_trusted_proxy(peer: str, trusted: Sequence[str]) -> bool:
+    """Whether the socket's peer is one of ``trusted_proxies`` (whose forwarded headers are believed)."""
+    return bool(peer) and _within(peer, [ipaddress.ip_network(t, strict=False) for t in trusted])
 
 
 def _within(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
@@ -132,17 +150,35 @@ def corrected(event: dict[str, Any], received: datetime, batch_sent_at: Any = No
     """``event`` with its times corrected for the sender's clock, as Segment documents: when it carries
     ``sentAt`` (its own, or its batch's), ``timestamp`` and ``originalTimestamp`` become ``t + (receivedAt -
     sentAt)``, and ``sentAt`` the receive time. A call without ``sentAt`` is left as it came."""
-    sent = _parse(event.get("sentAt", batch_sent_at))
+    sent = _parse(event.get("sentAt")) or _parse(batch_sent_at)
     if sent is None:
         return event
     skew = received - sent
+    if abs(skew) > MAX_SKEW:  # not a clock that is off: a sentAt that is wrong; the times are left alone
+        return event
     out = dict(event)
     for key in _TIME_KEYS:
-        at = _parse(out.get(key, batch_sent_at if key == "sentAt" else None))
+        value = out.get(key, batch_sent_at if key == "sentAt" else None)
+        at = _parse(value) or _epoch(value)
         if at is not None:
-            out[key] = _iso(at + skew)
+            try:
+                out[key] = _iso(at + skew)
+            except (OverflowError, ValueError):  # past year 9999: as it came (the mapper says why)
+                continue
     out["receivedAt"] = _iso(received)
     return out
+
+
+#: A sentAt further than this from the receive time is not a visitor's clock: no correction.
+MAX_SKEW = timedelta(days=366)
+
+
+def _epoch(value: Any) -> datetime | None:
+    """Epoch seconds or milliseconds (a number, or digits), as events.py reads them."""
+    if isinstance(value, str) and not value.strip().isdigit():
+        return None
+    ts = parse_timestamp(value)
+    return datetime.fromtimestamp(ts, UTC) if ts is not None else None
 
 
 def _iso(at: datetime) -> str:

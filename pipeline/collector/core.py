@@ -31,7 +31,13 @@ from typing import Any
 import orjson
 import redis
 
-from pipeline.collector.browser import RateLimit, corrected, cors_headers, origin_matches
+from pipeline.collector.browser import (
+    RateLimit,
+    corrected,
+    cors_headers,
+    origin_allowed_anywhere,
+    origin_matches,
+)
 from pipeline.config import Settings
 from pipeline.errors import QueueFull, where
 from pipeline.ingest import TRANSIENT_REDIS_ERRORS, Ingestor
@@ -147,7 +153,11 @@ class Collector:
         received = datetime.now(UTC)
         origin = headers.get("origin")
         answer = self._handle(canonical(path), headers, body, client, origin, received)
-        if origin is not None and answer.status != 403:  # a new answer: OK and the others are shared
+        if (
+            origin is not None
+            and answer.status != 403
+            and origin_allowed_anywhere(origin, self.settings.integrations)
+        ):  # a new answer (OK and the others are shared), readable by a page on an allowed origin only
             answer = Answer(answer.status, answer.body, {**answer.headers, **cors_headers(origin)})
         return answer
 
@@ -193,10 +203,9 @@ class Collector:
         integration = self.integration_for(header_key or _text(payload.get("writeKey")))
         if integration is None:
             return UNAUTHORIZED
-        if origin is not None:
-            refused = self._browser(integration, origin, client)
-            if refused is not None:
-                return refused
+        refused = self._browser(integration, origin, client)
+        if refused is not None:
+            return refused
         if limit == MAX_BATCH_BYTES:
             events = payload.get("batch")
             if not isinstance(events, list):
@@ -217,14 +226,18 @@ class Collector:
             events = [corrected(_prepared({**payload, "type": call}, {}), received)]  # the path says the call
         return self._queue(integration, events)
 
-    def _browser(self, integration: str, origin: str, client: str) -> Answer | None:
-        """A browser's request (an Origin header): refused (403) unless the integration allows the origin,
-        429 past its rate limit per client address; None when it may go on."""
+    def _browser(self, integration: str, origin: str | None, client: str) -> Answer | None:
+        """A request with an Origin (a browser) is refused (403) unless the integration allows the origin;
+        every request with a browser key (an integration with allowed_origins: the key is in its pages,
+        so anyone has it, with or without an Origin) is held to the rate limit per client address (429).
+        None when it may go on."""
         config = self.ingestors[integration].config
-        if not origin_matches(origin, config.allowed_origins):
+        if origin is not None and not origin_matches(origin, config.allowed_origins):
             return error_answer(
                 403, "origin_not_allowed", f"origin {origin[:100]!r} may not post to this write key"
             )
+        if not config.allowed_origins:
+            return None  # a server's key: in no page
         wait = self.rate.take(client, config.browser_rate_limit, config.browser_rate_burst)
         if wait > 0:
             with contextlib.suppress(redis.RedisError):

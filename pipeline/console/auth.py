@@ -18,11 +18,14 @@ from starlette.responses import RedirectResponse, Response
 
 from pipeline.console.web import SESSION_S, console_of, form, render
 
-#: Failed logins allowed in FAILURE_WINDOW_S: from one client address, and from all of them together (a
-#: guesser spread over many addresses). Past either, logins are refused (429) until the window moves on.
+#: Failed logins allowed in FAILURE_WINDOW_S from one client address; past it, its logins are refused (429)
+#: until the window moves on. Past FAILURES_OVERALL from all addresses together (a guesser spread over
+#: many), every attempt waits OVERALL_DELAY_S first: slowed, not refused, so that nobody can lock the
+#: administrator out by guessing.
 FAILURES_PER_CLIENT = 5
 FAILURES_OVERALL = 30
 FAILURE_WINDOW_S = 60.0
+OVERALL_DELAY_S = 3.0
 #: Client addresses remembered at most (the oldest go first).
 MAX_TRACKED = 10_000
 
@@ -46,12 +49,13 @@ class LoginFailures:
     def blocked_for(self, client: str) -> float:
         """0 when ``client`` may try; else the seconds until it may."""
         mine = self.by_client.get(client, deque())
-        waits = []
         if self._recent(mine) >= FAILURES_PER_CLIENT:
-            waits.append(mine[0] + FAILURE_WINDOW_S - self.clock())
-        if self._recent(self.overall) >= FAILURES_OVERALL:
-            waits.append(self.overall[0] + FAILURE_WINDOW_S - self.clock())
-        return max(waits, default=0.0)
+            return mine[0] + FAILURE_WINDOW_S - self.clock()
+        return 0.0
+
+    def under_attack(self) -> bool:
+        """Many failures from everywhere together: every attempt is slowed."""
+        return self._recent(self.overall) >= FAILURES_OVERALL
 
     def failed(self, client: str) -> int:
         """Count a failure; returns the client's failures in the window."""
@@ -76,6 +80,8 @@ async def login(request: Request) -> Response:
         page = render(request, "login.html", status=429, error="too many failed logins: wait a minute")
         page.headers["Retry-After"] = str(max(1, math.ceil(wait)))
         return page
+    if console.login_failures.under_attack():
+        await asyncio.sleep(OVERALL_DELAY_S)
     data = await form(request)
     given = hashlib.sha256(str(data.get("password", "")).encode()).digest()
     if not hmac.compare_digest(given, console.password_digest):

@@ -28,7 +28,7 @@ local drops = cjson.decode(ARGV[9])         -- dead letter ids replayed into not
 local chunks_done = ARGV[10]                -- '' or the message's chunks done after this one
 local identity_ms = tonumber(ARGV[11])      -- how long a remembered email lasts after its last identify
 local high_water = tonumber(ARGV[12])       -- refuse the chunk when this many records wait already (0: none)
-local holds = cjson.decode(ARGV[13])        -- [[visitor, entry], ...]: anonymous events to hold
+local holds = cjson.decode(ARGV[13])        -- [[visitor, entry, dead letter it replaces or ''], ...]
 local claims = cjson.decode(ARGV[14])       -- [[visitor, first entry, last entry, count], ...] to release
 local group_claims = cjson.decode(ARGV[15]) -- per event: the visitor whose held event it is, or ''
 local hold_max, per_visitor = tonumber(ARGV[16]), tonumber(ARGV[17])
@@ -126,12 +126,12 @@ redis.call('HINCRBY', stats, 'records_queued', pushed)
 local held_now, held, full = tonumber(redis.call('GET', anon_count) or '0'), 0, 0
 for _, h in ipairs(holds) do
   local list = base .. 'anon:' .. h[1]
-  if held_now < hold_max and redis.call('LLEN', list) < per_visitor then
+  if held_now >= hold_max or redis.call('LLEN', list) >= per_visitor then
+    full = full + 1   -- a replayed one keeps its dead letter: it is not claimed
+  elseif claim(h[3] or '') then   -- a replay holds it once, and only while its dead letter is there
     redis.call('RPUSH', list, h[2])
     redis.call('ZADD', anon_idx, 'NX', now, h[1])
     held_now, held = held_now + 1, held + 1
-  else
-    full = full + 1
   end
 end
 if held > 0 then
