@@ -53,7 +53,14 @@ def test_ingest_task_maps_real_world_traffic_as_ingest_and_preview_do(task_env: 
         },
     ]
     result: Any = ingest.apply(args=(traffic,)).get()
-    assert result == {"accepted": 2, "filtered": 2, "duplicate": 0, "rejected": 0, "fields_dropped": 1}
+    assert result == {
+        "accepted": 2,
+        "filtered": 2,
+        "duplicate": 0,
+        "rejected": 0,
+        "fields_dropped": 1,
+        "held": 0,
+    }
     queued = [orjson.loads(r) for r in store.r.lrange(store.key("default", "pending"), 0, -1)]
     assert queued[0]["evtName"] == "Screen Viewed" and queued[0]["evtData"] == {"name": "Home"}
     assert queued[1]["profileData"] == {"Email": "u1@example.com", "Gender": "F"}
