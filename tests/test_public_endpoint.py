@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import orjson
 import pytest
 import requests
 
@@ -117,6 +118,27 @@ def test_an_unfinished_header_line_is_cut_at_the_cap_too(collector: tuple[int, S
     finally:
         sock.close()
     assert status.startswith(b"HTTP/1.1 431") and time.monotonic() - started < 3, status
+
+
+def test_a_big_batch_arriving_with_its_headers_in_one_read_is_not_taken_for_big_headers(
+    collector: tuple[int, Served],
+) -> None:
+    port, _ = collector
+    calls = [{"type": "track", "event": "Viewed", "userId": f"u{n}", "messageId": f"one-read-{n}",
+              "properties": {"text": "x" * 150}} for n in range(1000)]  # fmt: skip
+    body = orjson.dumps({"batch": calls, "writeKey": KEY})
+    assert len(body) > 150_000  # far over the 32 KB header cap, all of it in one write
+    head = (
+        "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(head.encode() + body)
+        status = sock.recv(64)
+    finally:
+        sock.close()
+    assert status.startswith(b"HTTP/1.1 200"), status  # it was a 431 when the body came in the same read
 
 
 def test_slow_bodies_from_one_client_do_not_lock_out_another(collector: tuple[int, Served]) -> None:

@@ -48,6 +48,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0
+        self._tail = b""  # the last bytes read of a header block, to find its end across two reads
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -65,6 +66,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _arm(self) -> None:
         self._disarm()
         self._header_bytes = 0
+        self._tail = b""
         self._header_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
 
     def _disarm(self) -> None:
@@ -80,10 +82,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        # still in a header block: every byte counts as it arrives (httptools keeps an unfinished header
-        # line in its own buffer, unseen by on_header)
-        if self._header_deadline is not None and not self._count(len(data)):
-            return
+        # still in a header block: its bytes count as they arrive (httptools keeps an unfinished header line
+        # in its own buffer, unseen by on_header), up to the blank line that ends it (the body may follow in
+        # the same read; the end may be split across two reads)
+        if self._header_deadline is not None:
+            seen = self._tail + data
+            end = seen.find(b"\r\n\r\n")
+            header_part = len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+            self._tail = seen[-3:] if end < 0 else b""
+            if not self._count(header_part):
+                return
         super().data_received(data)
 
     def on_message_begin(self) -> None:
