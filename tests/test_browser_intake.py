@@ -184,3 +184,35 @@ def test_one_call_nested_too_deep_becomes_a_dead_letter_and_the_rest_are_queued(
 def test_redirects_are_never_built_from_the_host_header(client: TestClient) -> None:
     answer = client.get("/health/", headers={"host": "evil.test"}, follow_redirects=False)
     assert answer.status_code in (404, 405) and "location" not in answer.headers
+
+
+def test_requests_ready_together_are_queued_together_each_once(redis_url: str, store: Store) -> None:
+    import asyncio
+
+    from pipeline.collector.app import GroupCommit
+    from pipeline.collector.core import Prepared
+
+    collector = Collector(settings_for(redis_url), store)
+    calls = 0
+    queue = collector.queue_many
+
+    def counted(integration: str, requests: list[Prepared]) -> Any:
+        nonlocal calls
+        calls += 1
+        return queue(integration, requests)
+
+    collector.queue_many = counted  # type: ignore[method-assign]
+
+    async def burst() -> list[int]:
+        commits = GroupCommit()
+        prepared = [
+            collector.prepare("/v1/track", {}, orjson.dumps({**track(n), "writeKey": KEY})) for n in range(40)
+        ]
+        answers = await asyncio.gather(
+            *(commits.submit(collector, p) for p in prepared if isinstance(p, Prepared))
+        )
+        return [a.status for a in answers]
+
+    assert asyncio.run(burst()) == [200] * 40
+    assert calls == 1  # one enqueue, one Redis round trip, for the forty
+    assert sorted(r["objectId"] for r in pending(store)) == sorted(f"u{n}" for n in range(40))  # each once

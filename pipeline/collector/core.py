@@ -72,6 +72,21 @@ class Answer:
 OK = Answer(200, {"success": True})
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A request the collector accepts, not yet queued: its integration, its events, and the CORS
+    headers its answer carries."""
+
+    integration: str
+    events: list[Any]
+    cors: dict[str, str]
+
+    def answered(self, answer: Answer) -> Answer:
+        if not self.cors or answer.status == 403:
+            return answer
+        return Answer(answer.status, answer.body, {**answer.headers, **self.cors})
+
+
 def error_answer(status: int, code: str, message: str, **headers: str) -> Answer:
     # {"code", "message"}: what the Segment and RudderStack SDKs read from an error answer (and log)
     return Answer(status, {"success": False, "code": code, "message": message}, dict(headers))
@@ -149,17 +164,38 @@ class Collector:
         """Answer one request. ``headers`` by lower-case name; ``body`` as read (the server stops reading
         past ``limit_for(path)``); ``client``, the client's address (for a browser's rate limit). A request
         with an ``Origin`` header (a browser) is refused unless its integration allows that origin, and
-        is rate-limited per client address; the answer carries the CORS headers it needs."""
-        received = datetime.now(UTC)
+        every request with a browser key is rate-limited per client address; the answer carries the CORS
+        headers it needs."""
+        prepared = self.prepare(path, headers, body, client)
+        if isinstance(prepared, Answer):
+            return prepared
+        return prepared.answered(self._queue(prepared.integration, prepared.events))
+
+    def prepare(
+        self, path: str, headers: Mapping[str, str], body: bytes, client: str = ""
+    ) -> Answer | Prepared:
+        """Everything :meth:`handle` does before queueing: the Answer when it refuses the request, else
+        what to queue (the app queues the requests of one event-loop turn together: :meth:`queue_many`)."""
         origin = headers.get("origin")
-        answer = self._handle(canonical(path), headers, body, client, origin, received)
-        if (
-            origin is not None
-            and answer.status != 403
-            and origin_allowed_anywhere(origin, self.settings.integrations)
-        ):  # a new answer (OK and the others are shared), readable by a page on an allowed origin only
-            answer = Answer(answer.status, answer.body, {**answer.headers, **cors_headers(origin)})
-        return answer
+        cors = (
+            cors_headers(origin)
+            if origin is not None and origin_allowed_anywhere(origin, self.settings.integrations)
+            else {}
+        )  # readable by a page on an allowed origin only
+        found = self._handle(canonical(path), headers, body, client, origin, datetime.now(UTC))
+        if isinstance(found, Answer):
+            return (
+                Answer(found.status, found.body, {**found.headers, **cors})
+                if cors and found.status != 403
+                else found
+            )
+        return Prepared(found[0], found[1], cors)
+
+    def queue_many(self, integration: str, requests: list[Prepared]) -> Answer:
+        """Queue several requests' events for one integration in one atomic enqueue (at most CHUNK events:
+        the caller groups them so): each request is queued whole, with the others or not at all, so an
+        SDK's resend after a 503 still never queues anything twice. One Redis round trip for them all."""
+        return self._queue(integration, [e for r in requests for e in r.events])
 
     def _handle(
         self,
@@ -169,7 +205,7 @@ class Collector:
         client: str,
         origin: str | None,
         received: datetime,
-    ) -> Answer:
+    ) -> Answer | tuple[str, list[Any]]:
         call = path.removeprefix("/v1/")
         if path not in ("/v1/batch", "/v1/import") and call not in CALLS:
             return error_answer(404, "not_found", f"no such endpoint: {path[:100]}")
@@ -224,7 +260,7 @@ class Collector:
             events = [corrected(_prepared(e, shared), received, sent_at) for e in events]
         else:
             events = [corrected(_prepared({**payload, "type": call}, {}), received)]  # the path says the call
-        return self._queue(integration, events)
+        return integration, events
 
     def _browser(self, integration: str, origin: str | None, client: str) -> Answer | None:
         """A request with an Origin (a browser) is refused (403) unless the integration allows the origin;
