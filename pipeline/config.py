@@ -12,9 +12,7 @@ The passcode is held in a :class:`~pipeline.secret.Secret` that never prints.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import Field, dataclass, field
@@ -26,6 +24,7 @@ from urllib.parse import urlsplit
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate, validates_schema
 
 from pipeline import constants as C
+from pipeline import formats
 from pipeline.errors import ConfigError, UnknownIntegration
 from pipeline.presets import Preset, available_presets, load_preset
 from pipeline.secret import Secret
@@ -40,59 +39,6 @@ ENV_PREFIX = "CLEVERTAP_"
 
 
 # ---------------------------------------------------------------------------------------------- schemas
-
-_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _header_safe(value: str) -> None:
-    # Sent as an HTTP header: printable ASCII only, or every send would fail inside the HTTP library.
-    if not value or not value.isascii() or not value.isprintable() or value != value.strip():
-        raise ValidationError("must be printable ASCII without surrounding spaces or line breaks")
-
-
-def _http_url(value: str) -> None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValidationError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080")
-    if parts.query or parts.fragment:
-        raise ValidationError("must be a base URL without query or fragment (/1/upload is appended)")
-
-
-def _redis_url(value: str) -> None:
-    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-        raise ValidationError("must be a redis://, rediss:// or unix:// URL")
-
-
-def _write_key(value: str) -> None:
-    # Sent by SDKs as the user name of HTTP Basic auth: printable ASCII without ':', long enough to guess.
-    if len(value) < 16 or not value.isascii() or not value.isprintable() or ":" in value or " " in value:
-        raise ValidationError("must be at least 16 printable ASCII characters, without spaces or ':'")
-
-
-_ORIGIN = re.compile(r"^https?://(\*\.)?([a-z0-9-]+\.)*[a-z0-9-]+(:[0-9]{1,5})?$")
-
-
-def _origin(value: str) -> None:
-    # What a browser sends as Origin: scheme, host, port; no path, no trailing slash, lower case.
-    if not _ORIGIN.match(value) or (value.partition("://*.")[1] and "." not in value.partition("://*.")[2]):
-        raise ValidationError(
-            f"{value[:80]!r} is not an origin: write scheme://host[:port] (http or https, lower case, no "
-            "path), or https://*.example.com for every subdomain of example.com (a wildcard needs a domain "
-            "of two labels at least: not *.com)"
-        )
-
-
-def _network(value: str) -> None:
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ValidationError(f"{value[:80]!r} is not an IP address or network (10.0.0.0/8)") from None
-
-
-def _range(lo: float, hi: float, unit: str = "") -> validate.Range:
-    return validate.Range(min=lo, max=hi, error=f"must be between {lo:g} and {hi:g}{unit}")
-
 
 # --------------------------------------------------------------------------------------------- settings
 #
@@ -135,10 +81,10 @@ class IntegrationConfig:
     account_id: str = setting(
         fields.String(
             required=True,
-            validate=validate.Regexp(_ACCOUNT_ID, error="must be 1-64 letters, digits, '-' or '_'"),
+            validate=validate.Regexp(formats.ACCOUNT_ID, error="must be 1-64 letters, digits, '-' or '_'"),
         )
     )
-    passcode: Secret = setting(fields.String(validate=_header_safe), convert=Secret, repr=False)
+    passcode: Secret = setting(fields.String(validate=formats.header_safe), convert=Secret, repr=False)
     region: str = setting(
         fields.String(
             required=True, validate=validate.OneOf(C.REGIONS, error="must be one of " + ", ".join(C.REGIONS))
@@ -147,20 +93,20 @@ class IntegrationConfig:
     passcode_env: str | None = setting(
         fields.String(
             load_default=None,
-            validate=validate.Regexp(_ENV_NAME, error="must be an environment variable name"),
+            validate=validate.Regexp(formats.ENV_NAME, error="must be an environment variable name"),
         ),
         env=None,
     )
     # The collector's write key: it authenticates an SDK and chooses the integration its events go to.
     write_key: Secret | None = setting(
-        fields.String(load_default=None, allow_none=True, validate=_write_key),
+        fields.String(load_default=None, allow_none=True, validate=formats.write_key),
         convert=lambda value: None if value is None else Secret(value),
         repr=False,
     )
     write_key_env: str | None = setting(
         fields.String(
             load_default=None,
-            validate=validate.Regexp(_ENV_NAME, error="must be an environment variable name"),
+            validate=validate.Regexp(formats.ENV_NAME, error="must be an environment variable name"),
         ),
         env=None,
     )
@@ -170,14 +116,18 @@ class IntegrationConfig:
         from_env=_comma_list,
         convert=tuple,
     )
-    api_url: str | None = setting(fields.String(load_default=None, allow_none=True, validate=_http_url))
+    api_url: str | None = setting(
+        fields.String(load_default=None, allow_none=True, validate=formats.http_url)
+    )
     batch_size: int = setting(
-        fields.Integer(load_default=C.MAX_BATCH_SIZE, validate=_range(1, C.MAX_BATCH_SIZE))
+        fields.Integer(load_default=C.MAX_BATCH_SIZE, validate=formats.between(1, C.MAX_BATCH_SIZE))
     )
     max_concurrency: int = setting(
-        fields.Integer(load_default=C.MAX_CONCURRENCY, validate=_range(1, C.MAX_CONCURRENCY))
+        fields.Integer(load_default=C.MAX_CONCURRENCY, validate=formats.between(1, C.MAX_CONCURRENCY))
     )
-    flush_interval: float = setting(fields.Float(load_default=1.0, validate=_range(0.05, 3600, " seconds")))
+    flush_interval: float = setting(
+        fields.Float(load_default=1.0, validate=formats.between(0.05, 3600, " seconds"))
+    )
     unmapped: str = setting(
         fields.String(
             load_default="pass", validate=validate.OneOf(("pass", "drop"), error="must be pass or drop")
@@ -214,46 +164,54 @@ class IntegrationConfig:
     # With anonymous = "hold": how long a visitor's anonymous events wait for an identify (or any event)
     # that says who they are, and how many the integration holds at most (past it they are filtered).
     anonymous_hold: float = setting(
-        fields.Float(load_default=C.DEFAULT_ANONYMOUS_HOLD_S, validate=_range(1, 7 * 86400, " s"))
+        fields.Float(load_default=C.DEFAULT_ANONYMOUS_HOLD_S, validate=formats.between(1, 7 * 86400, " s"))
     )
     anonymous_hold_max: int = setting(
-        fields.Integer(load_default=C.DEFAULT_ANONYMOUS_HOLD_MAX, validate=_range(1, 10**8))
+        fields.Integer(load_default=C.DEFAULT_ANONYMOUS_HOLD_MAX, validate=formats.between(1, 10**8))
     )
     # The page origins a browser may post from with this integration's write key (the collector's CORS).
     allowed_origins: tuple[str, ...] = setting(
-        fields.List(fields.String(validate=_origin), load_default=()),
+        fields.List(fields.String(validate=formats.origin), load_default=()),
         from_env=_comma_list,
         convert=tuple,
     )
     # Requests a second (and a burst) one client address may make from a browser (an Origin header): a
     # browser key is public, so it is rate-limited where a server's is not.
     browser_rate_limit: float = setting(
-        fields.Float(load_default=C.DEFAULT_BROWSER_RATE_LIMIT, validate=_range(0.1, 10_000, " requests/s"))
+        fields.Float(
+            load_default=C.DEFAULT_BROWSER_RATE_LIMIT, validate=formats.between(0.1, 10_000, " requests/s")
+        )
     )
     browser_rate_burst: int = setting(
-        fields.Integer(load_default=C.DEFAULT_BROWSER_RATE_BURST, validate=_range(1, 100_000))
+        fields.Integer(load_default=C.DEFAULT_BROWSER_RATE_BURST, validate=formats.between(1, 100_000))
     )
     max_event_properties: int = setting(
-        fields.Integer(load_default=C.DEFAULT_MAX_EVENT_PROPERTIES, validate=_range(1, 1024))
+        fields.Integer(load_default=C.DEFAULT_MAX_EVENT_PROPERTIES, validate=formats.between(1, 1024))
     )
     dedup_window: float = setting(
-        fields.Float(load_default=C.DEFAULT_DEDUP_WINDOW_S, validate=_range(0, 30 * 86400, " s"))
+        fields.Float(load_default=C.DEFAULT_DEDUP_WINDOW_S, validate=formats.between(0, 30 * 86400, " s"))
     )
     give_up_age: float = setting(
-        fields.Float(load_default=C.DEFAULT_GIVE_UP_AGE_S, validate=_range(1, 30 * 86400, " s"))
+        fields.Float(load_default=C.DEFAULT_GIVE_UP_AGE_S, validate=formats.between(1, 30 * 86400, " s"))
     )
     identity_retention: float = setting(
-        fields.Float(load_default=C.DEFAULT_IDENTITY_RETENTION_S, validate=_range(0, 3650 * 86400, " s"))
+        fields.Float(
+            load_default=C.DEFAULT_IDENTITY_RETENTION_S, validate=formats.between(0, 3650 * 86400, " s")
+        )
     )
-    max_pending: int = setting(fields.Integer(load_default=C.DEFAULT_MAX_PENDING, validate=_range(0, 10**10)))
+    max_pending: int = setting(
+        fields.Integer(load_default=C.DEFAULT_MAX_PENDING, validate=formats.between(0, 10**10))
+    )
     dead_letter_max_age: float = setting(
-        fields.Float(load_default=C.DEFAULT_DEAD_LETTER_MAX_AGE_S, validate=_range(0, 3650 * 86400, " s"))
+        fields.Float(
+            load_default=C.DEFAULT_DEAD_LETTER_MAX_AGE_S, validate=formats.between(0, 3650 * 86400, " s")
+        )
     )
     debugger_size: int = setting(
-        fields.Integer(load_default=C.DEFAULT_DEBUGGER_SIZE, validate=_range(0, C.MAX_DEBUGGER_SIZE))
+        fields.Integer(load_default=C.DEFAULT_DEBUGGER_SIZE, validate=formats.between(0, C.MAX_DEBUGGER_SIZE))
     )
     dead_letter_max_count: int = setting(
-        fields.Integer(load_default=C.DEFAULT_DEAD_LETTER_MAX_COUNT, validate=_range(0, 10**9))
+        fields.Integer(load_default=C.DEFAULT_DEAD_LETTER_MAX_COUNT, validate=formats.between(0, 10**9))
     )
     event_renames: Mapping[str, str] = setting(
         fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict, data_key="events"),
@@ -303,7 +261,7 @@ class Settings:
 
     integrations: Mapping[str, IntegrationConfig]
     redis_url: str = setting(
-        fields.String(load_default=C.DEFAULT_REDIS_URL, validate=_redis_url), env="REDIS_URL"
+        fields.String(load_default=C.DEFAULT_REDIS_URL, validate=formats.redis_url), env="REDIS_URL"
     )
     key_prefix: str = setting(
         fields.String(
@@ -312,23 +270,23 @@ class Settings:
         )
     )
     connect_timeout: float = setting(
-        fields.Float(load_default=C.DEFAULT_CONNECT_TIMEOUT_S, validate=_range(0.1, 60, " s"))
+        fields.Float(load_default=C.DEFAULT_CONNECT_TIMEOUT_S, validate=formats.between(0.1, 60, " s"))
     )
     read_timeout: float = setting(
-        fields.Float(load_default=C.DEFAULT_READ_TIMEOUT_S, validate=_range(0.1, 600, " s"))
+        fields.Float(load_default=C.DEFAULT_READ_TIMEOUT_S, validate=formats.between(0.1, 600, " s"))
     )
     token_lease: float = setting(
-        fields.Float(load_default=C.DEFAULT_TOKEN_LEASE_S, validate=_range(1, 3600, " s"))
+        fields.Float(load_default=C.DEFAULT_TOKEN_LEASE_S, validate=formats.between(1, 3600, " s"))
     )
     auth_probe_interval: float = setting(
-        fields.Float(load_default=C.DEFAULT_AUTH_PROBE_INTERVAL_S, validate=_range(0.1, 86400, " s"))
+        fields.Float(load_default=C.DEFAULT_AUTH_PROBE_INTERVAL_S, validate=formats.between(0.1, 86400, " s"))
     )
     sweep_grace: float = setting(
-        fields.Float(load_default=C.DEFAULT_SWEEP_GRACE_S, validate=_range(1, 3600, " s"))
+        fields.Float(load_default=C.DEFAULT_SWEEP_GRACE_S, validate=formats.between(1, 3600, " s"))
     )
     # Proxies (addresses or networks) whose X-Forwarded-For the collector believes for a client's address.
     trusted_proxies: tuple[str, ...] = setting(
-        fields.List(fields.String(validate=_network), load_default=()),
+        fields.List(fields.String(validate=formats.network), load_default=()),
         from_env=_comma_list,
         convert=tuple,
     )
@@ -639,7 +597,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 )
                 continue
             try:
-                _write_key(spec["write_key"])
+                formats.write_key(spec["write_key"])
             except ValidationError as exc:
                 errors.append(
                     (f"integrations.{name}.write_key_env", f"{spec['write_key_env']}: {exc.messages[0]}")
