@@ -294,7 +294,7 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store) 
         sys.executable, "-c", "import sys; from pipeline.cli.serving import serve; "
         "from pipeline.local.bare_app import app; serve(app, '127.0.0.1', int(sys.argv[1]), 'text')",
     ]  # fmt: skip
-    rates, per_core, p50s, p99s, bare_rates, refused = [], [], [], [], [], 0
+    rates, per_core, p50s, p99s, bare_rates, bare_per_core, refused = [], [], [], [], [], [], 0
     for run in range(args.runs):
         group = ProcessGroup()
         try:
@@ -316,9 +316,11 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store) 
         group = ProcessGroup()
         try:
             bare_port = free_port()
-            _serve(group, "bare", [*bare_command, str(bare_port)], env, bare_port)
+            bare_child = _serve(group, "bare", [*bare_command, str(bare_port)], env, bare_port)
             bare = Load(bare_port, _browser_bodies(run, int(args.seconds * 12000) + 100), browser=True)
+            bare_cpu0 = _cpu_s(bare_child.pid)
             bare_wall = bare.flat_out(args.threads, args.seconds)
+            bare_cpu = _cpu_s(bare_child.pid) - bare_cpu0
             bare_rate = bare.requests / bare_wall
         finally:
             group.stop()
@@ -327,11 +329,14 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store) 
         p50s.append(p50 * 1000)
         p99s.append(p99 * 1000)
         bare_rates.append(bare_rate)
+        bare_per_core.append(bare.requests / bare_cpu)
         print(
             f"browser run {run + 1}: {rate:,.0f} requests/s = events/s "
             f"({load.requests / cpu:,.0f} per core of collector CPU); at {rate / 2:,.0f}/s: "
             f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; bare Starlette endpoint "
-            f"{bare_rate:,.0f} requests/s (collector {rate / bare_rate:.2f}x)",
+            f"{bare_rate:,.0f} requests/s, {bare.requests / bare_cpu:,.0f} per core "
+            f"(collector {rate / bare_rate:.2f}x, "
+            f"{load.requests / cpu / (bare.requests / bare_cpu):.2f}x per core)",
             flush=True,
         )
     med = statistics.median
@@ -345,6 +350,11 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store) 
     print(
         f"against a bare endpoint:  {med(bare_rates):,.0f} requests/s; collector {ratio:.2f}x "
         "(goal: at least 0.5x)"
+    )
+    per_core_ratio = med(c / b for c, b in zip(per_core, bare_per_core, strict=True))
+    print(
+        f"per core of CPU:          collector {med(per_core):,.0f} requests/s, "
+        f"bare {med(bare_per_core):,.0f}; {per_core_ratio:.2f}x"
     )
     if refused:
         print(f"refused requests: {refused} (should be 0)")
