@@ -128,3 +128,9 @@ SEND_QUEUE = "clevertap.send"
 
 #: Custom profile keys CleverTap keeps per profile (Upload User Profiles API page).
 MAX_PROFILE_CUSTOM_KEYS = 256
+
+#: How long an enqueue's answer is kept under its call id (P:{I}:call:<id>): redis-py sends a command again
+#: after a timeout or a dropped connection (10 tries, backing off to 1 s, each up to its socket timeout),
+#: and the repeat of a call that had run answers from here instead of queueing its events twice. About
+#: 100 bytes of Redis a call while kept.
+ENQUEUE_ANSWER_KEPT_MS = 120_000

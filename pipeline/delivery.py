@@ -30,6 +30,7 @@ from pipeline.limiter import Limiter, RedisTokens
 from pipeline.policy import (
     Action,
     Attempt,
+    BatchHistory,
     Classified,
     Decision,
     Kind,
@@ -37,7 +38,7 @@ from pipeline.policy import (
     classify,
     decide,
 )
-from pipeline.store import Debug, LeaseStatus, Store
+from pipeline.store import OUTAGE_ERRORS, Debug, LeaseStatus, Store
 
 log = logging.getLogger("pipeline.delivery")
 #: One line per send_batch run, with the outcome's fields attached (see pipeline.logs).
@@ -65,6 +66,11 @@ TOKEN_WAIT_S = 0.5
 #: On an event-loop pool (gevent) a waiting send costs a greenlet, not a thread another account needs, so
 #: it waits longer and gives its batch back far less often: no gap when a token frees.
 TOKEN_WAIT_COOPERATIVE_S = 5.0
+#: Recording an outcome through a store outage: the first wait, the longest, and how long before the batch's
+#: lease ends it stops (10% of the lease if that is longer): past it the sweep would re-send the batch anyway.
+RECORD_FIRST_DELAY_S = 0.1
+RECORD_MAX_DELAY_S = 2.0
+RECORD_MARGIN_S = 5.0
 
 
 def cooperative() -> bool:
@@ -207,6 +213,7 @@ class _Sent:
     records: list[bytes]
     attempt_no: int  # 1 for the first send of the batch
     attempt: Attempt
+    history: BatchHistory  # the batch's, as its lease found it
 
     def debugger_entry(self, result: SendResult, reason: str) -> Debug:
         """The event debugger's entry for this attempt (None when the integration keeps none)."""
@@ -330,10 +337,13 @@ class Deliverer:
         if lease.status is not LeaseStatus.OK:
             return SendReport(name, batch_id, _SKIPPED[lease.status])
         started = time.perf_counter()
-        with self.limiter.token(
-            config.account_id, config.max_concurrency, self.settings.token_lease, self.token_wait_s
-        ) as got:
-            if not got:
+        lease_ends = time.monotonic() + self.batch_lease_s
+        token: str | None = None
+        try:
+            token = self.limiter.acquire(
+                config.account_id, config.max_concurrency, self.settings.token_lease, self.token_wait_s
+            )
+            if token is None:
                 delay = self.rng.uniform(0.1, 0.5)
                 gen = self.store.unlease(name, batch_id, owner, delay)
                 self.store.incr(name, "token_waits")
@@ -341,27 +351,26 @@ class Deliverer:
                     self.dispatch(name, batch_id, delay, gen)
                 return SendReport(name, batch_id, SendResult.NO_TOKEN, delay_s=delay)
             records = self.store.batch_records(name, batch_id)
-            try:
-                attempt = self.client.upload(config, join_records(records))
-            except Exception as exc:
-                # Not an HTTP outcome but a bug or an unexpected library error: a transient failure, so it
-                # backs off and gives up like any other instead of failing the task on every sweep.
-                # Type and place only: an HTTP library's message can quote header values (the passcode).
-                log.error("batch %s [%s]: unexpected %s while sending", batch_id, name, where(exc))
-                attempt = Attempt(None, error=f"internal error: {type(exc).__name__}")
-        assert lease.history is not None  # an OK lease carries the batch's history
-        history = lease.history
-        sent = _Sent(config, batch_id, owner, records, history.attempts + 1, attempt)
+        except OUTAGE_ERRORS as exc:
+            # Nothing was sent: give the batch back as soon as the store answers again, rather than leave
+            # it leased (and the account's slot taken) until the lease ends.
+            return self._give_back(config, batch_id, owner, token, lease_ends, exc)
         try:
-            classified = classify(attempt, records)
-            decision = decide(classified, records, history, config.give_up_age, self.rng)
-            report = self._apply(sent, classified, decision)
+            attempt = self.client.upload(config, join_records(records))
         except Exception as exc:
-            # A response nobody foresaw, or a bug in what follows it: still an attempt, counted like a
-            # transient failure, so a batch that keeps failing this way ends in the dead letters.
-            log.error("batch %s [%s]: the response could not be processed: %s", batch_id, name, where(exc))
-            decision = after_internal_error(where(exc), records, history, config.give_up_age)
-            report = self._apply(sent, Classified(Kind.TRANSIENT, decision.reason, attempt.status), decision)
+            # Not an HTTP outcome but a bug or an unexpected library error: a transient failure, so it
+            # backs off and gives up like any other instead of failing the task on every sweep.
+            # Type and place only: an HTTP library's message can quote header values (the passcode).
+            log.error("batch %s [%s]: unexpected %s while sending", batch_id, name, where(exc))
+            attempt = Attempt(None, error=f"internal error: {type(exc).__name__}")
+        assert lease.history is not None  # an OK lease carries the batch's history
+        sent = _Sent(config, batch_id, owner, records, lease.history.attempts + 1, attempt, lease.history)
+        # CleverTap has answered (or the request failed): record what that comes to before anything else,
+        # through a store outage, for as long as the batch's lease lasts. A batch whose answer is not
+        # recorded is sent again when its lease ends, and CleverTap has no idempotency key.
+        report = self._record(sent, lease_ends)
+        # Then give the token back; one that cannot be released ends with its lease.
+        self._quietly(lambda: self.limiter.release(config.account_id, token, config.max_concurrency))
         report.elapsed_s = time.perf_counter() - started
         report.attempt, report.http_status = sent.attempt_no, attempt.status
         report.latency_s = attempt.elapsed_s
@@ -371,6 +380,99 @@ class Deliverer:
         except redis.RedisError as exc:
             log.warning("account %s: request metrics not recorded: %s", config.account_id, where(exc))
         return report
+
+    def _outcome(self, sent: _Sent) -> SendReport:
+        """Classify the answer and record what it comes to. A store outage propagates (see _record): it is
+        never taken for an internal error, which would record a retry of a batch CleverTap has stored."""
+        attempt, records, config = sent.attempt, sent.records, sent.config
+        try:
+            classified = classify(attempt, records)
+            decision = decide(classified, records, sent.history, config.give_up_age, self.rng)
+            return self._apply(sent, classified, decision)
+        except OUTAGE_ERRORS:
+            raise
+        except Exception as exc:
+            # A response nobody foresaw, or a bug in what follows it: still an attempt, counted like a
+            # transient failure, so a batch that keeps failing this way ends in the dead letters.
+            log.error("batch %s [%s]: the response could not be processed: %s", sent.batch_id, config.name,
+                      where(exc))  # fmt: skip
+            decision = after_internal_error(where(exc), records, sent.history, config.give_up_age)
+            return self._apply(sent, Classified(Kind.TRANSIENT, decision.reason, attempt.status), decision)
+
+    def _record(self, sent: _Sent, lease_ends: float) -> SendReport:
+        """:meth:`_outcome`, tried again on a store outage (capped backoff) until shortly before the batch's
+        lease ends. Every step it takes is safe to repeat: a script that ran but whose answer was lost is a
+        no-op the second time (the batch's lease and owner say so)."""
+        give_up_at = lease_ends - max(RECORD_MARGIN_S, self.batch_lease_s * 0.1)
+        delay, tries = RECORD_FIRST_DELAY_S, 0
+        while True:
+            try:
+                report = self._outcome(sent)
+                if tries:
+                    log.warning(
+                        "batch %s [%s]: outcome recorded after the store came back (%d tries)",
+                        sent.batch_id, sent.config.name, tries + 1,
+                    )  # fmt: skip
+                return report
+            except OUTAGE_ERRORS as exc:
+                tries += 1
+                if time.monotonic() + delay >= give_up_at:
+                    log.error(
+                        "batch %s [%s]: CleverTap answered %s but the store stayed unreachable (%s); the "
+                        "outcome is not recorded and the batch goes again when its lease ends",
+                        sent.batch_id, sent.config.name, sent.attempt.status or "nothing", where(exc),
+                    )  # fmt: skip
+                    raise
+                if tries == 1:
+                    log.warning(
+                        "batch %s [%s]: the store is unreachable (%s); recording the outcome again until it "
+                        "answers", sent.batch_id, sent.config.name, where(exc),
+                    )  # fmt: skip
+                time.sleep(delay)
+                delay = min(delay * 2, RECORD_MAX_DELAY_S)
+
+    def _give_back(
+        self,
+        config: IntegrationConfig,
+        batch_id: str,
+        owner: str,
+        token: str | None,
+        lease_ends: float,
+        error: BaseException,
+    ) -> SendReport:
+        """Before anything was sent the store went away: once it answers, release the token and make the
+        batch due at once (a new generation, dispatched); if it does not answer before the lease would have
+        ended anyway, the sweep re-publishes the batch as it does for a killed worker."""
+        name = config.name
+        log.warning("batch %s [%s]: the store failed before the send (%s); giving it back", batch_id, name,
+                    where(error))  # fmt: skip
+        give_up_at = lease_ends - max(RECORD_MARGIN_S, self.batch_lease_s * 0.1)
+        delay = RECORD_FIRST_DELAY_S
+        while True:
+            try:
+                if token is not None:
+                    self.limiter.release(config.account_id, token, config.max_concurrency)
+                    token = None
+                gen = self.store.unlease(name, batch_id, owner, 0.0)
+                break
+            except OUTAGE_ERRORS:
+                if time.monotonic() + delay >= give_up_at:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, RECORD_MAX_DELAY_S)
+        if gen:
+            self._quietly(lambda: self.dispatch(name, batch_id, 0.0, gen))
+        return SendReport(
+            name, batch_id, SendResult.RETRY, detail=f"store failed before the send: {where(error)}"
+        )
+
+    @staticmethod
+    def _quietly(step: Callable[[], Any]) -> None:
+        """A step whose failure costs nothing that the sweep or a lease does not make good."""
+        try:
+            step()
+        except Exception as exc:
+            log.warning("not done (the sweep or a lease's end makes up for it): %s", where(exc))
 
     def _apply(self, sent: _Sent, c: Classified, d: Decision) -> SendReport:
         """Record what the answer comes to (one script), then dispatch what follows from it."""

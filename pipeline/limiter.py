@@ -83,22 +83,33 @@ class Limiter:
     def __init__(self, backend: TokenBackend) -> None:
         self.backend = backend
 
+    def acquire(self, account: str, limit: int, lease_s: float, wait_s: float = 0.5) -> str | None:
+        """A token held for ``account`` (its id, to :meth:`release`), or None after ``wait_s`` without one:
+        the caller then gives its work back with a short countdown instead of blocking a worker. Waiting
+        blocks on the backend's release signal, so waiters cost nothing while slots are busy. A token never
+        released ends with its lease."""
+        token = secrets.token_hex(8)
+        deadline = time.monotonic() + wait_s
+        while True:
+            acquired, _ = self.backend.acquire(account, limit, lease_s, token)
+            remaining = deadline - time.monotonic()
+            if acquired:
+                return token
+            if remaining <= 0:
+                return None
+            self.backend.wait(account, min(remaining, RECHECK_S))
+
+    def release(self, account: str, token: str, limit: int) -> bool:
+        """Give ``token`` back and wake a waiter; False when its lease had already ended."""
+        return self.backend.release(account, token, limit)
+
     @contextmanager
     def token(self, account: str, limit: int, lease_s: float, wait_s: float = 0.5) -> Iterator[bool]:
         """Yield True holding a token (released on exit, whatever happens), or False after ``wait_s`` without
-        one: the caller then gives its work back with a short countdown instead of blocking a worker.
-        Waiting blocks on the backend's release signal, so waiters cost nothing while slots are busy."""
-        token = secrets.token_hex(8)
-        acquired = False
-        deadline = time.monotonic() + wait_s
+        one (:meth:`acquire`)."""
+        token = self.acquire(account, limit, lease_s, wait_s)
         try:
-            while True:
-                acquired, _ = self.backend.acquire(account, limit, lease_s, token)
-                remaining = deadline - time.monotonic()
-                if acquired or remaining <= 0:
-                    break
-                self.backend.wait(account, min(remaining, RECHECK_S))
-            yield acquired
+            yield token is not None
         finally:
-            if acquired:
-                self.backend.release(account, token, limit)
+            if token is not None:
+                self.release(account, token, limit)

@@ -33,6 +33,17 @@ from pipeline.errors import QueueFull
 from pipeline.keys import KeyLayout
 from pipeline.policy import BatchHistory, RetryKind
 
+#: The store is away for now (down, restarting and loading its data, failing over, or a cluster moving
+#: slots), not refusing what was asked: worth trying again shortly. A call that failed this way may or may
+#: not have run, so only a step that is safe to repeat is tried again.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError,  # BusyLoadingError too (restarted, loading its AOF)
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,  # a primary demoted in a failover
+    redis.exceptions.ClusterDownError,  # MasterDownError too
+    redis.exceptions.TryAgainError,
+)
+
 
 def _lua(path: str) -> str:
     """A script's text, with each ``--! include NAME`` line replaced by ``pipeline/lua/lib/NAME.lua``."""
@@ -260,6 +271,8 @@ class Store(AccountCalls, KeyLayout):
         keys.append(self.key(integration, "dead:kinds"))
         keys.append(self.key(integration, "anon:idx"))
         keys.append(self.key(integration, "anon:count"))
+        keys.append(self.key(integration, f"call:{secrets.token_hex(8)}"))
+        args.append(C.ENQUEUE_ANSWER_KEPT_MS)
         result = cast(list[int], self._then_ready("enqueue", keys, args, integration))
         if int(result[0]) < 0:
             raise QueueFull(

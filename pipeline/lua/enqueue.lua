@@ -12,10 +12,13 @@
 -- only if the list still starts and ends with the entries the caller mapped (no other enqueue took them).
 -- Returns {records pushed, events skipped (already replayed, or held ones released elsewhere first),
 -- anonymous events not held (the hold full), 0-based index of each duplicate event...}, or {-1} when the
--- integration's queue is past its high-water mark (nothing written).
+-- integration's queue is past its high-water mark (nothing written). The same call sent again (redis-py
+-- resends after a timeout or a dropped connection, though the first may have run) answers what the first
+-- did and writes nothing: events without a messageId are never queued twice that way.
 local pending, arrivals, flow, seen, ids, dead, dead_idx, stats, progress, ids_seen, dead_kinds =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local anon_idx, anon_count = KEYS[12], KEYS[13]
+local call = KEYS[14]                       -- this call's id: its answer, kept a while
 local window_ms = tonumber(ARGV[1])
 local message_ids = cjson.decode(ARGV[2])   -- one per event, '' when it has none
 local counts = cjson.decode(ARGV[3])        -- records per event
@@ -33,6 +36,9 @@ local claims = cjson.decode(ARGV[14])       -- [[visitor, first entry, last entr
 local group_claims = cjson.decode(ARGV[15]) -- per event: the visitor whose held event it is, or ''
 local hold_max, per_visitor = tonumber(ARGV[16]), tonumber(ARGV[17])
 local base = ARGV[18]                       -- the integration's key base 'P:{I}:'; anon:<visitor> below it
+
+local done = redis.call('GET', call)
+if done then return cjson.decode(done) end
 
 --! include now
 
@@ -145,4 +151,5 @@ end
 if chunks_done ~= '' then redis.call('SET', progress, chunks_done, 'EX', 86400) end
 local out = {pushed, skipped, full}
 for _, d in ipairs(dups) do out[#out + 1] = d end
+redis.call('SET', call, cjson.encode(out), 'PX', ARGV[19])
 return out

@@ -11,8 +11,10 @@ local debug_entry, debug_size = ARGV[6] or '', tonumber(ARGV[7] or '0')
 --! include debugger
 
 --! include lease
+if redis.call('HGET', meta, 'recorded') == owner then return 1 end  -- run twice: nothing counted again
 if not batch_left() then return 0 end
 record_attempt()
+redis.call('HSET', meta, 'recorded', owner)
 
 redis.call('ZREM', open, bid)
 redis.call('ZADD', held, now, bid)

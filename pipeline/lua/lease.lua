@@ -28,7 +28,9 @@ end
 -- through the broker to gain nothing.
 local EARLY_SLACK_MS = 50
 if tonumber(due) > now + EARLY_SLACK_MS then return {'early', now, due} end
-if not redis.call('SET', base .. 'lease:' .. bid, owner, 'NX', 'PX', lease_ms) then
+-- The same owner again is this very call sent twice (a client's retry after a lost answer): still its lease.
+local lease = base .. 'lease:' .. bid
+if not redis.call('SET', lease, owner, 'NX', 'PX', lease_ms) and redis.call('GET', lease) ~= owner then
   return {'leased', now}
 end
 local m = redis.call('HMGET', meta, 'created', 'attempts', 'failures', 'throttles', 'first_failure',

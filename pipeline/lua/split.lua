@@ -12,6 +12,15 @@ local debug_entry, debug_size = ARGV[4] or '', tonumber(ARGV[5] or '0')
 --! include lease
 local batch = base .. 'batch:' .. bid
 local body = redis.call('GET', batch)
+if not body and redis.call('EXISTS', meta) == 0 then
+  -- gone: finished elsewhere, or split by this very call sent twice (a client's retry after a lost
+  -- answer), whose halves are what it returns again
+  local made = {}
+  for _, part in ipairs({'a', 'b'}) do
+    if redis.call('EXISTS', base .. 'meta:' .. bid .. part) == 1 then made[#made + 1] = bid .. part end
+  end
+  return made
+end
 if not batch_left() or not body then return {} end
 record_attempt()
 
