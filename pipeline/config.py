@@ -263,6 +263,20 @@ class Settings:
     redis_url: str = setting(
         fields.String(load_default=C.DEFAULT_REDIS_URL, validate=formats.redis_url), env="REDIS_URL"
     )
+    # The store on Redis Cluster: redis-py's cluster client on redis_url (any node; it finds the rest).
+    redis_cluster: bool = setting(fields.Boolean(load_default=False), env="CLEVERTAP_REDIS_CLUSTER")
+    # Celery's broker (default: redis_url). kombu has no cluster transport: with redis_cluster it must name
+    # a plain Redis, or a Sentinel-managed one (sentinel://).
+    broker_url: str | None = setting(
+        fields.String(load_default=None, allow_none=True, validate=formats.broker_url),
+        env="CELERY_BROKER_URL",
+        repr=False,
+    )
+    # Ingest and the collector's 200 wait until this many replicas have each write (WAIT).
+    redis_wait_replicas: int = setting(
+        fields.Integer(load_default=0, validate=validate.Range(0, 16, error="must be 0 to 16")),
+        env="CLEVERTAP_REDIS_WAIT_REPLICAS",
+    )
     key_prefix: str = setting(
         fields.String(
             load_default=C.DEFAULT_KEY_PREFIX,
@@ -331,6 +345,7 @@ class Settings:
             "source": self.source,
             **_public(self),
             "redis_url": _mask_url(self.redis_url),
+            "broker_url": _mask_url(self.broker_url) if self.broker_url else None,
             "integrations": {n: i.public_dict() for n, i in sorted(self.integrations.items())},
         }
 
@@ -393,6 +408,18 @@ class SettingsSchema(_schema_from(Settings, "SettingsFields")):  # type: ignore[
         values=fields.Nested(IntegrationSchema),
         load_default=dict,  # none is an error unless the console provides them (checked in load_settings)
     )
+
+    @validates_schema
+    def _broker_apart_from_a_cluster(self, data: dict[str, Any], **_: Any) -> None:
+        if not data.get("redis_cluster"):
+            return
+        broker = data.get("broker_url")
+        if not broker or broker == data.get("redis_url", C.DEFAULT_REDIS_URL):
+            raise ValidationError(
+                "with redis_cluster, Celery's broker must be a plain Redis or a Sentinel-managed one "
+                "(kombu has no cluster transport): set CELERY_BROKER_URL (broker_url) to it",
+                "broker_url",
+            )
 
     @validates_schema
     def _lease_outlives_request(self, data: dict[str, Any], **_: Any) -> None:

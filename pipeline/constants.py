@@ -134,3 +134,6 @@ MAX_PROFILE_CUSTOM_KEYS = 256
 #: and the repeat of a call that had run answers from here instead of queueing its events twice. About
 #: 100 bytes of Redis a call while kept.
 ENQUEUE_ANSWER_KEPT_MS = 120_000
+
+#: With redis_wait_replicas, how long ingest and the collector wait for the replicas to confirm a write.
+WAIT_TIMEOUT_MS = 2000

@@ -32,6 +32,11 @@ def redis_url(value: str) -> None:
         raise ValidationError("must be a redis://, rediss:// or unix:// URL")
 
 
+def broker_url(value: str) -> None:
+    if urlsplit(value).scheme not in ("redis", "rediss", "sentinel", "unix"):
+        raise ValidationError("must be a redis://, rediss://, sentinel:// or unix:// URL (a Redis broker)")
+
+
 def write_key(value: str) -> None:
     # Sent by SDKs as the user name of HTTP Basic auth: printable ASCII without ':', long enough to guess.
     if len(value) < 16 or not value.isascii() or not value.isprintable() or ":" in value or " " in value:

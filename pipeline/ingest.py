@@ -452,7 +452,7 @@ def ingest(
     if settings is None:
         settings = load_settings()
     config = settings.integration(integration)
-    return Ingestor(store or Store.shared(settings.redis_url, settings.key_prefix), config).ingest(events)
+    return Ingestor(store or Store.for_settings(settings), config).ingest(events)
 
 
 def read_events(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:

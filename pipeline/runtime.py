@@ -35,7 +35,7 @@ def settings() -> Settings:
 
 def store() -> Store:
     s = settings()
-    return Store.shared(s.redis_url, s.key_prefix)
+    return Store.for_settings(s)
 
 
 def ingest(events: list[Any], integration: str = "default", message_id: str | None = None) -> IngestResult:

