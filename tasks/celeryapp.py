@@ -22,8 +22,10 @@ from pipeline.errors import ConfigError
 from pipeline.logs import use_format
 from pipeline.saved import fernet_from
 from pipeline.store import broker_is_a_cluster, eviction_warning
+from tasks import kombu_patch
 
 log = logging.getLogger(__name__)
+kombu_patch.apply()  # a worker outlives a Redis restart (see tasks/kombu_patch.py)
 
 app = Celery("clevertap_pipeline", include=["tasks.pipeline_tasks"])
 

@@ -33,9 +33,9 @@ def runs(tmp_path: Path) -> Iterator[Callable[..., FaultRun]]:
         run.close()
 
 
-def finished(run: FaultRun, timeout_s: float = 120, supervise: bool = False) -> str:
+def finished(run: FaultRun, timeout_s: float = 120) -> str:
     """Wait until nothing is queued, open or held; return the accounting (asserted exact)."""
-    assert run.wait_drained(timeout_s, supervise), run.logs()
+    assert run.wait_drained(timeout_s), run.logs()
     a = run.account()
     print(a.summary())  # shown with -s, and on failure
     assert a.ok, a.summary() + "\n" + run.logs()
@@ -58,7 +58,8 @@ def test_1_three_workers_sigkilled_mid_send_lose_nothing(runs: Callable[..., Fau
 def test_2_redis_killed_and_restarted_mid_run_loses_nothing(runs: Callable[..., FaultRun]) -> None:
     run = runs("--latency-ms", "300")  # appendfsync always (FaultRun's default)
     run.ingest(3000)
-    run.worker()
+    for _ in range(3):  # 24 threads for the account's 15 tokens: some wait with messages unacked
+        run.worker()
     run.beat()
     assert run.wait_for_sends(), run.logs()
     assert run.stack.redis is not None
@@ -66,11 +67,12 @@ def test_2_redis_killed_and_restarted_mid_run_loses_nothing(runs: Callable[..., 
     time.sleep(2)
     run.stack.redis.start()  # same port, same directory: workers and beat reconnect
     run.ingest(1000)  # and ingest works again
-    # A celery worker sometimes exits (status 1) when its broker dies under it: kombu fails closing its hub
-    # (AttributeError in the Redis transport's _connparams). In production its supervisor starts it again
-    # (compose: restart: unless-stopped); here the run does the same, and the accounting shows nothing lost.
-    finished(run, 150, supervise=True)
-    print(f"workers started again after exiting on their own: {run.restarts}")
+    # No worker may exit: kombu 5.7 made one that held unacked messages exit on a broker restart
+    # (tasks/kombu_patch.py); a worker that exits fails the run here (wait_drained checks every process).
+    summary = finished(run, 150)
+    # Every answer CleverTap gave was recorded through the outage, so no batch went twice: duplicates come
+    # only from requests whose answer never arrived, and this emulator answers every one.
+    assert run.account().duplicates == 0, summary
 
 
 def test_3_an_api_outage_of_ten_seconds_then_back(runs: Callable[..., FaultRun]) -> None:

@@ -3,6 +3,8 @@ restart picks up what was in flight."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shlex
 import signal
@@ -13,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 import requests
 
 from pipeline.config import load_settings
@@ -96,6 +99,28 @@ def test_run_delivers_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert code == 0, "".join(run.lines)
     assert "stopped" in run.lines[-1]
     assert all(gone(pid) for pid in run.pids)  # no orphans
+
+
+def test_run_starts_again_a_worker_or_redis_that_exits_on_its_own(tmp_path: Path) -> None:
+    """One Redis restart or a crashed worker must not stop a one-machine pipeline: ``run`` supervises."""
+    run = Run(tmp_path / "data")
+    try:
+        worker_pid = run.pids[0]
+        os.kill(worker_pid, signal.SIGKILL)
+        assert run.proc.stdout is not None
+        line = run.proc.stdout.readline().decode()
+        run.lines.append(line)
+        assert line.startswith("worker1 exited on its own (status -9); started it again"), line
+        with contextlib.suppress(redis.ConnectionError):
+            run.store.r.shutdown(nosave=True)  # Redis goes away (its AOF stays)
+        line = run.proc.stdout.readline().decode()
+        run.lines.append(line)
+        assert line.startswith("the embedded Redis exited on its own; started it again"), line
+        result = ingest(generate(300, seed=2), settings=run.settings, store=run.store)
+        assert wait_for(lambda: run.stored() == result.records, 60), "".join(run.lines)
+    finally:
+        code = run.stop()
+    assert code == 0, "".join(run.lines)
 
 
 def test_the_lines_run_prints_are_all_another_shell_needs(tmp_path: Path) -> None:

@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
             while True:
-                stack.check()
+                for what in stack.supervise():  # what exited on its own starts again, and says so
+                    print(f"{what}; started it again", flush=True)
                 time.sleep(0.5)
         except KeyboardInterrupt:
             print("stopping", flush=True)

@@ -154,7 +154,6 @@ class FaultRun:
         self.store = Store.from_url(self.stack.redis_url, self.settings.key_prefix)
         self.traced = 0
         self.ingested = IngestResult()
-        self.restarts = 0  # workers that exited on their own and were started again (supervise)
 
     # --------------------------------------------------------------------------------------- driving
 
@@ -204,28 +203,10 @@ class FaultRun:
         d = self.depth()
         return d["pending"] == 0 and d["open_batches"] == 0 and d["held_batches"] == 0
 
-    def wait_drained(self, timeout_s: float, supervise: bool = False) -> bool:
-        """Until nothing is queued, open or held. With ``supervise``, a worker that exits on its own is
-        started again, as a process supervisor (compose's restart policy, systemd) would, and counted."""
-        if not supervise:
-            return wait_for(self.drained, timeout_s, 0.2, self.stack.group)
-
-        def drained_restarting() -> bool:
-            self.restart_exited_workers()
-            return self.drained()
-
-        return wait_for(drained_restarting, timeout_s, 0.2)
-
-    def restart_exited_workers(self) -> int:
-        restarted = 0
-        for worker in list(self.stack.workers):
-            if not worker.alive() and not worker.ended_on_purpose:
-                worker.ended_on_purpose = True
-                self.stack.workers.remove(worker)
-                self.worker()
-                restarted += 1
-        self.restarts += restarted
-        return restarted
+    def wait_drained(self, timeout_s: float) -> bool:
+        """Until nothing is queued, open or held. A worker (or beat) that exits on its own fails the run
+        (RuntimeError, with its log): the pipeline must outlive what is done to it, not be restarted."""
+        return wait_for(self.drained, timeout_s, 0.2, self.stack.group)
 
     def logs(self) -> str:
         return self.stack.logs()

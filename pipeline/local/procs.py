@@ -46,6 +46,7 @@ class Child:
     def __init__(self, name: str, args: Sequence[str], env: Mapping[str, str], log_path: Path | None) -> None:
         self.name = name
         self.log_path = log_path
+        self.args, self.env = list(args), dict(env)  # to start it again the same way (supervise)
         self.ended_on_purpose = False
         self._log: IO[bytes] | None = open(log_path, "ab") if log_path else None  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -119,6 +120,14 @@ class ProcessGroup:
         for child in reversed(self.children):
             child.stop(grace_s)
         self.children.clear()
+
+    def respawn(self, child: Child) -> Child:
+        """Start ``child`` again (it exited): same command, environment and log, in its place."""
+        child._close()
+        child.ended_on_purpose = True
+        again = Child(child.name, child.args, child.env, child.log_path)
+        self.children[self.children.index(child)] = again
+        return again
 
 
 class EmulatorProcess:

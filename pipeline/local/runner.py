@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,10 @@ from pipeline.local.emulator import DEMO_ACCOUNT
 from pipeline.local.procs import Child, EmulatorProcess, ProcessGroup, beat_command, worker_command
 from pipeline.local.redis_server import EmbeddedRedis
 
+#: ``run`` starts again what exits on its own, unless it exits this many times within this many seconds.
+SUPERVISE_MAX = 5
+SUPERVISE_WINDOW_S = 60.0
+
 
 @dataclass
 class Stack:
@@ -26,6 +31,7 @@ class Stack:
     emulator: EmulatorProcess | None = None
     workers: list[Child] = field(default_factory=list)
     beat: Child | None = None
+    exits: dict[str, list[float]] = field(default_factory=dict)  # when each exited on its own (supervise)
 
     loglevel: str = "INFO"
 
@@ -75,6 +81,41 @@ class Stack:
         self.group.check()
         if self.emulator is not None and not self.emulator.alive():
             raise RuntimeError("the emulator exited")
+
+    def supervise(self, now: float | None = None) -> list[str]:
+        """Start again what exited on its own, as a process supervisor would (systemd, compose's restart
+        policy): a worker, beat, the embedded Redis (from its AOF, on its port). Returns what happened to
+        each one started again. One that exits SUPERVISE_MAX times within SUPERVISE_WINDOW_S is a
+        RuntimeError with its log's end: something is wrong that starting it again will not fix."""
+        now = time.monotonic() if now is None else now
+        again: list[str] = []
+        if self.redis is not None and (self.redis.proc is None or self.redis.proc.poll() is not None):
+            self._count_exit("redis", now)
+            self.redis.start()
+            again.append("the embedded Redis exited on its own")
+        for child in list(self.group.children):
+            if child.alive() or child.ended_on_purpose:
+                continue
+            self._count_exit(child.name, now, child)
+            fresh = self.group.respawn(child)
+            if child in self.workers:
+                self.workers[self.workers.index(child)] = fresh
+            if child is self.beat:
+                self.beat = fresh
+            again.append(f"{child.name} exited on its own (status {child.proc.returncode})")
+        if self.emulator is not None and not self.emulator.alive():
+            raise RuntimeError("the emulator exited")
+        return again
+
+    def _count_exit(self, name: str, now: float, child: Child | None = None) -> None:
+        recent = [t for t in self.exits.get(name, []) if now - t < SUPERVISE_WINDOW_S] + [now]
+        self.exits[name] = recent
+        if len(recent) >= SUPERVISE_MAX:
+            tail = ""
+            if child is not None and child.log_path and child.log_path.exists():
+                tail = "\n" + child.log_path.read_text(errors="replace")[-3000:]
+            within = f"{len(recent)} times within {SUPERVISE_WINDOW_S:g} s"
+            raise RuntimeError(f"{name} exited {within}; not starting it again{tail}")
 
     def stop(self) -> None:
         """Beat first (no new work), then workers (warm shutdown: running sends finish, the rest stays in
