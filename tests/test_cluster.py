@@ -4,6 +4,7 @@ checks that 6.2 does not."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -241,3 +242,125 @@ def test_real_workers_deliver_three_primaries_integrations_through_a_worker_sigk
             store.r.close()
         finally:
             stack.stop()
+
+
+def _failover_run(
+    tmp_path: Path, cluster: EmbeddedCluster, wait_replicas: int
+) -> tuple[dict[str, int], dict[str, Counter[int]], dict[str, set[int]], str]:
+    """Ingest into three integrations while real workers deliver; SIGKILL the primary that holds the
+    busiest one mid-delivery, let its replica take over, keep ingesting, and drain. Returns the events
+    acknowledged per integration, what the emulator stored, the acknowledged events never delivered, and
+    the stack's logs."""
+    names = spread(cluster)
+    busiest = names[0]
+    counts = {name: (1500 if name == busiest else 300) for name in names}
+    acked: dict[str, set[int]] = {name: set() for name in names}
+    with EmbeddedRedis() as broker, Emulator({ACC: PASS}, Faults(latency_ms=100), seed=8) as emu:
+        stack = start_cluster_stack(tmp_path, cluster, broker, emu, names, redis_wait_replicas=wait_replicas)
+        try:
+            store = Store.for_settings(stack.settings)
+            ingestors = {name: Ingestor(store, stack.settings.integration(name)) for name in names}
+
+            def ingest(name: str, start: int, n: int) -> None:
+                """As an upstream job would: a chunk counts once ingest returned; a failure is tried again."""
+                batch = events(n, start=start, src=name)
+                for e in batch:
+                    e["messageId"] = f"{name}-{e['properties']['i']}"
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        ingestors[name].ingest(batch)
+                        acked[name].update(range(start, start + n))
+                        return
+                    except redis.RedisError:
+                        assert time.monotonic() < deadline, "ingest never came back after the failover"
+                        time.sleep(0.2)
+
+            half = {name: count // 2 for name, count in counts.items()}
+            for name in names:
+                for start in range(0, half[name], 100):
+                    ingest(name, start, min(100, half[name] - start))
+            for _ in range(2):
+                stack.add_worker(concurrency=8)
+            stack.start_beat()
+            assert wait_for(lambda: sum(emu.state.stats()["in_flight"].values()) > 0, 60, 0.01, stack.group)
+            key = f"P:{{{busiest}}}:pending"
+            victim = cluster.primary_port_of(key)
+            cluster.kill(victim)  # mid-delivery, with writes of every kind in flight
+            # Its replica takes over after the node timeout; the killed node is started again (as a
+            # supervisor would) and rejoins as the new primary's replica: until then WAIT 1 has no replica
+            # to wait for, and ingest of that integration is refused (503s for the collector), not lost.
+            rejoined = threading.Thread(target=_rejoin, args=(cluster, key, victim), daemon=True)
+            rejoined.start()
+            for name in names:  # the second half arrives during and after the failover
+                for start in range(half[name], counts[name], 100):
+                    ingest(name, start, min(100, counts[name] - start))
+            rejoined.join(90)
+            cluster.wait_ok(60)
+
+            def drained() -> bool:
+                return all(
+                    store.depth(n)["pending"] == 0 and store.depth(n)["open_batches"] == 0 for n in names
+                )
+
+            assert wait_for(lambda: _quietly(drained), 180, 0.5, stack.group), stack.logs()
+            seen = delivered_by_source(emu)
+            dead = {name: store.depth(name)["dead_letters"] for name in names}
+            assert not any(dead.values()), dead
+            missing = {name: acked[name] - set(seen.get(name, {})) for name in names}
+            store.r.close()
+            return counts, seen, missing, stack.logs()
+        finally:
+            stack.stop()
+
+
+def _rejoin(cluster: EmbeddedCluster, key: str, victim: int) -> None:
+    """Once another node holds ``key``'s slot (the failover happened), start the killed node again."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if _quietly(lambda: cluster.primary_port_of(key) != victim):
+            break
+        time.sleep(0.2)
+    cluster.restart(victim)
+
+
+def _quietly(check: Any) -> bool:
+    try:
+        return bool(check())
+    except redis.RedisError:
+        return False
+
+
+def _report(
+    label: str, counts: dict[str, int], seen: dict[str, Counter[int]], missing: dict[str, set[int]]
+) -> str:
+    stored = sum(sum(c.values()) for c in seen.values())
+    distinct = sum(len(c) for c in seen.values())
+    lost = sum(len(m) for m in missing.values())
+    return (
+        f"failover ({label}): {sum(counts.values()):,} events acknowledged, {distinct:,} delivered, "
+        f"{stored - distinct:,} delivered twice, {lost:,} acknowledged but lost"
+    )
+
+
+@pytest.mark.e2e
+def test_a_failover_mid_delivery_with_wait_replicas_loses_nothing(
+    tmp_path: Path, cluster: EmbeddedCluster
+) -> None:
+    counts, seen, missing, logs = _failover_run(tmp_path, cluster, wait_replicas=1)
+    print(_report("redis_wait_replicas = 1", counts, seen, missing))
+    assert not any(missing.values()), (missing, logs[-5000:])
+    for name, count in counts.items():
+        assert set(seen[name]) == set(range(count)), name
+
+
+@pytest.mark.e2e
+def test_a_failover_mid_delivery_without_wait_counts_what_it_lost(
+    tmp_path: Path, cluster: EmbeddedCluster
+) -> None:
+    counts, seen, missing, _ = _failover_run(tmp_path, cluster, wait_replicas=0)
+    # Without WAIT a write the old primary acknowledged but had not replicated is gone after the failover:
+    # counted and printed, not hidden (on loopback replication is fast: usually none).
+    print(_report("redis_wait_replicas = 0", counts, seen, missing))
+    delivered = sum(len(c) for c in seen.values())
+    assert delivered + sum(len(m) for m in missing.values()) >= sum(counts.values())
