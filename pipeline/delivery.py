@@ -67,7 +67,7 @@ TOKEN_WAIT_S = 0.5
 #: it waits longer and gives its batch back far less often: no gap when a token frees.
 TOKEN_WAIT_COOPERATIVE_S = 5.0
 #: Recording an outcome through a store outage: the first wait, the longest, and how long before the batch's
-#: lease ends it stops (10% of the lease if that is longer): past it the sweep would re-send the batch anyway.
+#: lease ends it stops (a tenth of the lease if that is shorter): past it the sweep may send the batch again.
 RECORD_FIRST_DELAY_S = 0.1
 RECORD_MAX_DELAY_S = 2.0
 RECORD_MARGIN_S = 5.0
@@ -403,7 +403,7 @@ class Deliverer:
         """:meth:`_outcome`, tried again on a store outage (capped backoff) until shortly before the batch's
         lease ends. Every step it takes is safe to repeat: a script that ran but whose answer was lost is a
         no-op the second time (the batch's lease and owner say so)."""
-        give_up_at = lease_ends - max(RECORD_MARGIN_S, self.batch_lease_s * 0.1)
+        give_up_at = self._record_until(lease_ends)
         delay, tries = RECORD_FIRST_DELAY_S, 0
         while True:
             try:
@@ -446,7 +446,7 @@ class Deliverer:
         name = config.name
         log.warning("batch %s [%s]: the store failed before the send (%s); giving it back", batch_id, name,
                     where(error))  # fmt: skip
-        give_up_at = lease_ends - max(RECORD_MARGIN_S, self.batch_lease_s * 0.1)
+        give_up_at = self._record_until(lease_ends)
         delay = RECORD_FIRST_DELAY_S
         while True:
             try:
@@ -465,6 +465,11 @@ class Deliverer:
         return SendReport(
             name, batch_id, SendResult.RETRY, detail=f"store failed before the send: {where(error)}"
         )
+
+    def _record_until(self, lease_ends: float) -> float:
+        """When to stop trying to record through an outage: shortly before the batch's lease ends (past it
+        the sweep may send the batch again), by RECORD_MARGIN_S or a tenth of the lease if that is less."""
+        return lease_ends - min(RECORD_MARGIN_S, self.batch_lease_s * 0.1)
 
     @staticmethod
     def _quietly(step: Callable[[], Any]) -> None:

@@ -54,6 +54,7 @@ def integration_status(settings: Settings, store: Store, name: str) -> dict[str,
         "not_served_since": None if unserved is None else round(unserved / 1000, 3),
         # nested: the detail
         "account_id": config.account_id,
+        "node": store.node_of(name),  # on a cluster, the primary that holds the integration's slot
         "queues": depth,
         "fields_dropped_by_key": {
             k.partition(":")[2]: v for k, v in sorted(counters.items()) if k.startswith("fields_dropped:")

@@ -317,6 +317,23 @@ class Store(AccountCalls, KeyLayout):
             return result
         raise redis.exceptions.ClusterDownError("the keys' slot kept moving; try again")
 
+    def time_of(self, integration: str) -> tuple[int, int]:
+        """``TIME`` of the Redis that holds the integration's keys (on a cluster, its primary: the clock its
+        scripts stamp them with)."""
+        if not self.cluster:
+            return self.r.time()
+        cluster = cast(Any, self.r)
+        node = cluster.get_node_from_key(self.key(integration, "pending"))
+        return cast(tuple[int, int], cluster.time(target_nodes=node))
+
+    def node_of(self, integration: str) -> str | None:
+        """On a cluster, ``host:port`` of the primary holding the integration's slot (its keys share one);
+        None on a single Redis."""
+        if not self.cluster:
+            return None
+        node = cast(Any, self.r).get_node_from_key(self.key(integration, "pending"))
+        return f"{node.host}:{node.port}"
+
     # ----------------------------------------------------------------------------------------- ingest
 
     def known_emails(self, integration: str, user_ids: Sequence[str]) -> dict[str, str]:
@@ -661,8 +678,8 @@ class Store(AccountCalls, KeyLayout):
         pipe.llen(self.key(integration, "pending"))
         pipe.hget(self.key(integration, "flow"), "cut")
         pipe.lrange(self.key(integration, "arrivals"), 0, 200)
-        pipe.time()
-        pending, cut, marks, (now_s, now_us) = pipe.execute()
+        pending, cut, marks = pipe.execute()
+        now_s, now_us = self.time_of(integration)
         if not pending:
             return None
         cut_total = int(cut or 0)

@@ -24,6 +24,7 @@ from pipeline.local.procs import wait_for
 from pipeline.local.redis_cluster import EmbeddedCluster, redis_version
 from pipeline.local.redis_server import EmbeddedRedis
 from pipeline.local.runner import Stack, start_stack
+from pipeline.status import integration_status
 from pipeline.store import Store, server_version
 from tests.helpers import ACC, PASS, Dispatched, drain, emulator_records, environment, events
 
@@ -124,6 +125,9 @@ def test_integrations_on_three_primaries_deliver_every_event_once(
         depth = store.depth(name)
         assert depth["pending"] == 0 and depth["open_batches"] == 0
     assert deliverer.sweep().keys() == set(names)
+    # status says which primary holds each integration: three names, three nodes
+    nodes = {integration_status(settings, store, name)["node"] for name in names}
+    assert len(nodes) == 3 and all(n.startswith("127.0.0.1:") for n in nodes)
     store.r.close()
 
 

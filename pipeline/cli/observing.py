@@ -77,7 +77,9 @@ def _status_text(name: str, s: dict[str, Any]) -> str:
     q, c = s["queues"], s["counters"]
     age = s["oldest_pending_age_s"]
     lines = [
-        f"integration {name} (account {s['account_id']})"
+        f"integration {name} (account {s['account_id']}"
+        + (f", on cluster node {s['node']}" if s.get("node") else "")
+        + ")"
         + (f": oldest record waiting {age:.1f} s" if age is not None else "")
     ]
     if "delivered_per_s" in s:
