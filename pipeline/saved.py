@@ -68,6 +68,10 @@ class SavedIntegrations:
         self.fernet = fernet
         self.key = store.console_key("integrations")
         self.version_key = store.console_key("version")
+        # The two keys are in different slots of a cluster, where a MULTI cannot hold both: there the
+        # version is bumped right after the write (a process that crashed between the two leaves the change
+        # unseen until the next save; on one Redis both go in one MULTI).
+        self._atomic = not store.cluster
 
     def version(self) -> int:
         return int(self.store.r.get(self.version_key) or 0)
@@ -190,13 +194,13 @@ class SavedIntegrations:
             stored["write_key_enc"] = self.fernet.encrypt(write_key.encode()).decode()
         elif old.get("write_key_enc"):
             stored["write_key_enc"] = old["write_key_enc"]
-        pipe = self.store.r.pipeline(transaction=True)
+        pipe = self.store.r.pipeline(transaction=self._atomic)
         pipe.hset(self.key, name, orjson.dumps(stored))
         pipe.incr(self.version_key)
         pipe.execute()
 
     def delete(self, name: str) -> bool:
-        pipe = self.store.r.pipeline(transaction=True)
+        pipe = self.store.r.pipeline(transaction=self._atomic)
         pipe.hdel(self.key, name)
         pipe.incr(self.version_key)
         return bool(pipe.execute()[0])

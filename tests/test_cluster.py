@@ -368,3 +368,36 @@ def test_a_failover_mid_delivery_without_wait_counts_what_it_lost(
     print(_report("redis_wait_replicas = 0", counts, seen, missing))
     delivered = sum(len(c) for c in seen.values())
     assert delivered + sum(len(m) for m in missing.values()) >= sum(counts.values())
+
+
+def test_dead_letters_replay_console_saves_and_metrics_work_on_a_cluster(
+    tmp_path: Path, cluster: EmbeddedCluster, emu: Emulator
+) -> None:
+    """The operators' paths, not only ingest and delivery: each on the cluster client."""
+    from cryptography.fernet import Fernet
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pipeline.deadletters import Filter, count, scan
+    from pipeline.metrics import RedisCollector
+    from pipeline.replay import replay
+    from pipeline.saved import SavedIntegrations
+
+    (name,) = spread(cluster, 1)
+    settings = cluster_settings(tmp_path, cluster, emu.url, [name])
+    store = Store.from_url(cluster.url, cluster=True)
+    no_email = [{"type": "track", "userId": f"x{i}", "messageId": f"x{i}"} for i in range(4)]  # no event
+    Ingestor(store, settings.integration(name)).ingest(no_email)  # refused: mapping dead letters
+    where = Filter(name)
+    assert count(store, where) == {"mapping": 4}
+    assert sum(len(page.matches) for page in scan(store, where)) == 4
+    assert integration_status(settings, store, name)["dead_lettered"] == 4
+    replayed = replay(store, settings.integration(name), where=where)
+    assert replayed.rejected_again == 4 and not replayed.missing  # still no email: dead letters again
+    saved = SavedIntegrations(store, Fernet(Fernet.generate_key()))
+    saved.save("console1", {"account_id": ACC, "region": "eu1"}, PASS)
+    assert saved.version() == 1 and "console1" in saved.specs()
+    assert saved.delete("console1") and saved.version() == 2
+    registry = CollectorRegistry()
+    registry.register(RedisCollector(settings, store))
+    assert b"clevertap" in generate_latest(registry)
+    store.r.close()

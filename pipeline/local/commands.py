@@ -306,6 +306,19 @@ def bench_collect(args: argparse.Namespace) -> int:
 
 
 @verb(
+    "bench-cluster",
+    "Measure the store on one Redis and on Redis Clusters of 1 and 3 primaries (started here): ingest "
+    "events/s and delivered records/s with three integrations, and what redis_wait_replicas = 1 costs.",
+    arg("--events", type=int, default=20_000, help="events into each of the three integrations"),
+    arg("--runs", type=int, default=3, help="ingest runs per layout; medians are reported"),
+)
+def bench_cluster(args: argparse.Namespace) -> int:
+    from pipeline.local.bench_cluster import bench_cluster as run
+
+    return run(args)
+
+
+@verb(
     "bench-console",
     "Measure the console's pages with many dead letters (an embedded Redis): a dead-letter page unfiltered "
     "and filtered, and the integrations page.",

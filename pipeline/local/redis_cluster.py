@@ -116,6 +116,14 @@ class EmbeddedCluster:
                 self._start_node(port)
             for port in self.ports:
                 self._wait_ping(port)
+            if self.primaries == 1 and self.replicas == 0:  # redis-cli creates 3 primaries or more
+                node = redis.Redis(port=self.ports[0])
+                node.execute_command("CLUSTER ADDSLOTS", *range(16384))  # type: ignore[no-untyped-call]
+                node.close()
+                self.wait_ok(timeout)
+                return self
+            if self.primaries < 3:
+                raise ValueError("a cluster of 2 primaries, or of 1 with replicas, is not made here")
             create = [
                 find_redis_cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                 "--cluster-replicas", str(self.replicas), "--cluster-yes",
