@@ -272,6 +272,11 @@ class Settings:
         env="CELERY_BROKER_URL",
         repr=False,
     )
+    # With a sentinel:// broker: the name of the master its Sentinels watch (kombu's master_name).
+    broker_master_name: str | None = setting(
+        fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 200)),
+        env="CLEVERTAP_BROKER_MASTER_NAME",
+    )
     # Ingest and the collector's 200 wait until this many replicas have each write (WAIT).
     redis_wait_replicas: int = setting(
         fields.Integer(load_default=0, validate=validate.Range(0, 16, error="must be 0 to 16")),
@@ -410,6 +415,15 @@ class SettingsSchema(_schema_from(Settings, "SettingsFields")):  # type: ignore[
     )
 
     @validates_schema
+    def _sentinel_names_its_master(self, data: dict[str, Any], **_: Any) -> None:
+        if str(data.get("broker_url") or "").startswith("sentinel://") and not data.get("broker_master_name"):
+            raise ValidationError(
+                "a sentinel:// broker needs the name of the master its Sentinels watch: set "
+                "CLEVERTAP_BROKER_MASTER_NAME (broker_master_name)",
+                "broker_master_name",
+            )
+
+    @validates_schema
     def _broker_apart_from_a_cluster(self, data: dict[str, Any], **_: Any) -> None:
         if not data.get("redis_cluster"):
             return
@@ -435,6 +449,11 @@ class SettingsSchema(_schema_from(Settings, "SettingsFields")):  # type: ignore[
 
 
 def _mask_url(url: str) -> str:
+    """``url`` with every password masked (kombu's Sentinel URLs list several, separated by ``;``)."""
+    return ";".join(_mask_one(part) for part in url.split(";"))
+
+
+def _mask_one(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":********@")

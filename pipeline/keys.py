@@ -11,8 +11,10 @@ key                                   type    holds
                                               waiting records arrived (to 10 ms), for the flush interval
 ``P:{I}:flow``                        hash    ``pushed``, ``cut``: records ever pushed to / cut from pending
 ``P:{I}:ingest:<message id>``         string  chunks of a ``clevertap.ingest`` message already queued (1 day)
+``P:{I}:done:<bid>``                  string  the owner that finished a batch, so a finish sent twice counts
+                                              once (10 min)
 ``P:{I}:call:<call id>``              string  one enqueue call's answer, so a resent call writes nothing
-                                              twice (2 min)
+                                              twice (1 min)
 ``P:{I}:seen``                        zset    messageId -> ms first accepted (de-duplication window)
 ``P:{I}:ids``                         hash    userId -> email, remembered from identify calls
 ``P:{I}:ids:seen``                    zset    userId -> ms of its last identify (entries expire after

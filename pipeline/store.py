@@ -61,15 +61,17 @@ def server_version(client: Any) -> tuple[int, ...]:
 
 
 class NotReplicated(redis.exceptions.TimeoutError):
-    """Fewer replicas than redis_wait_replicas confirmed a write in time: it is in the primary, but a
-    failover now could lose it. A transient failure: the collector answers 503, the ingest task retries."""
+    """Fewer replicas than redis_wait_replicas have a write: refused before writing when the primary has
+    too few connected, else written to the primary but not confirmed in time (a failover now could lose
+    it). A transient failure: the collector answers 503 and the SDK sends it again (de-duplicated by its
+    messageId when the first write survived), the ingest task retries."""
 
 
 def _replicated(acked: int, wanted: int) -> None:
     if acked < wanted:
         raise NotReplicated(
-            f"{acked} of the {wanted} replicas redis_wait_replicas asks for confirmed the write within "
-            f"{C.WAIT_TIMEOUT_MS} ms"
+            f"written to the primary, but {acked} of the {wanted} replicas redis_wait_replicas asks for "
+            f"confirmed it within {C.WAIT_TIMEOUT_MS} ms"
         )
 
 
@@ -210,6 +212,7 @@ class Store(AccountCalls, KeyLayout):
         self.r = client
         self.cluster = isinstance(client, RedisCluster)
         self.wait_replicas = wait_replicas
+        self._replicas_seen: dict[str, tuple[float, int]] = {}  # primary -> (when read, replicas connected)
         self._registered: dict[str, Any] | None = None
 
     @property
@@ -274,6 +277,8 @@ class Store(AccountCalls, KeyLayout):
             self.r.sadd(self.ready_key, integration)
             return result
         sha = self._scripts[script].sha
+        if self.wait_replicas:
+            self._enough_replicas(self.r, "primary")
         for attempt in (1, 2):
             pipe = self.r.pipeline(transaction=False)
             pipe.evalsha(sha, len(keys), *keys, *args)
@@ -294,28 +299,56 @@ class Store(AccountCalls, KeyLayout):
 
     def _on_own_node(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """On a cluster with ``wait_replicas``: the script and WAIT on one connection to the primary that
-        holds the keys' slot (redis-py's cluster client would send WAIT elsewhere). After a MOVED (a
-        failover, a resharding) the slot's new primary is looked up and the call sent again: the enqueue's
-        call id makes a second run answer what the first did."""
+        holds the keys' slot (redis-py's cluster client would send WAIT elsewhere). After a MOVED or ASK (a
+        resharding), or a primary that does not answer (a failover), the slot map is read again and the call
+        sent again: the enqueue's call id makes a second run answer what the first did."""
         found, cluster = self._scripts[script], cast(Any, self.r)
-        for _attempt in range(3):
-            node = cluster.get_node_from_key(keys[0])
-            pipe = cluster.get_redis_connection(node).pipeline(transaction=False)
-            pipe.evalsha(found.sha, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", self.wait_replicas, C.WAIT_TIMEOUT_MS)
+        for attempt in range(4):
             try:
+                node = cluster.get_node_from_key(keys[0])
+                if node is None:  # mid-failover the slot map may name no primary for the slot
+                    raise redis.exceptions.ClusterDownError("no primary for the slot yet")
+                client = cluster.get_redis_connection(node)
+                self._enough_replicas(client, node.name)
+                pipe = client.pipeline(transaction=False)
+                pipe.evalsha(found.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", self.wait_replicas, C.WAIT_TIMEOUT_MS)
                 result, acked = pipe.execute()
-            except redis.exceptions.NoScriptError:
-                cluster.get_redis_connection(node).script_load(found.script)
+            except redis.exceptions.NoScriptError:  # a promoted replica has no scripts: it did not run
+                client.script_load(found.script)
                 continue
-            except redis.exceptions.ResponseError as exc:
-                if not str(exc).startswith(("MOVED", "ASK")):
+            except NotReplicated:
+                raise
+            except (
+                redis.exceptions.AskError,  # MovedError too
+                redis.exceptions.ClusterDownError,
+                redis.exceptions.SlotNotCoveredError,
+                redis.ConnectionError,
+                redis.TimeoutError,
+            ):
+                if attempt == 3:
                     raise
-                cluster.nodes_manager.initialize()
+                time.sleep(0.1 * (attempt + 1))
+                cluster.nodes_manager.initialize()  # where the slot is now
                 continue
             _replicated(int(acked), self.wait_replicas)
             return result
         raise redis.exceptions.ClusterDownError("the keys' slot kept moving; try again")
+
+    def _enough_replicas(self, client: Any, where: str) -> None:
+        """Refuse before writing when the primary has fewer replicas connected than ``wait_replicas`` (after
+        a failover, until the failed node rejoins): a write WAIT cannot confirm would be answered 503 and
+        sent again. Each primary's count is read at most once a second."""
+        now = time.monotonic()
+        seen = self._replicas_seen.get(where)
+        if seen is None or now - seen[0] > 1.0:
+            connected = int(cast(dict[str, Any], client.info("replication")).get("connected_slaves", 0))
+            seen = self._replicas_seen[where] = (now, connected)
+        if seen[1] < self.wait_replicas:
+            raise NotReplicated(
+                f"the primary has {seen[1]} of the {self.wait_replicas} replicas redis_wait_replicas asks "
+                "for: nothing was written"
+            )
 
     def time_of(self, integration: str) -> tuple[int, int]:
         """``TIME`` of the Redis that holds the integration's keys (on a cluster, its primary: the clock its

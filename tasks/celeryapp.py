@@ -48,7 +48,15 @@ app.conf.update(
     or os.environ.get("REDIS_URL")
     or C.DEFAULT_REDIS_URL,
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": C.VISIBILITY_TIMEOUT_S},
+    broker_transport_options={
+        "visibility_timeout": C.VISIBILITY_TIMEOUT_S,
+        # a sentinel:// broker: the master its Sentinels watch
+        **(
+            {"master_name": _settings.broker_master_name}
+            if _settings and _settings.broker_master_name
+            else {}
+        ),
+    },
     task_serializer="json",
     accept_content=["json"],
     task_acks_late=True,

@@ -247,3 +247,18 @@ def test_console_integrations_that_break_a_rule_are_left_out_of_the_merge(redis_
 
     served = merged(base, Saved())  # type: ignore[arg-type]
     assert sorted(served.integrations) == ["default", "fine"]
+
+
+def test_a_sentinel_broker_needs_its_master_name_and_every_password_is_masked() -> None:
+    env = environment(
+        None,
+        CELERY_BROKER_URL="sentinel://:pw-one@h1:26379;sentinel://:pw-two@h2:26379/0",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert any(p.endswith(("BROKER_MASTER_NAME", "broker_master_name")) for p, _ in caught.value.errors)
+    settings = load_settings({**env, "CLEVERTAP_BROKER_MASTER_NAME": "mymaster"})
+    shown = settings.public_dict()
+    assert "pw-" not in str(shown)
+    assert shown["broker_url"] == "sentinel://:********@h1:26379;sentinel://:********@h2:26379/0"
+    assert "pw-" not in repr(settings)

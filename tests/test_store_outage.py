@@ -153,10 +153,13 @@ def test_a_split_recorded_twice_answers_the_same_halves(store: Store, emu: Emula
     assert store.r.hget(store.key("default", "stats"), "batches_split") == b"1"
 
 
-def test_a_finish_recorded_twice_counts_once(store: Store, emu: Emulator, redis_url: str) -> None:
+def test_a_finish_recorded_twice_counts_once_and_says_so_both_times(
+    store: Store, emu: Emulator, redis_url: str
+) -> None:
     bid, owner = _leased(store, emu, redis_url)
     assert store.finish("default", bid, owner, 4, [], {"batches_sent": 1}, True)[0]
-    assert not store.finish("default", bid, owner, 4, [], {"batches_sent": 1}, True)[0]
+    assert store.finish("default", bid, owner, 4, [], {"batches_sent": 1}, True)[0]  # this owner's, again
+    assert not store.finish("default", bid, "another-send", 4, [], {"batches_sent": 1}, True)[0]
     stats = store.r.hgetall(store.key("default", "stats"))
     assert stats[b"delivered"] == b"4" and stats[b"batches_sent"] == b"1"
 
@@ -182,3 +185,11 @@ def test_an_enqueue_sent_twice_queues_its_events_once(
     result = ingest(no_ids, settings=load_settings(environment(redis_url)), store=store)
     assert sent and result.accepted == 3
     assert store.depth("default")["pending"] == 3
+
+
+def test_a_token_acquired_twice_is_one_token(store: Store) -> None:
+    """The last free slot taken by a call sent twice: the repeat still holds it (no NO_TOKEN, no leak)."""
+    assert store.acquire_token("ACC-T", 1, 30, "t1")[0]
+    assert store.acquire_token("ACC-T", 1, 30, "t1")[0]
+    assert not store.acquire_token("ACC-T", 1, 30, "t2")[0]
+    assert store.r.zcard(store.account_key("ACC-T", "tokens")) == 1

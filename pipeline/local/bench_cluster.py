@@ -1,10 +1,10 @@
 """``clevertap-pipeline bench-cluster``: the store on one Redis against Redis Clusters of 1 and 3 primaries.
 
 For each layout, three integrations (three accounts, 15 in flight each) on this machine: ingest events/s
-from one process, then delivered records/s by one celery worker and beat against the emulator (its own
-process, answering at once), and the cost of ``redis_wait_replicas = 1`` in ingest events/s (on one Redis
-with a replica, and on the 3-primary cluster with a replica each). Everything shares this machine's cores:
-each figure says which process was busiest, the likely limit."""
+from one process, then delivered records/s by one celery worker (48 threads) and beat against the
+emulator (its own process, answering at once), and the cost of ``redis_wait_replicas = 1`` in ingest
+events/s (on one Redis with a replica, and on the 3-primary cluster with a replica each). Everything
+shares this machine's cores: each figure says which process was busiest, the likely limit."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def _deliver(env: dict[str, str], tmp: Path, emulator: EmulatorProcess, store_pi
     try:
         before = int(emulator.stats()["records_stored"])
         worker = group.start(
-            "worker", worker_command("bench", "gevent", 100, "WARNING"), env, tmp / "worker.log"
+            "worker", worker_command("bench", "threads", 48, "WARNING"), env, tmp / "worker.log"
         )
         beat = group.start("beat", beat_command(tmp / "beat-schedule", "WARNING"), env, tmp / "beat.log")
         settings = load_settings(env)
@@ -142,7 +142,7 @@ def _deliver(env: dict[str, str], tmp: Path, emulator: EmulatorProcess, store_pi
         busiest = max(cpu, key=lambda k: cpu[k])
         return (
             f"{delivered / wall:,.0f} records/s delivered ({delivered:,} in {wall:.1f} s from the first, "
-            "one gevent worker; "
+            "one worker, 48 threads; "
             f"CPU s: worker {cpu['worker']:.1f}, Redis {cpu['redis']:.1f}: {busiest} busiest)"
         )
     finally:

@@ -11,6 +11,8 @@ local effective = tonumber(redis.call('HGET', limits, 'effective') or configured
 local limit = math.max(1, math.min(configured, math.floor(effective)))
 redis.call('ZREMRANGEBYSCORE', tokens, '-inf', now)
 local n = redis.call('ZCARD', tokens)
+-- The same token again is this very call sent twice (a client's retry after a lost answer): still held.
+if redis.call('ZSCORE', tokens, token) then return {1, n} end
 if n >= limit then
   local first = redis.call('ZRANGE', tokens, 0, 0, 'WITHSCORES')
   return {0, tonumber(first[2]) - now}

@@ -3,6 +3,7 @@
 -- authentication failure and puts every held batch back in the open set, due now, each under a new
 -- dispatch generation.
 -- Returns {1, (released held bid, generation)...}, or {0} when the batch was already finished elsewhere.
+-- Safe to run twice.
 local open, held, auth, dead, dead_idx, stats, debug, dead_kinds =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local base, bid, owner = ARGV[1], ARGV[2], ARGV[3]
@@ -17,7 +18,13 @@ local debug_entry, debug_size = ARGV[7], tonumber(ARGV[8])   -- '' when the debu
 --! include dead
 
 --! include lease
+-- Run twice (a client's retry after a lost answer, or the worker recording it again through an outage):
+-- the batch is gone, but a mark it leaves for a while says this owner finished it: {1}, nothing counted
+-- again (held batches it released are already open; the sweep dispatches any whose message was lost).
+local done = base .. 'done:' .. bid
+if redis.call('GET', done) == owner then return {1} end
 if not batch_left() then return {0} end
+redis.call('SET', done, owner, 'EX', 600)
 redis.call('HINCRBY', stats, 'delivered', delivered)
 for i = 9, #ARGV, 2 do add_dead(ARGV[i], ARGV[i + 1], now) end
 for field, n in pairs(counters) do redis.call('HINCRBY', stats, field, n) end
