@@ -331,6 +331,29 @@ def bench_console(args: argparse.Namespace) -> int:
 
 
 @verb(
+    "outage",
+    "A store outage during delivery: Redis SIGKILLed at a third delivered and restarted from its AOF a few "
+    "seconds later, the emulator answering slowly; prints the accounting of every event and the duplicates.",
+    arg("--events", type=int, default=30_000, help="traced events to ingest"),
+    arg("--workers", type=int, default=3, help="worker processes (8 threads each)"),
+    arg("--latency-ms", type=int, default=80, help="the emulator's answer time"),
+    arg("--down", type=float, default=3.0, help="seconds Redis stays down"),
+)
+def outage(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from pipeline.local.faults import store_outage
+
+    with tempfile.TemporaryDirectory(prefix="ctp-outage-") as tmp:
+        accounting = store_outage(
+            Path(tmp), args.events, args.workers, args.latency_ms, args.down,
+            progress=lambda text: print(text, flush=True),
+        )  # fmt: skip
+    print(accounting.summary())
+    return EXIT_OK if accounting.ok and accounting.duplicates == 0 else EXIT_FAILED
+
+
+@verb(
     "soak",
     "Soak: traced events through a real pipeline (own Redis with AOF, the emulator with 503s, 429s and cut "
     "connections, celery workers and beat) while workers are SIGKILLed and Redis restarted; prints "

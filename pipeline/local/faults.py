@@ -368,3 +368,31 @@ def soak(
         return SoakFigures(events, ingest_s, deliver_s, kills, restarts, redis_peak, rss, run.account())
     finally:
         run.close()
+
+
+def store_outage(
+    workdir: Path, events: int, workers: int, latency_ms: int, down_s: float, progress: Any = print
+) -> Accounting:
+    """Redis SIGKILLed once a third of ``events`` is delivered and started again from its AOF (fsync
+    always) ``down_s`` later, with ``workers`` workers (8 threads each) sending to an emulator answering in
+    ``latency_ms``; nothing else goes wrong. Every event is accounted for, duplicates counted; a worker that
+    exits fails the run."""
+    run = FaultRun(workdir, "--latency-ms", str(latency_ms), loglevel="WARNING")
+    try:
+        run.ingest(events)
+        for _ in range(workers):
+            run.worker(concurrency=8)
+        run.beat()
+        while int(run.store.stats("default").get("delivered", 0)) < run.ingested.records // 3:
+            run.stack.check()
+            time.sleep(0.1)
+        assert run.stack.redis is not None
+        run.stack.redis.kill()
+        progress(f"  Redis SIGKILLed at a third delivered; back in {down_s:g} s")
+        time.sleep(down_s)
+        run.stack.redis.start()
+        if not run.wait_drained(600):
+            raise RuntimeError("not drained in 10 minutes")
+        return run.account()
+    finally:
+        run.close()
