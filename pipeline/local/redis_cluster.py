@@ -151,12 +151,13 @@ class EmbeddedCluster:
         for port, proc in self.procs.items():
             if proc.poll() is not None:
                 continue
+            client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
             try:
-                client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
                 info: Any = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
-                client.close()
             except redis.RedisError:
                 return False
+            finally:
+                client.close()
             if not isinstance(info, dict):  # redis-py parses CLUSTER INFO into a dict
                 return False
             if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != 16384:
@@ -167,12 +168,13 @@ class EmbeddedCluster:
 
     def _replicas_online(self, port: int) -> bool:
         """A primary has its replicas connected and in sync (a replica: its link to the primary is up)."""
+        client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
         try:
-            client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
             info = client.info("replication")
-            client.close()
         except redis.RedisError:
             return False
+        finally:
+            client.close()
         if info.get("role") == "slave":
             return bool(info.get("master_link_status") == "up")
         online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
