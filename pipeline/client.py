@@ -121,6 +121,14 @@ class UploadClient:
         return proxies
 
     def upload(self, config: IntegrationConfig, body: bytes) -> Attempt:
+        return self.post(config, config.upload_url, body)
+
+    def delete_profiles(self, config: IntegrationConfig, body: bytes) -> Attempt:
+        """CleverTap's Delete User Profile API (``{"identity": [...]}`` or ``{"guid": [...]}``)."""
+        return self.post(config, config.delete_url, body)
+
+    def post(self, config: IntegrationConfig, url: str, body: bytes) -> Attempt:
+        """POST ``body`` to one of the account's CleverTap endpoints with its headers, under the deadline."""
         headers = {
             "X-CleverTap-Account-Id": config.account_id,
             "X-CleverTap-Passcode": config.passcode.reveal(),
@@ -135,7 +143,6 @@ class UploadClient:
         watchdog.start()
         try:
             session = self.session
-            url = config.upload_url
             # Never follow a redirect: requests would carry X-CleverTap-Passcode to wherever it points.
             resp = session.post(
                 url,

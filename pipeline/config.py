@@ -250,6 +250,11 @@ class IntegrationConfig:
         assert self.region in C.REGIONS  # validated; never interpolate anything else into a host
         return f"https://{self.region}.api.clevertap.com/1/upload"
 
+    @property
+    def delete_url(self) -> str:
+        """CleverTap's Delete User Profile API for this integration's account (see pipeline.forget)."""
+        return self.upload_url.removesuffix("/1/upload") + "/1/delete/profiles.json"
+
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration with the passcode masked, for ``check-config``."""
         return {**_public(self), "upload_url": self.upload_url}
@@ -308,6 +313,16 @@ class Settings:
         fields.List(fields.String(validate=formats.network), load_default=()),
         from_env=_comma_list,
         convert=tuple,
+    )
+    # Forgetting a user: how long later events naming them are filtered, and how many delete requests go
+    # to one CleverTap account at once (RudderStack found parallel deletes throttled).
+    forget_suppress_days: float = setting(
+        fields.Float(
+            load_default=C.DEFAULT_FORGET_SUPPRESS_DAYS, validate=formats.between(0.001, 3650, " days")
+        )
+    )
+    delete_concurrency: int = setting(
+        fields.Integer(load_default=1, validate=formats.between(1, C.MAX_CONCURRENCY))
     )
     log_format: str = setting(
         fields.String(

@@ -66,6 +66,10 @@ DEFAULT_DEDUP_WINDOW_S = 24 * 3600
 #: A batch that keeps failing transiently is dead-lettered after this age (6 h), long enough to ride
 #: out an outage, short enough that nothing retries forever silently.
 DEFAULT_GIVE_UP_AGE_S = 6 * 3600
+#: Forgetting a user: later events naming them are filtered this long (forget_suppress_days).
+DEFAULT_FORGET_SUPPRESS_DAYS = 30.0
+#: CleverTap's Delete User Profile API takes at most this many identities (or guids) a request.
+MAX_DELETE_VALUES = 100
 
 #: HTTP timeouts. The token lease must outlive the longest request, so a worker that dies mid-request
 #: frees its slot soon after the request could have ended anyway.

@@ -22,8 +22,9 @@ from pipeline.config import IntegrationConfig, Settings, load_settings
 from pipeline.deadletters import mapping_dead_letter
 from pipeline.errors import InputError, QueueFull, where
 from pipeline.events import Event, validate_event
+from pipeline.forget import event_values, record_values, suppressed
 from pipeline.mapping import DUPLICATE, FILTERED, HELD, MAPPED, REJECTED, Mapper, MapResult, MapStatus
-from pipeline.store import Hold, Store, new_id
+from pipeline.store import Hold, StaleForgotten, Store, new_id
 
 #: Events per Redis round trip: big enough to amortise the round trip, small enough that one script
 #: call stays well under a millisecond or two of Redis time.
@@ -91,6 +92,11 @@ class LineResult:
     warnings: list[str] = field(default_factory=list)
 
 
+#: Why an event naming a forgotten user is filtered (``clevertap-pipeline forget``).
+FORGOTTEN = "forgotten: this user asked to be forgotten (forget_suppress_days)"
+#: Tries of a chunk whose suppression list moves under it (a user forgotten at that very moment).
+STALE_TRIES = 5
+
 #: Redis errors that pass: a message that meets one is tried again later, from where it stopped.
 TRANSIENT_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
@@ -102,16 +108,27 @@ class Ingestor:
         self.store = store
         self.config = config
         self.mapper = Mapper(config)
+        self._forgotten: dict[str, int] = {}
 
     def _map_chunk(
-        self, items: list[tuple[int, Any, Event | None, list[str]]], known: dict[str, str], now: int
+        self,
+        items: list[tuple[int, Any, Event | None, list[str]]],
+        known: dict[str, str],
+        now: int,
+        forgotten: dict[str, int] | None = None,
     ) -> list[tuple[int, Any, MapResult, list[bytes]]]:
-        """Map each validated event; a mapped event's records come encoded too (what is queued)."""
+        """Map each validated event; a mapped event's records come encoded too (what is queued). An event
+        that names a forgotten user (``forgotten``: digest -> ms suppressed until), as it came or as
+        mapped, is filtered."""
         out: list[tuple[int, Any, MapResult, list[bytes]]] = []
         dumps = orjson.dumps
+        now_ms = now * 1000
         for index, raw, event, errors in items:
             if event is None:
                 out.append((index, raw, MapResult(REJECTED, reasons=errors), []))
+                continue
+            if forgotten and suppressed(event_values(raw), forgotten, now_ms):
+                out.append((index, raw, MapResult(FILTERED, reasons=[FORGOTTEN]), []))
                 continue
             email = known.get(event.user_id) if event.user_id and not event.email else None
             encoded: list[bytes] = []
@@ -122,6 +139,8 @@ class Ingestor:
                 result = MapResult(REJECTED, reasons=[f"a value cannot be sent as JSON: {exc}"])
             except Exception as exc:  # a bug meets an event nobody foresaw: that event, not the chunk
                 result = MapResult(REJECTED, reasons=[f"internal error while mapping: {where(exc)}"])
+            if forgotten and any(suppressed(record_values(r), forgotten, now_ms) for r in result.records):
+                result, encoded = MapResult(FILTERED, reasons=[FORGOTTEN]), []
             if result.identity_update is not None:
                 uid, mail = result.identity_update
                 known[uid] = mail  # later events of this chunk see it, as they would across chunks
@@ -153,18 +172,40 @@ class Ingestor:
         progress: tuple[str, int] | None = None,
     ) -> IngestResult:
         """Validate, map and queue one chunk in one atomic step. ``replaces``, for a replay, gives per event
-        the mapping dead letter it replaces; ``progress`` ``(message id, chunks done)`` is stored with it."""
+        the mapping dead letter it replaces; ``progress`` ``(message id, chunks done)`` is stored with it.
+        Events naming a forgotten user are filtered with this process's view of the suppression list; the
+        enqueue refuses a view older than the list's, and the chunk is mapped again with the new one."""
+        for attempt in range(STALE_TRIES):
+            gen, forgotten = self.store.forgotten_view(self.config.name, refresh=attempt > 0)
+            try:
+                return self._ingest_chunk(chunk, lines, replaces, progress, gen, forgotten)
+            except StaleForgotten:
+                continue
+        raise StaleForgotten(
+            f"{self.config.name}: the suppression list kept changing during {STALE_TRIES} tries"
+        )
+
+    def _ingest_chunk(
+        self,
+        chunk: list[tuple[int, Any]],
+        lines: list[LineResult] | None,
+        replaces: Sequence[str] | None,
+        progress: tuple[str, int] | None,
+        forgotten_gen: str,
+        forgotten: dict[str, int],
+    ) -> IngestResult:
         items = self._validated(chunk)
         known = self._lookup(items)
         now = int(time.time())
-        mapped = self._map_chunk(items, known, now)
+        self._forgotten = forgotten
+        mapped = self._map_chunk(items, known, now, forgotten)
         hold = Hold(limit=self.config.anonymous_hold_max) if self.config.anonymous == "hold" else None
         released, claims, links = self._released(mapped, known, now) if hold is not None else ([], [], {})
         for position, (index, raw, result, _) in enumerate(mapped):
             # held, but this very chunk says who the visitor is: mapped under that identity at once
             if result.status == HELD and (visitor := _visitor_of(raw)) in links:
                 now_known = [(index, _claimed(raw, links[visitor]))]
-                mapped[position] = self._map_chunk(self._validated(now_known), known, now)[0]
+                mapped[position] = self._map_chunk(self._validated(now_known), known, now, forgotten)[0]
         res = IngestResult()
         groups: list[tuple[str, list[bytes], str]] = []
         group_index: list[int] = []
@@ -172,7 +213,7 @@ class Ingestor:
         identities: list[tuple[str, str]] = []
         dead: list[tuple[str, bytes, str]] = []
         drops: list[str] = []
-        filtered = rejected = 0
+        filtered = rejected = forgotten_n = 0
         # A visitor's held events go first, in the order they came, under the identity now known; one that
         # no longer maps becomes a mapping dead letter (with its reasons), as it would have on arrival.
         for visitor, result, raw, encoded in released:
@@ -204,6 +245,7 @@ class Ingestor:
                 hold.held.append((visitor, entry, replaced))
             elif result.status == FILTERED:
                 filtered += 1
+                forgotten_n += result.reasons == [FORGOTTEN]
                 if replaced:
                     drops.append(replaced)
             else:
@@ -217,12 +259,13 @@ class Ingestor:
                     index, result.status, result.records, result.reasons, result.warnings
                 )
         # rejected_mapping is counted by the script, for the dead letters it actually adds
-        counters = {"filtered": filtered}
+        counters = {"filtered": filtered, "forgotten": forgotten_n}
         if hold is not None:
             hold.group_claims = group_claims
             hold.claims = claims
             # held events filtered now (no consent, say) count as filtered
             counters["filtered"] += sum(1 for _, r, _, _ in released if r.status == FILTERED)
+            counters["forgotten"] += sum(1 for _, r, _, _ in released if r.reasons == [FORGOTTEN])
         pushed, skipped, dups = self.store.enqueue(
             self.config.name,
             groups,
@@ -235,6 +278,7 @@ class Ingestor:
             self.config.identity_retention,
             self.config.max_pending,
             hold,
+            forgotten_gen,
         )
         res.filtered, res.rejected, res.duplicate = filtered, rejected, len(dups)
         res.accepted = len(groups) - len(dups) - skipped
@@ -300,7 +344,7 @@ class Ingestor:
             who = links[visitor]
             events = [_claimed(event, who, held_at) for event, held_at in map(_unheld, entries)]
             items = self._validated(list(enumerate(events)))
-            for _, raw, result, encoded in self._map_chunk(items, known, now):
+            for _, raw, result, encoded in self._map_chunk(items, known, now, self._forgotten):
                 out.append((visitor, result, raw, encoded))
             claims.append((visitor, entries[0], entries[-1], len(entries)))
         return out, claims, links
@@ -347,7 +391,8 @@ class Ingestor:
                 if check_store
                 else set()
             )
-            for index, raw, result, _ in self._map_chunk(items, known, int(time.time())):
+            forgotten = self.store.forgotten_view(self.config.name)[1] if check_store else None
+            for index, raw, result, _ in self._map_chunk(items, known, int(time.time()), forgotten):
                 mid = str(raw.get("messageId") or "") if isinstance(raw, dict) else ""
                 if result.status == MAPPED and mid and self.config.dedup_window > 0:
                     if mid in seen or mid in dup_store:

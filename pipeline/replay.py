@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -14,8 +15,9 @@ import orjson
 
 from pipeline.config import IntegrationConfig
 from pipeline.deadletters import READ_PAGE, Filter, entries, iter_dead_letters, iter_pages
-from pipeline.ingest import Ingestor
-from pipeline.store import Store
+from pipeline.forget import record_values, suppressed
+from pipeline.ingest import STALE_TRIES, Ingestor
+from pipeline.store import StaleForgotten, Store
 
 
 @dataclass
@@ -26,6 +28,7 @@ class ReplayResult:
     missing: list[str] = field(default_factory=list)
     unreplayable: list[str] = field(default_factory=list)  # api dead letters that hold no record to send
     already_replayed: int = 0  # taken by another replay running at the same time
+    forgotten: int = 0  # records of a forgotten user: not queued again
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,7 +103,7 @@ def _replay_page(
         else:
             api.append((e["id"], orjson.dumps(_renamed(e["record"], renames))))
     if api:
-        result.replayed_records += len(store.replay_records(ingestor.config.name, api))
+        result.replayed_records += _replay_api(store, ingestor.config.name, api, result)
     mapping = [e for e in page if e.get("stage") == "mapping"]
     if mapping:
         res = ingestor.ingest_chunk(
@@ -109,6 +112,33 @@ def _replay_page(
         result.remapped_events += res.accepted + res.filtered + res.duplicate
         result.rejected_again += res.rejected
         result.already_replayed += res.already_replayed
+
+
+def _replay_api(store: Store, name: str, items: list[tuple[str, bytes]], result: ReplayResult) -> int:
+    """Queue api dead letters' records again, but never a forgotten user's (left for the forget request to
+    remove), filtered with the suppression list as the replay script finds it."""
+    for attempt in range(STALE_TRIES):
+        gen, forgotten = store.forgotten_view(name, refresh=attempt > 0)
+        now_ms = int(time.time() * 1000)
+        keep = [
+            (i, r)
+            for i, r in items
+            if not (forgotten and suppressed(record_values(_loads(r)), forgotten, now_ms))
+        ]
+        try:
+            moved = len(store.replay_records(name, keep, gen)) if keep else 0
+        except StaleForgotten:
+            continue
+        result.forgotten += len(items) - len(keep)
+        return moved
+    raise StaleForgotten(f"{name}: the suppression list kept changing during {STALE_TRIES} tries")
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def plan(store: Store, where: Filter, ids: Sequence[str] | None = None) -> ReplayPlan:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline.config import Settings, load_settings
 from pipeline.delivery import Deliverer, Dispatch
+from pipeline.forget import Forgetter
 from pipeline.ingest import IngestMessage, Ingestor, IngestResult
 from pipeline.saved import LiveSettings
 from pipeline.store import Store
@@ -64,6 +65,18 @@ def deliverer(dispatch: Dispatch) -> Deliverer:
         value = held["now"] = Deliverer(current, store(), dispatch)
     elif value.settings is not current:
         value = held["now"] = value.with_settings(current)
+    return value
+
+
+def forgetter(dispatch: Any = None) -> Forgetter:
+    """A forgetter for this process's current settings, on the deliverer's HTTP session and limiter."""
+    current = settings()
+    held: dict[str, Forgetter] = _per_process("forgetter", dict)
+    value = held.get("now")
+    if value is None or value.settings is not current:
+        shared = _per_process("deliverer", dict).get("now")
+        client = shared.client if shared is not None else None
+        value = held["now"] = Forgetter(current, store(), client, dispatch=dispatch)
     return value
 
 

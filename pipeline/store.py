@@ -31,6 +31,7 @@ from redis.cluster import RedisCluster
 from pipeline import constants as C
 from pipeline.accounts import AccountCalls
 from pipeline.errors import QueueFull
+from pipeline.forgotten import ForgetCalls
 from pipeline.keys import KeyLayout
 from pipeline.policy import BatchHistory, RetryKind
 
@@ -100,7 +101,8 @@ SCRIPTS: dict[str, str] = {
     name: _lua(name)
     for name in (
         "enqueue", "assemble", "lease", "unlease", "finish", "retry", "hold", "split", "sweep", "acquire",
-        "release", "adapt", "replay_records", "unlock", "drop_dead", "dead_page",
+        "release", "adapt", "replay_records", "unlock", "drop_dead", "dead_page", "forget_pending",
+        "forget_batch", "forget_dead", "forget_held", "forget_suppress", "forget_lease",
     )
 }  # fmt: skip
 
@@ -199,7 +201,12 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Store(AccountCalls, KeyLayout):
+class StaleForgotten(Exception):
+    """An enqueue or replay was filtered with an older view of the integration's suppression list (a user
+    was forgotten meanwhile): nothing was written; filter again with the list as it is now."""
+
+
+class Store(AccountCalls, ForgetCalls, KeyLayout):
     """Redis operations of the pipeline. One instance per process (:meth:`shared`); it holds a connection
     pool. Every method that takes ``integration`` takes the integration's name."""
 
@@ -397,12 +404,15 @@ class Store(AccountCalls, KeyLayout):
         identity_retention_s: float = 0,
         high_water: int = 0,
         hold: Hold | None = None,
+        forgotten_gen: str = "0",
     ) -> tuple[int, int, list[int]]:
         """Queue each group ``(messageId, records, dead letter it replaces)`` unless its messageId was seen in
         the window (or the dead letter it replaces is gone: replayed already); store identities, mapping
         dead letters ``(id, entry, dead letter it replaces)`` and counters, remove ``drops``, and record
         ``progress`` ``(message id, chunks done)``, all in the same atomic step; with ``hold``, anonymous
-        events are held and held ones released in that step too. Returns (records pushed, groups skipped:
+        events are held and held ones released in that step too. ``forgotten_gen``: the generation of the
+        suppression list the groups were filtered with (:class:`StaleForgotten` when it moved).
+        Returns (records pushed, groups skipped:
         already replayed, or held events another enqueue released first, duplicate group indexes)."""
         args: list[Any] = [
             int(dedup_window_s * 1000),
@@ -428,8 +438,12 @@ class Store(AccountCalls, KeyLayout):
         keys.append(self.key(integration, "anon:idx"))
         keys.append(self.key(integration, "anon:count"))
         keys.append(self.key(integration, f"call:{secrets.token_hex(8)}"))
+        keys.append(self.key(integration, "forgotten:gen"))
         args.append(C.ENQUEUE_ANSWER_KEPT_MS)
+        args.append(forgotten_gen)
         result = cast(list[int], self._then_ready("enqueue", keys, args, integration))
+        if int(result[0]) == -2:
+            raise StaleForgotten(integration)
         if int(result[0]) < 0:
             raise QueueFull(
                 f"integration {integration!r} has {high_water:,} or more records waiting (its high-water "
@@ -725,11 +739,18 @@ class Store(AccountCalls, KeyLayout):
     def dead_letter_count(self, integration: str) -> int:
         return int(self.r.hlen(self.key(integration, "dead")))
 
-    def replay_records(self, integration: str, items: Sequence[tuple[str, bytes]]) -> list[str]:
-        names = ("dead", "dead:idx", "pending", "arrivals", "flow", "stats", "dead:kinds")
+    def replay_records(
+        self, integration: str, items: Sequence[tuple[str, bytes]], forgotten_gen: str = "0"
+    ) -> list[str]:
+        """Queue api dead letters' records again (each only while its dead letter is there), filtered with the
+        suppression list of generation ``forgotten_gen`` (:class:`StaleForgotten` when it moved)."""
+        names = ("dead", "dead:idx", "pending", "arrivals", "flow", "stats", "dead:kinds", "forgotten:gen")
         keys = self.keys(integration, *names)
-        args: list[Any] = [x for pair in items for x in pair]
-        return [_s(x) for x in cast(list[bytes], self._then_ready("replay_records", keys, args, integration))]
+        args: list[Any] = [forgotten_gen, *(x for pair in items for x in pair)]
+        moved = cast(list[Any], self._then_ready("replay_records", keys, args, integration))
+        if moved and isinstance(moved[0], int) and moved[0] == -2:
+            raise StaleForgotten(integration)
+        return [_s(x) for x in moved]
 
     def drop_dead_letters(self, integration: str, ids: Sequence[str]) -> int:
         if not ids:

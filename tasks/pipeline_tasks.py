@@ -9,6 +9,7 @@ from typing import Any
 from pipeline import runtime
 from pipeline.delivery import Deliverer
 from pipeline.errors import DeliveryError, QueueFull, UnknownIntegration, where
+from pipeline.forget import Who
 from pipeline.ingest import TRANSIENT_REDIS_ERRORS
 from tasks.celeryapp import app
 
@@ -21,6 +22,10 @@ def _dispatch(integration: str, batch_id: str, countdown: float, generation: int
 
 def _deliverer() -> Deliverer:
     return runtime.deliverer(_dispatch)
+
+
+def _dispatch_forget(request_id: str) -> None:
+    forget.apply_async((request_id,))
 
 
 # While Redis is away the task retries (the same task id; the events stay in the message), with backoff up
@@ -75,9 +80,35 @@ def send_batch(integration: str, batch_id: str, generation: int | None = None) -
 
 @app.task(name="clevertap.sweep")
 def sweep() -> dict[str, dict[str, int]]:
-    """Re-publish stranded batches, start due auth probes, expire stale tokens."""
+    """Re-publish stranded batches, start due auth probes, expire stale tokens; hand forget requests that are
+    due (or whose worker died) to a worker."""
     found = _deliverer().sweep()
     for name, counts in found.items():
         if counts["redispatched"] or counts["probe"]:
             log.warning("sweep %s: %s", name, counts)
+    runtime.forgetter(_dispatch_forget).sweep()
     return found
+
+
+# The message carries the request's id only: its identities are in Redis (pipeline.forget), never in a
+# task argument. Every step is safe to repeat: a redelivered message, or one the sweep sends again, takes
+# the request from where it is.
+@app.task(name="clevertap.forget")
+def forget(request_id: str) -> str:
+    """Forget a user: remove every copy in the pipeline, then ask CleverTap to delete the profile."""
+    return runtime.forgetter(_dispatch_forget).run(request_id)
+
+
+def request_forget(
+    identities: list[str] | tuple[str, ...] = (),
+    user_ids: list[str] | tuple[str, ...] = (),
+    object_ids: list[str] | tuple[str, ...] = (),
+    anonymous_ids: list[str] | tuple[str, ...] = (),
+    integrations: list[str] | None = None,
+) -> str:
+    """For upstream jobs: write a forget request to Redis and send ``clevertap.forget`` with its id; returns
+    the id (``clevertap-pipeline forget status ID``)."""
+    who = Who(tuple(identities), tuple(user_ids), tuple(object_ids), tuple(anonymous_ids))
+    request_id = runtime.forgetter(_dispatch_forget).ask(who, integrations)
+    _dispatch_forget(request_id)
+    return request_id

@@ -3,11 +3,11 @@ lives in the core.
 
 The rooms: :mod:`.registry` (the verb registry, shared arguments, :class:`~.registry.Context`, ``main``),
 then one module per verb group: :mod:`.ingesting` (check-config, ingest, preview), :mod:`.observing`
-(status, debugger, metrics), :mod:`.dead_letters`, :mod:`.serving` (collect, console). Importing this
-package registers them all.
+(status, debugger, metrics), :mod:`.dead_letters`, :mod:`.forgetting`, :mod:`.serving` (collect,
+console). Importing this package registers them all.
 """
 
-from pipeline.cli import dead_letters, ingesting, observing, serving
+from pipeline.cli import dead_letters, forgetting, ingesting, observing, serving
 from pipeline.cli.registry import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -33,6 +33,7 @@ __all__ = [
     "build_parser",
     "dead_letters",
     "err",
+    "forgetting",
     "ingesting",
     "main",
     "observing",

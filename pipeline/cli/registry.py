@@ -101,8 +101,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 #: The order ``--help`` lists verbs in: what a user types every day first, then serving, then the local
 #: tooling; benchmarks and the soak last.
-EVERYDAY = ("ingest", "preview", "status", "dead-letters", "debugger", "check-config", "collect", "console",
-            "metrics", "demo", "run", "emulator")  # fmt: skip
+EVERYDAY = ("ingest", "preview", "status", "dead-letters", "forget", "debugger", "check-config", "collect",
+            "console", "metrics", "demo", "run", "emulator")  # fmt: skip
 
 
 def _listed(v: Verb) -> tuple[int, int, str]:

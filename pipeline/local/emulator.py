@@ -5,6 +5,8 @@ account (401), malformed bodies and over-size batches (400), per-record checks w
 "Skipped record number : N" (partial / fail), and 429 past the account's concurrency limit. Faults can be
 injected: latency, 500/503s, 429s (with or without Retry-After), connections cut after the records were
 stored, and outage windows. ``GET /_emulator/stats`` and ``GET /_emulator/records`` show what happened.
+``POST /1/delete/profiles.json`` (Delete User Profile) checks its body (identity or guid, never both; at
+most 100 values) and records what it deleted: ``GET /_emulator/deleted``.
 
 Its checks are written from the API description, apart from :mod:`pipeline.mapping`, so that the pipeline's
 pre-flight and the emulator can disagree, and the tests notice when they do.
@@ -263,6 +265,26 @@ def _check_profile(data: dict[str, Any]) -> tuple[int, str] | None:
     return None
 
 
+def check_delete(body: bytes) -> tuple[str, str, list[str]]:
+    """(problem or '', kind, values) of a Delete User Profile body, as docs/clevertap-api.md describes it."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "Malformed request: the body is not JSON", "", []
+    if not isinstance(payload, dict):
+        return "Malformed request: the body must be a JSON object", "", []
+    kinds = [k for k in ("identity", "guid") if k in payload]
+    if len(kinds) != 1:
+        return "Malformed request: send either identity or guid", "", []
+    raw = payload[kinds[0]]
+    values = raw if isinstance(raw, list) else [raw]
+    if not values or not all(isinstance(v, str) and v for v in values):
+        return f"Malformed request: {kinds[0]} must be a string or a list of strings", "", []
+    if len(values) > C.MAX_DELETE_VALUES:
+        return f"Max {C.MAX_DELETE_VALUES} are allowed", "", []
+    return "", kinds[0], values
+
+
 class EmulatorState:
     """Accounts, faults, counters and stored records, shared by the request threads."""
 
@@ -285,6 +307,8 @@ class EmulatorState:
         self.stored_by_account: Counter[str] = Counter()
         self.throttled_by_account: Counter[str] = Counter()  # 429s, for concurrency or injected
         self.requests_by_account: Counter[str] = Counter()
+        # Delete User Profile requests that succeeded, per account, in arrival order: (kind, value).
+        self.deleted: dict[str, list[tuple[str, str]]] = defaultdict(list)
 
     def roll(self, share: float) -> bool:
         if share <= 0:
@@ -350,6 +374,7 @@ class EmulatorState:
                 "stored_by_account": dict(self.stored_by_account),
                 "throttled_by_account": dict(self.throttled_by_account),
                 "requests_by_account": dict(self.requests_by_account),
+                "deleted_by_account": {a: len(v) for a, v in self.deleted.items()},
             }
 
     def reset(self) -> None:
@@ -358,6 +383,7 @@ class EmulatorState:
             self.stored_by_account.clear()
             self.throttled_by_account.clear()
             self.requests_by_account.clear()
+            self.deleted.clear()
             self.by_status.clear()
             self.counters.clear()
             self.peak.clear()
@@ -402,6 +428,11 @@ class Handler(BaseHTTPRequestHandler):
         state = self.server.state
         if url.path == "/_emulator/stats":
             self._send_plain(orjson.dumps(state.stats()))
+        elif url.path == "/_emulator/deleted":
+            account = parse_qs(url.query).get("account", [None])[0]
+            with state.lock:
+                found = {a: [list(x) for x in v] for a, v in state.deleted.items() if account in (None, a)}
+            self._send_plain(orjson.dumps(found))
         elif url.path == "/_emulator/records":
             account = parse_qs(url.query).get("account", [None])[0]
             self._send_plain(b"".join(r + b"\n" for r in state.stored_records(account)), ndjson=True)
@@ -429,10 +460,54 @@ class Handler(BaseHTTPRequestHandler):
             except (ValueError, TypeError) as exc:
                 return self._send(400, {"status": "fail", "error": str(exc), "code": 400})
             return self._send_plain(b'{"updated":true}')
+        if url.path == "/1/delete/profiles.json":
+            return self._delete()
         if url.path != "/1/upload":
             self._body()
             return self._send(404, {"status": "fail", "error": "Not found", "code": 404})
         self._upload(parse_qs(url.query).get("dryRun", ["0"])[0] == "1")
+
+    def _delete(self) -> None:
+        """Delete User Profile: ``{"identity": ...}`` or ``{"guid": ...}`` (a value or a list of at most
+        100), never both; the account's credentials, concurrency, latency and faults as for uploads."""
+        state = self.server.state
+        body = self._body()
+        account = self.headers.get("X-CleverTap-Account-Id", "")
+        if account not in state.accounts or state.accounts[account] != self.headers.get(
+            "X-CleverTap-Passcode"
+        ):
+            return self._send(401, {"status": "fail", "error": "Invalid Credentials", "code": 401})
+        with state.lock:
+            state.requests_by_account[account] += 1
+        if not state.enter(account):
+            return self._send(429, {"status": "fail", "error": "Too many concurrent requests", "code": 429})
+        try:
+            faults = state.faults.for_account(account)
+            if faults.latency_ms or faults.jitter_ms:
+                time.sleep((faults.latency_ms + state.rng.uniform(0, faults.jitter_ms)) / 1000)
+            reply = self._decide_delete(account, body, faults)
+        finally:
+            state.leave(account)
+        return self._send(*reply)
+
+    def _decide_delete(self, account: str, body: bytes, faults: Faults) -> tuple[int, dict[str, Any]]:
+        state = self.server.state
+        if state.in_outage():
+            state.counters["outage"] += 1
+            return 503, {"status": "fail", "error": "Service Unavailable", "code": 503}
+        if state.roll(faults.throttle_rate):
+            state.counters["throttled"] += 1
+            return 429, {"status": "fail", "error": "Too Many Requests", "code": 429}
+        if state.roll(faults.error_rate):
+            state.counters["errors"] += 1
+            return 503, {"status": "fail", "error": "Server Error", "code": 503}
+        problem, kind, values = check_delete(body)
+        if problem:
+            return 400, {"status": "fail", "error": problem, "code": 400}
+        with state.lock:
+            state.deleted[account].extend((kind, v) for v in values)
+            state.counters["profiles_deleted"] += len(values)
+        return 200, {"status": "success", "processed": len(values)}
 
     def _upload(self, dry_run: bool) -> None:
         state = self.server.state

@@ -48,12 +48,18 @@ while #made < max_batches do
   local records = redis.call('LRANGE', pending, 0, size - 1)
   redis.call('LTRIM', pending, #records, -1)
   redis.call('HINCRBY', flow, 'cut', #records)
-  local bid = stem .. '-' .. (#made + 1)
-  redis.call('SET', base .. 'batch:' .. bid, table.concat(records, '\n'))
-  redis.call('HSET', base .. 'meta:' .. bid, 'created', now, 'size', #records, 'attempts', 0,
-             'failures', 0, 'throttles', 0, 'gen', 1)
-  redis.call('ZADD', open, now, bid)
-  made[#made + 1] = bid
+  local live = {}   -- '' is a forgotten record's tombstone (forget_pending.lua): cut, never sent
+  for _, record in ipairs(records) do
+    if record ~= '' then live[#live + 1] = record end
+  end
+  if #live > 0 then
+    local bid = stem .. '-' .. (#made + 1)
+    redis.call('SET', base .. 'batch:' .. bid, table.concat(live, '\n'))
+    redis.call('HSET', base .. 'meta:' .. bid, 'created', now, 'size', #live, 'attempts', 0,
+               'failures', 0, 'throttles', 0, 'gen', 1)
+    redis.call('ZADD', open, now, bid)
+    made[#made + 1] = bid
+  end
   oldest = oldest_waiting()
 end
 if #made > 0 then redis.call('HINCRBY', stats, 'batches_assembled', #made) end

@@ -12,13 +12,15 @@
 -- only if the list still starts and ends with the entries the caller mapped (no other enqueue took them).
 -- Returns {records pushed, events skipped (already replayed, or held ones released elsewhere first),
 -- anonymous events not held (the hold full), 0-based index of each duplicate event...}, or {-1} when the
--- integration's queue is past its high-water mark (nothing written). The same call sent again (redis-py
+-- integration's queue is past its high-water mark, {-2} when the caller's view of the forgotten users is
+-- out of date (nothing written either way). The same call sent again (redis-py
 -- resends after a timeout or a dropped connection, though the first may have run) answers what the first
 -- did and writes nothing: events without a messageId are never queued twice that way.
 local pending, arrivals, flow, seen, ids, dead, dead_idx, stats, progress, ids_seen, dead_kinds =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local anon_idx, anon_count = KEYS[12], KEYS[13]
 local call = KEYS[14]                       -- this call's id: its answer, kept a while
+local forgotten_gen = KEYS[15]              -- the suppression list's generation (forget_suppress.lua)
 local window_ms = tonumber(ARGV[1])
 local message_ids = cjson.decode(ARGV[2])   -- one per event, '' when it has none
 local counts = cjson.decode(ARGV[3])        -- records per event
@@ -39,6 +41,9 @@ local base = ARGV[18]                       -- the integration's key base 'P:{I}
 
 local done = redis.call('GET', call)
 if done then return cjson.decode(done) end
+-- The caller filtered forgotten users' events with its view of the suppression list: an older view than
+-- the list's is refused ({-2}, nothing written), and the caller reads the list again.
+if (redis.call('GET', forgotten_gen) or '0') ~= ARGV[20] then return {-2} end
 
 --! include now
 

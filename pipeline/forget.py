@@ -1,0 +1,749 @@
+"""Forgetting a user (GDPR, CCPA): no copy left in the pipeline, then CleverTap's Delete User Profile API.
+
+A request names the user (emails or CleverTap identities, userIds, objectIds, anonymousIds) and runs in
+three steps, each safe to run again after a crash (a request is leased to one process at a time, and the
+beat's sweep hands an unfinished one to a worker):
+
+1. **Asked.** The request is written to Redis (``P:{forget}:req:<id>``: the one place the identities stay
+   in clear, until CleverTap confirms) and each integration's suppression list gets their SHA-256 digests:
+   from then on every enqueue and replay filters events that name them (counted as ``forgotten``), for
+   ``forget_suppress_days``.
+2. **Purged.** Every copy is removed, in bounded steps (no Redis call long enough to hold others up): the
+   identity map's entries, the anonymous hold of their visitors, pending records (overwritten in place by a
+   tombstone that assemble drops), open and held batches (rewritten without them), dead letters, the
+   event debugger's entries and the de-duplication window's messageIds that hold one of their values.
+   Values found beside theirs (a userId next to their email in the identity map, an anonymousId in their
+   dead-lettered event) are forgotten too, in another pass. A batch that was being
+   sent as it was rewritten is waited for (its lease), then the dead letters and debugger are looked at
+   again: its answer may have written either.
+3. **Deleted at CleverTap.** ``POST /1/delete/profiles.json`` per account, identities and guids (objectIds)
+   in separate requests of at most 100, one at a time per account (``delete_concurrency``) and under the
+   account's in-flight tokens with the uploads. 429, 5xx and network failures are retried with backoff
+   until the integration's give_up_age; 401/403 hold the request until an auth probe interval later; any
+   other answer fails it. Once every account confirmed, the identities are removed from the request: only
+   the digests remain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import logging
+import random
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from pipeline import constants as C
+from pipeline.client import UploadClient
+from pipeline.config import IntegrationConfig, Settings
+from pipeline.errors import InputError, where
+from pipeline.limiter import Limiter, RedisTokens
+from pipeline.policy import Attempt, full_jitter
+from pipeline.store import OUTAGE_ERRORS, Store, new_id
+
+log = logging.getLogger("pipeline.forget")
+
+#: Pending records looked at per script call: about 2-4 ms of Redis time each (docs/performance.md).
+PENDING_STEP = 2000
+#: Dead letters and identity-map entries read per HSCAN, debugger entries per LRANGE.
+SCAN_COUNT = 500
+DEBUG_PAGE = 100
+#: Passes that follow values found beside the user's (a userId beside their email, then that userId's
+#: anonymousId...): each pass looks only for the values the last one found.
+MAX_PASSES = 4
+#: The longest value a request takes (an identity, an id), and how many values in all.
+MAX_VALUE_CHARS = 1024
+MAX_VALUES = 10_000
+#: Backoff of a retried delete request.
+DELETE_BACKOFF_BASE_S = 1.0
+DELETE_BACKOFF_CAP_S = 300.0
+#: How long a request waits for the account's tokens in-process before it tries again shortly.
+TOKEN_WAIT_S = 2.0
+
+KINDS = ("identities", "user_ids", "object_ids", "anonymous_ids")
+_SINGULAR = {"identities": "identity", "user_ids": "user id", "object_ids": "object id",
+             "anonymous_ids": "anonymous id"}  # fmt: skip
+
+
+class State(enum.StrEnum):
+    PURGING = "purging"  # asked: the pipeline's copies are being removed
+    DELETING = "deleting"  # no copy left here; CleverTap's delete not yet confirmed
+    HELD = "held"  # CleverTap refused the credentials (401/403): tried again after auth_probe_interval
+    DONE = "done"  # CleverTap confirmed: the identities are gone from the request too
+    FAILED = "failed"  # CleverTap refused the delete, or it kept failing past give_up_age
+
+
+#: States with work left (in ``P:{forget}:open``, due at a time).
+UNFINISHED = (State.PURGING, State.DELETING, State.HELD)
+
+
+# --------------------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Who:
+    """The values that name one user (or several, forgotten together)."""
+
+    identities: tuple[str, ...] = ()  # emails, or CleverTap identities
+    user_ids: tuple[str, ...] = ()
+    object_ids: tuple[str, ...] = ()  # CleverTap IDs (guid)
+    anonymous_ids: tuple[str, ...] = ()
+
+    def values(self) -> set[str]:
+        return {v for kind in KINDS for v in getattr(self, kind)}
+
+    def normals(self) -> set[str]:
+        return {normal(v) for v in self.values()}
+
+    def __or__(self, other: Who) -> Who:
+        return Who(*(tuple(dict.fromkeys((*getattr(self, kind), *getattr(other, kind)))) for kind in KINDS))
+
+    def minus(self, known: Who) -> Who:
+        """What this names that ``known`` does not."""
+        seen = known.normals()
+        return Who(*(tuple(v for v in getattr(self, kind) if normal(v) not in seen) for kind in KINDS))
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, kind) for kind in KINDS)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {kind: list(getattr(self, kind)) for kind in KINDS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Who:
+        return cls(*(tuple(str(v) for v in data.get(kind) or ()) for kind in KINDS))
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(getattr(self, kind)) for kind in KINDS}
+
+
+def checked(who: Who) -> Who:
+    """``who`` with each value stripped; InputError naming the first bad value (empty, too long, too many)."""
+    out: dict[str, list[str]] = {}
+    total = 0
+    for kind in KINDS:
+        values = []
+        for n, raw in enumerate(getattr(who, kind), start=1):
+            value = str(raw).strip()
+            label = f"{_SINGULAR[kind]} {n}"
+            if not value:
+                raise InputError(f"{label} is empty")
+            if len(value) > MAX_VALUE_CHARS:
+                raise InputError(f"{label} is longer than {MAX_VALUE_CHARS} characters")
+            if any(ord(c) < 32 for c in value):
+                raise InputError(f"{label} holds a control character")
+            values.append(value)
+        out[kind] = list(dict.fromkeys(values))
+        total += len(out[kind])
+    if total == 0:
+        raise InputError("name at least one user: --identity, --user-id, --object-id or --anonymous-id")
+    if total > MAX_VALUES:
+        raise InputError(f"{total:,} values in one request: at most {MAX_VALUES:,}")
+    return Who.from_dict(out)
+
+
+def normal(value: str) -> str:
+    """How a value is compared: stripped, and an email (anything with an @) in lower case."""
+    value = value.strip()
+    return value.lower() if "@" in value else value
+
+
+def digest(value: str) -> str:
+    """What the suppression list and the audit trail keep of a value: SHA-256 of its normal form."""
+    return hashlib.sha256(normal(value).encode("utf-8", "replace")).hexdigest()
+
+
+def digests_of(who: Who) -> list[str]:
+    return sorted({digest(v) for v in who.values()})
+
+
+def needles_of(values: Iterable[str]) -> list[bytes]:
+    """What a stored record or event looks like where it names a value: the value as orjson writes a JSON
+    string (quotes included, so ``ann@x.com`` never matches ``joann@x.com``), as given and in its normal
+    form."""
+    out: set[bytes] = set()
+    for value in values:
+        for form in {value, value.strip(), normal(value)}:
+            if form:
+                out.add(orjson.dumps(form))
+    return sorted(out)
+
+
+def loose_needles(values: Iterable[str]) -> list[bytes]:
+    """For text that holds JSON inside a JSON string (the debugger's raw answers): the value itself."""
+    return sorted({form.encode() for v in values for form in {v.strip(), normal(v)} if form})
+
+
+def names_any(text: bytes, needles: Sequence[bytes]) -> bool:
+    return any(n in text for n in needles)
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        return None
+    return str(value)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def record_links(record: Any, known: set[str]) -> Who:
+    """The values a CleverTap record holds beside one of ``known`` (normal forms): its identity, profile
+    Email and Identity, objectId. A record that only mentions a known value elsewhere links nothing."""
+    rec = _dict(record)
+    profile = _dict(rec.get("profileData"))
+    ids = [
+        v
+        for v in (_text(rec.get("identity")), _text(profile.get("Email")), _text(profile.get("Identity")))
+        if v
+    ]
+    guid = _text(rec.get("objectId"))
+    if not any(normal(v) in known for v in (*ids, *([guid] if guid else []))):
+        return Who()
+    return Who(identities=tuple(ids), object_ids=(guid,) if guid else ())
+
+
+def event_links(event: Any, known: set[str]) -> Who:
+    """The values an event holds beside one of ``known``: its userId, anonymousId and emails (traits,
+    context.traits)."""
+    ev = _dict(event)
+    emails = [
+        v
+        for v in (
+            _text(_dict(ev.get("traits")).get("email")),
+            _text(_dict(_dict(ev.get("context")).get("traits")).get("email")),
+        )
+        if v
+    ]
+    uid, anon = _text(ev.get("userId")), _text(ev.get("anonymousId"))
+    if not any(normal(v) in known for v in (*emails, *(x for x in (uid, anon) if x))):
+        return Who()
+    return Who(
+        identities=tuple(emails), user_ids=(uid,) if uid else (), anonymous_ids=(anon,) if anon else ()
+    )
+
+
+def entry_links(entry: Any, known: set[str]) -> Who:
+    """A dead letter's links: of its record (stage api) or its event (stage mapping)."""
+    e = _dict(entry)
+    return record_links(e.get("record"), known) | event_links(e.get("event"), known)
+
+
+def event_values(event: Any) -> list[str]:
+    """Every value of an event a suppression list is checked against."""
+    ev = _dict(event)
+    return [
+        v
+        for v in (
+            _text(ev.get("userId")),
+            _text(ev.get("anonymousId")),
+            _text(_dict(ev.get("traits")).get("email")),
+            _text(_dict(_dict(ev.get("context")).get("traits")).get("email")),
+            _text(_dict(ev.get("properties")).get("email")),
+        )
+        if v
+    ]
+
+
+def record_values(record: Any) -> list[str]:
+    rec = _dict(record)
+    profile = _dict(rec.get("profileData"))
+    return [
+        v
+        for v in (
+            _text(rec.get("identity")),
+            _text(rec.get("objectId")),
+            _text(profile.get("Email")),
+            _text(profile.get("Identity")),
+        )
+        if v
+    ]
+
+
+def suppressed(values: Iterable[str], digests: dict[str, int], now_ms: int) -> bool:
+    """Whether any value is on a suppression list (digest -> ms it is suppressed until)."""
+    return any(digests.get(digest(v), 0) > now_ms for v in values)
+
+
+# ----------------------------------------------------------------------------------- CleverTap's side
+
+
+def delete_bodies(who: Who) -> list[tuple[str, list[str]]]:
+    """The delete requests for ``who``: identities (emails, identities and userIds, which an integration may
+    send as the identity) and guids (objectIds) never in one body (CleverTap answers 400), each of at most
+    MAX_DELETE_VALUES."""
+    identities = list(dict.fromkeys((*who.identities, *who.user_ids)))
+    guids = list(dict.fromkeys(who.object_ids))
+    step = C.MAX_DELETE_VALUES
+    return [
+        *(("identity", identities[i : i + step]) for i in range(0, len(identities), step)),
+        *(("guid", guids[i : i + step]) for i in range(0, len(guids), step)),
+    ]
+
+
+def delete_body(kind: str, values: Sequence[str]) -> bytes:
+    return orjson.dumps({kind: list(values)})
+
+
+class Verdict(enum.StrEnum):
+    DONE = "done"
+    RETRY = "retry"
+    HOLD = "hold"
+    FAILED = "failed"
+
+
+def judge_delete(attempt: Attempt) -> tuple[Verdict, str]:
+    """What one delete request's answer comes to. The body of a success is not documented (RudderStack
+    reads the status only): any 2xx is done."""
+    status = attempt.status
+    if status is None:
+        return Verdict.RETRY, f"no answer: {attempt.error or 'network error'}"
+    if 200 <= status < 300:
+        return Verdict.DONE, f"HTTP {status}"
+    detail = _error_text(attempt.body)
+    if status == 429:
+        return Verdict.RETRY, f"HTTP 429 (throttled){detail}"
+    if status >= 500:
+        return Verdict.RETRY, f"HTTP {status}{detail}"
+    if status in (401, 403, 407):
+        return Verdict.HOLD, f"HTTP {status}: the account's credentials are refused{detail}"
+    return Verdict.FAILED, f"HTTP {status}{detail}"
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        parsed = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return ""
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return f": {str(error)[:200]}" if error else ""
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+
+@dataclass
+class PurgeCounts:
+    by_place: Counter[str] = field(default_factory=Counter)
+    in_flight: set[tuple[str, str]] = field(default_factory=set)  # (integration, batch) sent as rewritten
+
+
+class Forgetter:
+    """Runs forget requests: :meth:`ask` writes one, :meth:`run` takes it as far as it can go now."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        client: UploadClient | None = None,
+        limiter: Limiter | None = None,
+        rng: random.Random | None = None,
+        dispatch: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client or UploadClient(settings.connect_timeout, settings.read_timeout)
+        self.limiter = limiter or Limiter(RedisTokens(store))
+        self.rng = rng or random.Random()
+        self.dispatch = dispatch
+        self.owner = secrets.token_hex(6)
+        #: A request's lease, renewed while a process works on it (every step is shorter than a token's
+        #: lease: a delete's HTTP deadline is): a killed process's request goes to another within this.
+        self.lease_s = settings.token_lease
+
+    # ------------------------------------------------------------------------------------------ ask
+
+    def ask(self, who: Who, integrations: Sequence[str] | None = None) -> str:
+        """Write a request and suppress the user's events at once; returns its id. The identities go to
+        Redis only (never a task argument, a log line or a URL)."""
+        who = checked(who)
+        names = list(dict.fromkeys(integrations or sorted(self.settings.integrations)))
+        for name in names:
+            self.settings.integration(name)  # UnknownIntegration names it
+        if not names:
+            raise InputError("no integration is configured: nothing to forget from")
+        rid = new_id()
+        now = self.store.now_ms()
+        self.store.new_request(
+            rid,
+            {
+                "state": State.PURGING.value,
+                "asked": now,
+                "integrations": names,
+                "digests": digests_of(who),
+                "who": who.as_dict(),
+                "asked_for": who.counts(),
+                "counts": {},
+                "clevertap": {},
+                "attempts": 0,
+            },
+        )
+        self._suppress(names, who)
+        self.store.update_request(rid, {}, due=now)
+        self.store.count_forget("requests")
+        return rid
+
+    def _suppress(self, names: Sequence[str], who: Who) -> None:
+        until = self.store.now_ms() + int(self.settings.forget_suppress_days * 86_400_000)
+        for name in names:
+            self.store.suppress(name, digests_of(who), until)
+
+    # ------------------------------------------------------------------------------------------ run
+
+    def run(self, rid: str, delete: bool = True) -> str:
+        """Take the request as far as it goes now: purge it if not yet done, then (with ``delete``) send what
+        CleverTap still has to confirm. Returns its state, or "leased" when another process works on it."""
+        owner = f"{self.owner}-{secrets.token_hex(4)}"
+        if not self.store.request_lease(rid, "take", owner, self.lease_s):
+            return "leased"
+        try:
+            req = self.store.request(rid)
+            if req is None:
+                return "missing"
+            if req["state"] == State.PURGING:
+                self._purge(rid, req, owner)
+                req = self.store.request(rid) or req
+            if delete and req["state"] in (State.DELETING, State.HELD):
+                self._delete(rid, req, owner)
+                req = self.store.request(rid) or req
+            return str(req["state"])
+        finally:
+            try:
+                self.store.request_lease(rid, "drop", owner)
+            except OUTAGE_ERRORS as exc:
+                log.warning("forget %s: lease not dropped (it ends by itself): %s", rid, where(exc))
+
+    def _renew(self, rid: str, owner: str) -> None:
+        if not self.store.request_lease(rid, "renew", owner, self.lease_s):
+            raise LeaseLost(f"forget {rid}: the request's lease ended while this process worked on it")
+
+    # ---------------------------------------------------------------------------------------- purge
+
+    def _purge(self, rid: str, req: dict[str, Any], owner: str) -> None:
+        started = time.monotonic()
+        names = [n for n in req["integrations"] if n in self.settings.integrations]
+        known = Who.from_dict(req["who"])
+        # Counts so far: a process killed mid-purge saved what it had removed (each copy is removed, and
+        # counted, once: the process that takes over does not find it again).
+        counts = PurgeCounts(Counter({k: int(v) for k, v in (req.get("counts") or {}).items()}))
+        new = known
+        for _ in range(MAX_PASSES):
+            found = Who()
+            for name in names:
+                found = found | self._pass(rid, owner, name, new, known | found, counts)
+                self.store.update_request(rid, {"counts": dict(counts.by_place)})
+            fresh = found.minus(known)
+            if not fresh:
+                break
+            known = known | fresh
+            new = fresh
+            self._suppress(names, fresh)  # found beside theirs: suppressed too, from now on
+            self.store.update_request(rid, {"who": known.as_dict(), "digests": digests_of(known)})
+        # A batch sent as it was rewritten: its answer may write a dead letter or a debugger entry naming
+        # them. Wait for its lease to end (the send's deadline is shorter), then look again.
+        self._wait_for_sends(rid, owner, counts.in_flight)
+        for name in names:
+            self._dead_letters(name, known, counts)
+            self._debugger(name, known, counts)
+        now = self.store.now_ms()
+        self.store.update_request(
+            rid,
+            {
+                "state": State.DELETING.value,
+                "purged": now,
+                "counts": dict(counts.by_place),
+                "purge_s": round(time.monotonic() - started, 3),
+                "who": known.as_dict(),
+                "digests": digests_of(known),
+            },
+            state=(State.PURGING, State.DELETING),
+            due=now,
+        )
+        log.info("forget %s: no copy left in the pipeline (%s)", rid, _counts_text(counts.by_place))
+
+    def _pass(self, rid: str, owner: str, name: str, new: Who, known: Who, counts: PurgeCounts) -> Who:
+        """One pass over one integration's places for the values ``new``; returns the values found beside
+        them (``known`` says which are theirs)."""
+        found = Who()
+        found = found | self._identity_map(name, new, counts)
+        visitors = [_visitor(a) for a in (*new.anonymous_ids, *found.anonymous_ids)]
+        counts.by_place["held"] += self.store.forget_held(name, visitors)
+        needles = needles_of(new.values() | found.values())
+        norms = (known | found).normals()
+        position, steps = 0, 0
+        while True:
+            position, end, removed = self.store.forget_pending_step(name, position, PENDING_STEP, needles)
+            counts.by_place["pending"] += len(removed)
+            for record in removed:
+                found = found | record_links(_loads(record), norms)
+            steps += 1
+            if steps % 50 == 0:
+                self._renew(rid, owner)
+            if end:
+                break
+        found = found | self._batches(name, needles, norms, counts)
+        self._renew(rid, owner)
+        found = found | self._dead_letters(name, new | found, counts, norms)
+        self._debugger(name, new | found, counts)
+        self._message_ids(name, new | found, counts)
+        return found
+
+    def _message_ids(self, name: str, who: Who, counts: PurgeCounts) -> None:
+        """A messageId is an SDK's (a UUID, usually), but one made upstream may hold an id or an email."""
+        needles = loose_needles(who.values())
+        cursor, drop = 0, []
+        while True:
+            cursor, members = self.store.scan_seen(name, cursor, SCAN_COUNT)
+            drop += [m for m in members if names_any(m, needles)]
+            if cursor == 0:
+                break
+        counts.by_place["message_ids"] += self.store.forget_seen(name, drop)
+
+    def _identity_map(self, name: str, who: Who, counts: PurgeCounts) -> Who:
+        norms = who.normals()
+        found, drop, cursor = Who(), [], 0
+        while True:
+            cursor, items = self.store.scan_hash(name, "ids", cursor, SCAN_COUNT)
+            for uid_b, email_b in items.items():
+                uid, email = uid_b.decode("utf-8", "replace"), email_b.decode("utf-8", "replace")
+                if normal(uid) in norms or normal(email) in norms:
+                    drop.append(uid)
+                    found = found | Who(identities=(email,), user_ids=(uid,))
+            if cursor == 0:
+                break
+        counts.by_place["identity_map"] += self.store.forget_identities(name, drop)
+        return found
+
+    def _batches(self, name: str, needles: list[bytes], norms: set[str], counts: PurgeCounts) -> Who:
+        """Every open and held batch, and any made meanwhile (a split makes two of one), until a look finds
+        none not seen."""
+        found, seen = Who(), set()
+        while True:
+            fresh = [b for b in self.store.batch_ids(name) if b not in seen]
+            if not fresh:
+                return found
+            for bid in fresh:
+                seen.add(bid)
+                removed, leased, records = self.store.forget_in_batch(name, bid, needles)
+                if removed > 0:
+                    counts.by_place["batches"] += removed
+                    if leased:
+                        counts.in_flight.add((name, bid))
+                    for record in records:
+                        found = found | record_links(_loads(record), norms)
+
+    def _dead_letters(self, name: str, who: Who, counts: PurgeCounts, norms: set[str] | None = None) -> Who:
+        needles = needles_of(who.values())
+        norms = norms or who.normals()
+        found, drop, cursor = Who(), [], 0
+        while True:
+            cursor, items = self.store.scan_hash(name, "dead", cursor, SCAN_COUNT)
+            for did, body in items.items():
+                if names_any(body, needles):
+                    drop.append(did.decode())
+                    found = found | entry_links(_loads(body), norms)
+            if len(drop) >= SCAN_COUNT:
+                counts.by_place["dead_letters"] += self.store.forget_dead_letters(name, drop)
+                drop = []
+            if cursor == 0:
+                break
+        counts.by_place["dead_letters"] += self.store.forget_dead_letters(name, drop)
+        return found
+
+    def _debugger(self, name: str, who: Who, counts: PurgeCounts) -> None:
+        needles = loose_needles(who.values())
+        matching, start = [], 0
+        while True:
+            page = self.store.debug_page(name, start, DEBUG_PAGE)
+            matching += [entry for entry in page if names_any(entry, needles)]
+            if len(page) < DEBUG_PAGE:
+                break
+            start += DEBUG_PAGE
+        counts.by_place["debugger"] += self.store.forget_debug_entries(name, list(dict.fromkeys(matching)))
+
+    def _wait_for_sends(self, rid: str, owner: str, in_flight: set[tuple[str, str]]) -> None:
+        deadline = time.monotonic() + self.settings.token_lease * C.BATCH_LEASE_FACTOR + 5
+        waiting = set(in_flight)
+        while waiting and time.monotonic() < deadline:
+            waiting = {(n, b) for n, b in waiting if self.store.batch_leased(n, b)}
+            if waiting:
+                time.sleep(0.2)
+                self._renew(rid, owner)
+
+    # --------------------------------------------------------------------------------------- delete
+
+    def _delete(self, rid: str, req: dict[str, Any], owner: str) -> None:
+        """Send what CleverTap has not confirmed yet, one request at a time; stop at the first that must
+        wait (retry, hold) or fails."""
+        now = self.store.now_ms()
+        if int(req.get("due", 0) or 0) > now and req["state"] == State.HELD:
+            return
+        who = Who.from_dict(req.get("who") or {})
+        progress: dict[str, Any] = dict(req.get("clevertap") or {})
+        state = State(req["state"])
+        for config in self._accounts(req["integrations"]):
+            account = progress.setdefault(config.account_id, {"confirmed": [], "answers": []})
+            for number, (kind, values) in enumerate(delete_bodies(who)):
+                if number in account["confirmed"]:
+                    continue
+                self._renew(rid, owner)
+                attempt = self._send_delete(config, delete_body(kind, values))
+                if attempt is None:  # the account's slots are busy: shortly
+                    self._save(rid, progress, state, State.DELETING, due=now + 1000)
+                    return
+                verdict, reason = judge_delete(attempt)
+                answer = {"request": number, "kind": kind, "values": len(values), "status": attempt.status,
+                          "verdict": verdict.value, "reason": reason, "at": self.store.now_ms()}  # fmt: skip
+                account["answers"] = [*account["answers"][-19:], answer]
+                self.store.count_forget(f"delete:{attempt.status or 'error'}")
+                if verdict is Verdict.DONE:
+                    account["confirmed"].append(number)
+                    continue
+                self._not_done(rid, req, progress, state, verdict, reason, config)
+                return
+        self._save(rid, progress, state, State.DONE, done=True)
+        log.info("forget %s: CleverTap confirmed the delete in every account", rid)
+
+    def _not_done(
+        self,
+        rid: str,
+        req: dict[str, Any],
+        progress: dict[str, Any],
+        state: State,
+        verdict: Verdict,
+        reason: str,
+        config: IntegrationConfig,
+    ) -> None:
+        now = self.store.now_ms()
+        attempts = int(req.get("attempts", 0)) + 1
+        first = int(req.get("first_failure", 0) or 0) or now
+        extra = {"attempts": attempts, "first_failure": first, "error": reason}
+        if verdict is Verdict.HOLD:
+            log.error(
+                "forget %s: CleverTap refuses account %s's credentials; held: %s",
+                rid,
+                config.account_id,
+                reason,
+            )
+            self._save(
+                rid,
+                progress,
+                state,
+                State.HELD,
+                due=now + int(self.settings.auth_probe_interval * 1000),
+                extra=extra,
+            )
+        elif verdict is Verdict.RETRY and now - first < config.give_up_age * 1000:
+            delay = max(0.5, full_jitter(attempts, DELETE_BACKOFF_BASE_S, DELETE_BACKOFF_CAP_S, self.rng))
+            self._save(rid, progress, state, State.DELETING, due=now + int(delay * 1000), extra=extra)
+        else:
+            if verdict is Verdict.RETRY:
+                extra["error"] = f"gave up after {config.give_up_age:g} s of failures: {reason}"
+            log.error("forget %s: CleverTap's delete failed: %s (forget retry %s)", rid, extra["error"], rid)
+            self.store.count_forget("failed")
+            self._save(rid, progress, state, State.FAILED, extra=extra, close=True)
+
+    def _save(
+        self,
+        rid: str,
+        progress: dict[str, Any],
+        old: State,
+        new: State,
+        due: int | None = None,
+        done: bool = False,
+        extra: dict[str, Any] | None = None,
+        close: bool = False,
+    ) -> None:
+        fields: dict[str, Any] = {"clevertap": progress, "state": new.value, **(extra or {})}
+        drop: tuple[str, ...] = ()
+        if done:
+            fields["done"] = self.store.now_ms()
+            drop = ("who", "error")  # confirmed: only the digests remain
+        self.store.update_request(rid, fields, state=(old, new), drop=drop, due=due, close=close or done)
+
+    def _accounts(self, names: Sequence[str]) -> list[IntegrationConfig]:
+        """One integration per CleverTap account and endpoint: a profile is deleted once per account."""
+        seen: dict[tuple[str, str], IntegrationConfig] = {}
+        for name in names:
+            config = self.settings.integrations.get(name)
+            if config is not None:
+                seen.setdefault((config.account_id, config.delete_url), config)
+        return list(seen.values())
+
+    def _send_delete(self, config: IntegrationConfig, body: bytes) -> Attempt | None:
+        """One delete under the account's delete slot (delete_concurrency) and one of its upload tokens; None
+        when either stayed busy for TOKEN_WAIT_S."""
+        account, lease = config.account_id, self.settings.token_lease
+        deletes = self.store.delete_slots(account)
+        slot = Limiter(deletes).acquire(account, self.settings.delete_concurrency, lease, TOKEN_WAIT_S)
+        if slot is None:
+            return None
+        try:
+            token = self.limiter.acquire(account, config.max_concurrency, lease, TOKEN_WAIT_S)
+            if token is None:
+                return None
+            try:
+                attempt = self.client.delete_profiles(config, body)
+            finally:
+                self.limiter.release(account, token, config.max_concurrency)
+        finally:
+            Limiter(deletes).release(account, slot, self.settings.delete_concurrency)
+        with contextlib.suppress(*OUTAGE_ERRORS):  # a count lost, never the delete's answer
+            self.store.record_request(account, str(attempt.status or "error"), attempt.elapsed_s)
+        return attempt
+
+    # ---------------------------------------------------------------------------------------- sweep
+
+    def sweep(self) -> list[str]:
+        """Hand each unfinished request that is due and not leased to ``dispatch``; drop suppressed digests
+        past their time. Returns the ids dispatched."""
+        sent = []
+        for rid in self.store.due_requests(self.store.now_ms()):
+            if not self.store.request_leased(rid) and self.dispatch is not None:
+                self.dispatch(rid)
+                sent.append(rid)
+        return sent
+
+    def retry(self, rid: str) -> None:
+        """A failed request goes again (after credentials or the account were fixed)."""
+        req = self.store.request(rid)
+        if req is None:
+            raise InputError(f"no forget request {rid!r}")
+        if req["state"] != State.FAILED:
+            raise InputError(f"forget request {rid} is {req['state']}, not failed: nothing to retry")
+        fields = {"state": State.DELETING.value, "attempts": 0, "first_failure": 0}
+        states = (State.FAILED, State.DELETING)
+        self.store.update_request(rid, fields, state=states, due=self.store.now_ms(), drop=("error",))
+
+
+class LeaseLost(RuntimeError):
+    """Another process took the request over (this one was too slow to renew its lease): stop."""
+
+
+def _visitor(anonymous_id: str) -> str:
+    """The anonymous hold's key for an anonymousId (as ingest makes it)."""
+    return hashlib.sha256(anonymous_id.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _counts_text(counts: Counter[str]) -> str:
+    return ", ".join(f"{place} {n}" for place, n in sorted(counts.items()) if n) or "nothing found"
+
+
+def describe(req: dict[str, Any]) -> dict[str, Any]:
+    """A request as status shows it: never the identities, only their digests and counts."""
+    return {k: v for k, v in req.items() if k != "who"}

@@ -1,0 +1,398 @@
+"""Forgetting a user: the pure rules (request splitting, the policy on each answer, what names a user), and
+the purge and the delete against a real Redis and the emulator over HTTP, in process. The run with real
+worker and beat processes (and one SIGKILLed mid-forget) is in tests/test_forget_e2e.py."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from pipeline import constants as C
+from pipeline.cli.forgetting import read_values
+from pipeline.config import load_settings
+from pipeline.delivery import Deliverer
+from pipeline.errors import InputError
+from pipeline.forget import (
+    Forgetter,
+    State,
+    Verdict,
+    Who,
+    checked,
+    delete_bodies,
+    digest,
+    entry_links,
+    judge_delete,
+    names_any,
+    needles_of,
+    record_links,
+)
+from pipeline.ingest import ingest
+from pipeline.local.emulator import Emulator, check_delete
+from pipeline.policy import Attempt
+from pipeline.store import Store
+from tests.helpers import Dispatched, delivery_env, drain
+
+ACC, PASS = "FGT-ACC", "fgt-pass"
+ALICE, ALICE_ID, ALICE_ANON = "alice@example.com", "u-alice", "anon-alice-7"
+BOB, BOB_ID, BOB_ANON = "bob@example.com", "u-bob", "anon-bob-3"
+
+# ------------------------------------------------------------------------------------------ the rules
+
+
+def test_delete_requests_split_at_100_and_never_mix_identity_and_guid() -> None:
+    who = Who(
+        identities=tuple(f"p{i}@x.com" for i in range(180)),
+        user_ids=tuple(f"u{i}" for i in range(70)),
+        object_ids=tuple(f"g{i}" for i in range(101)),
+    )
+    bodies = delete_bodies(who)
+    assert [(k, len(v)) for k, v in bodies] == [
+        ("identity", 100), ("identity", 100), ("identity", 50), ("guid", 100), ("guid", 1),
+    ]  # fmt: skip
+    sent = [v for _, values in bodies for v in values]
+    assert len(sent) == len(set(sent)) == 351  # each value once
+    for kind, values in bodies:  # the emulator takes each, as CleverTap would
+        problem, got_kind, got = check_delete(orjson.dumps({kind: values}))
+        assert (problem, got_kind, got) == ("", kind, values)
+    assert delete_bodies(Who(anonymous_ids=("a1",))) == []  # CleverTap does not know anonymousIds
+
+
+def test_the_emulator_refuses_what_cleartap_refuses() -> None:
+    assert "either" in check_delete(b'{"identity": ["a"], "guid": ["b"]}')[0]
+    assert "either" in check_delete(b"{}")[0]
+    assert check_delete(orjson.dumps({"identity": [f"x{i}" for i in range(101)]}))[0] == "Max 100 are allowed"
+    assert "not JSON" in check_delete(b"{")[0]
+    assert "strings" in check_delete(b'{"guid": [1]}')[0]
+    assert check_delete(b'{"guid": "one"}') == ("", "guid", ["one"])
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [
+        (200, Verdict.DONE),
+        (204, Verdict.DONE),
+        (429, Verdict.RETRY),
+        (500, Verdict.RETRY),
+        (503, Verdict.RETRY),
+        (None, Verdict.RETRY),
+        (401, Verdict.HOLD),
+        (403, Verdict.HOLD),
+        (400, Verdict.FAILED),
+        (404, Verdict.FAILED),
+    ],
+)
+def test_the_policy_on_each_answer(status: int | None, verdict: Verdict) -> None:
+    body = b'{"status": "fail", "error": "Max 100 are allowed", "code": 400}' if status == 400 else b""
+    got, reason = judge_delete(Attempt(status, body, error="ConnectionError" if status is None else None))
+    assert got is verdict
+    if status == 400:
+        assert "Max 100 are allowed" in reason
+
+
+def test_a_value_is_matched_whole_and_in_its_normal_form() -> None:
+    needles = needles_of(["Ann@X.com"])
+    assert names_any(b'{"identity":"ann@x.com"}', needles)
+    assert names_any(b'{"identity":"Ann@X.com"}', needles)
+    assert not names_any(b'{"identity":"joann@x.com"}', needles)
+    assert digest(" Ann@X.com ") == digest("ann@x.com")
+    assert digest("User-1") != digest("user-1")  # ids keep their case
+
+
+def test_links_come_only_from_identifying_fields() -> None:
+    known = {ALICE}
+    rec = {"identity": ALICE, "objectId": "g-1", "type": "event", "evtName": "x"}
+    assert record_links(rec, known) == Who(identities=(ALICE,), object_ids=("g-1",))
+    # a record that merely mentions her (someone else's referral) is removed, but links nobody to her
+    other = {"identity": BOB, "objectId": "g-2", "evtData": {"referred": ALICE}}
+    assert record_links(other, known) == Who()
+    letter = {"stage": "mapping", "event": {"userId": ALICE_ID, "anonymousId": ALICE_ANON,
+                                            "context": {"traits": {"email": ALICE}}}}  # fmt: skip
+    assert entry_links(letter, known) == Who((ALICE,), (ALICE_ID,), (), (ALICE_ANON,))
+
+
+def test_bad_requests_name_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="name at least one user"):
+        checked(Who())
+    with pytest.raises(InputError, match="identity 2 is empty"):
+        checked(Who(identities=("a@x.com", "  ")))
+    with pytest.raises(InputError, match="longer than"):
+        checked(Who(user_ids=("u" * 2000,)))
+    f = tmp_path / "who.txt"
+    f.write_text("# people\nalice@example.com\nuser_id: u-1\n\nobject_id:g-1\nfoo: bar\n")
+    with pytest.raises(InputError, match=r"line 6: unknown kind 'foo'"):
+        read_values(str(f))
+    f.write_text("alice@example.com\nuser_id: u-1\nobject_id:g-1\nanonymous_id: a-1\n")
+    assert read_values(str(f)) == Who(("alice@example.com",), ("u-1",), ("g-1",), ("a-1",))
+
+
+# ------------------------------------------------------------------------- real Redis and the emulator
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(accounts={ACC: PASS}) as emu:
+        yield emu
+
+
+def _who_events(email: str, uid: str, anon: str, n: int, start: int = 0) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [
+        {"type": "identify", "userId": uid, "anonymousId": anon, "messageId": f"id-{uid}-{start}",
+         "traits": {"email": email, "name": uid}},
+    ]  # fmt: skip
+    out += [
+        {"type": "track", "event": "Product Viewed", "userId": uid, "anonymousId": anon,
+         "messageId": f"{uid}-{start + i}", "properties": {"i": start + i}}
+        for i in range(n)
+    ]  # fmt: skip
+    return out
+
+
+def _bad_event(uid: str, anon: str, email: str) -> dict[str, Any]:
+    """An event that cannot be mapped (a mapping dead letter holding the whole event)."""
+    return {"type": "track", "userId": uid, "anonymousId": anon, "context": {"traits": {"email": email}},
+            "messageId": f"bad-{uid}"}  # fmt: skip
+
+
+def all_text(client: redis.Redis, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Every key's contents as one blob each (Celery's messages with their base64 bodies decoded)."""
+    out: dict[str, bytes] = {}
+    for key in client.scan_iter(count=1000):
+        name = key.decode()
+        if any(s in name for s in skip):
+            continue
+        kind = client.type(key).decode()
+        if kind == "string":
+            parts = [client.get(key) or b""]
+        elif kind == "list":
+            parts = list(client.lrange(key, 0, -1))
+        elif kind == "hash":
+            parts = [x for kv in client.hgetall(key).items() for x in kv]
+        elif kind == "zset":
+            parts = [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+        elif kind == "set":
+            parts = list(client.smembers(key))
+        else:
+            parts = []
+        blob = b"\n".join(parts)
+        for part in parts:  # kombu's messages: {"body": base64, ...}
+            try:
+                message = orjson.loads(part)
+                if isinstance(message, list):
+                    message = message[0]
+                if isinstance(message, dict) and isinstance(message.get("body"), str):
+                    blob += b"\n" + base64.b64decode(message["body"])
+            except (orjson.JSONDecodeError, ValueError, TypeError, IndexError):
+                pass
+        out[name] = blob
+    return out
+
+
+def holders(client: redis.Redis, values: list[str], skip: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for name, blob in all_text(client, skip).items():
+        named = [v for v in values if v.encode() in blob or v.encode() in name.encode()]
+        if named:
+            found[name] = named
+    return found
+
+
+def test_forget_removes_every_copy_then_cleartap_deletes(
+    store: Store, redis_url: str, emulator: Emulator
+) -> None:
+    env = delivery_env(
+        redis_url, emulator.url, CLEVERTAP_ACCOUNT_ID=ACC, CLEVERTAP_PASSCODE=PASS, CLEVERTAP_BATCH_SIZE="7",
+        CLEVERTAP_MAX_CONCURRENCY="1", CLEVERTAP_FLUSH_INTERVAL="0.05", CLEVERTAP_DEBUGGER_SIZE="100",
+    )  # fmt: skip
+    settings = load_settings(env)
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    # First: some of each user's rows refused by CleverTap (api dead letters; the debugger keeps the answer,
+    # which echoes the refused record), and mapping dead letters holding whole events.
+    emulator.state.faults = emulator.state.faults.updated({"restricted_events": ["Refused Event"]})
+    refused = [
+        {"type": "track", "event": "Refused Event", "userId": uid, "messageId": f"r-{uid}",
+         "context": {"traits": {"email": email}}}
+        for uid, email in ((ALICE_ID, ALICE), (BOB_ID, BOB))
+    ]  # fmt: skip
+    bad = [_bad_event(ALICE_ID, ALICE_ANON, ALICE), _bad_event(BOB_ID, BOB_ANON, BOB)]
+    ingest([*refused, *bad], settings=settings, store=store)
+    time.sleep(0.06)
+    deliverer.assemble()
+    drain(deliverer, dispatched)
+    assert len([d for d in store.dead_letter_ids("default", 0, 100)]) == 4
+    # Then CleverTap goes down: batches retried (open, due later) and records pending behind them.
+    emulator.state.faults = emulator.state.faults.updated({"error_rate": 1.0})
+    ingest(_who_events(ALICE, ALICE_ID, ALICE_ANON, 30) + _who_events(BOB, BOB_ID, BOB_ANON, 30),
+           settings=settings, store=store)  # fmt: skip
+    time.sleep(0.06)
+    deliverer.assemble()
+    for message in dispatched.take():  # one failed attempt each: retried later
+        deliverer.send(message[0], message[1], message[3])
+    depth = store.depth("default")
+    assert depth["pending"] > 0 and depth["open_batches"] > 0, depth
+    alice = [ALICE, ALICE_ID, ALICE_ANON]
+    before = holders(store.r, alice)
+    assert any(":pending" in k for k in before) and any(":batch:" in k for k in before)
+    assert any(":dead" in k for k in before) and any(k.endswith(":ids") for k in before)
+    assert any(k.endswith(":debug") for k in before)
+
+    forgetter = Forgetter(settings, store)
+    rid = forgetter.ask(Who(identities=(ALICE,)))  # her userId and anonymousId are found beside her email
+    assert forgetter.run(rid, delete=False) == State.DELETING
+    req = store.request(rid)
+    assert req is not None
+    assert set(req["who"]["user_ids"]) == {ALICE_ID} and set(req["who"]["anonymous_ids"]) == {ALICE_ANON}
+    assert req["counts"]["pending"] + req["counts"]["batches"] == 31
+    assert req["counts"]["dead_letters"] == 2 and req["counts"]["identity_map"] == 1
+    assert req["counts"]["debugger"] >= 1
+    # Nothing holds her now but the request itself (which CleverTap still needs).
+    assert holders(store.r, alice, skip=("{forget}:req:",)) == {}
+    assert set(holders(store.r, alice)) == {store.forget_key(f"req:{rid}")}
+
+    # CleverTap is back: every record of Bob's arrives, none of Alice's, and the delete is sent.
+    emulator.state.faults = emulator.state.faults.updated({"error_rate": 0.0})
+    for _ in range(40):
+        deliverer.sweep()
+        deliverer.assemble()
+        drain(deliverer, dispatched)
+        if not any(store.depth("default")[k] for k in ("pending", "open_batches")):
+            break
+    stored = [orjson.loads(r) for r in emulator.state.stored_records(ACC)]
+    assert not [
+        r for r in stored if ALICE in orjson.dumps(r).decode() or ALICE_ID in orjson.dumps(r).decode()
+    ]
+    bob_views = [r for r in stored if r.get("identity") == BOB and r.get("evtName") == "Product Viewed"]
+    assert len(bob_views) == 30
+    assert forgetter.run(rid) == State.DONE
+    assert emulator.state.deleted[ACC] == [("identity", ALICE), ("identity", ALICE_ID)]
+    req = store.request(rid)
+    assert req is not None and "who" not in req and len(req["digests"]) == 3
+    assert holders(store.r, alice) == {}  # the digests only, now
+    # A later event for her (an SDK's retry, a replay of an old export) is filtered, counted as forgotten.
+    res = ingest(
+        _who_events(ALICE.upper(), ALICE_ID, "anon-new", 1, start=100), settings=settings, store=store
+    )
+    assert res.filtered == 2 and res.accepted == 0
+    assert store.stats("default")["forgotten"] == 2
+    assert holders(store.r, [ALICE, ALICE.upper()]) == {}
+
+
+def test_a_batch_being_sent_is_rewritten_and_waited_for(
+    store: Store, redis_url: str, emulator: Emulator
+) -> None:
+    env = delivery_env(redis_url, emulator.url, CLEVERTAP_ACCOUNT_ID=ACC, CLEVERTAP_PASSCODE=PASS,
+                       CLEVERTAP_FLUSH_INTERVAL="0.05", CLEVERTAP_TOKEN_LEASE="4",
+                       CLEVERTAP_CONNECT_TIMEOUT="1", CLEVERTAP_READ_TIMEOUT="2")  # fmt: skip
+    settings = load_settings(env)
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    ingest(_who_events(ALICE, ALICE_ID, ALICE_ANON, 5) + _who_events(BOB, BOB_ID, BOB_ANON, 5),
+           settings=settings, store=store)  # fmt: skip
+    time.sleep(0.06)
+    deliverer.assemble()
+    (message,) = dispatched.take()
+    # CleverTap answers slowly: the forget comes while the batch is in flight.
+    emulator.state.faults = emulator.state.faults.updated({"latency_ms": 1500})
+    sending = threading.Thread(target=deliverer.send, args=(message[0], message[1], message[3]))
+    sending.start()
+    while not store.batch_leased("default", message[1]):
+        time.sleep(0.01)
+    time.sleep(0.2)
+    forgetter = Forgetter(settings, store)
+    rid = forgetter.ask(Who(identities=(ALICE,), user_ids=(ALICE_ID,)))
+    started = time.monotonic()
+    assert forgetter.run(rid, delete=False) == State.DELETING
+    waited = time.monotonic() - started
+    sending.join()
+    assert waited > 0.8  # it waited for the send's answer before it called the pipeline clean
+    # The send went out before the rewrite (CleverTap has those rows: the delete goes after them).
+    assert store.depth("default")["open_batches"] == 0
+    assert holders(store.r, [ALICE, ALICE_ID, ALICE_ANON], skip=("{forget}:req:",)) == {}
+    assert forgetter.run(rid) == State.DONE
+
+
+def test_a_batch_retried_after_the_rewrite_sends_only_the_others(store: Store, redis_url: str,
+                                                                 emulator: Emulator) -> None:  # fmt: skip
+    env = delivery_env(redis_url, emulator.url, CLEVERTAP_ACCOUNT_ID=ACC, CLEVERTAP_PASSCODE=PASS,
+                       CLEVERTAP_FLUSH_INTERVAL="0.05")  # fmt: skip
+    settings = load_settings(env)
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    alicia = _who_events(ALICE.replace("alice", "alicia"), "u-x", "a-x", 3)
+    ingest(_who_events(ALICE, ALICE_ID, ALICE_ANON, 3) + alicia, settings=settings, store=store)
+    time.sleep(0.06)
+    deliverer.assemble()
+    forgetter = Forgetter(settings, store)
+    forgetter.run(forgetter.ask(Who(identities=(ALICE,))), delete=False)
+    drain(deliverer, dispatched)
+    stored = emulator.state.stored_records(ACC)
+    assert len(stored) == 4 and all(b"alicia@example.com" in r for r in stored)
+
+
+def test_a_forgotten_users_dead_letter_is_not_replayed(store: Store, make_settings: Any) -> None:
+    from pipeline.replay import replay
+
+    settings = make_settings()
+    store.r.hset(store.key("default", "dead"), "d1", orjson.dumps(
+        {"id": "d1", "kind": "api:513", "stage": "api", "record": {"identity": ALICE, "type": "event",
+         "evtName": "x", "evtData": {}}}))  # fmt: skip
+    store.r.zadd(store.key("default", "dead:idx"), {"d1": 1})
+    other = Forgetter(settings, store)
+    other.ask(Who(identities=(ALICE,)))  # asked, not yet purged: the replay must not queue her record
+    result = replay(store, settings.integration("default"), ids=["d1"])
+    assert result.replayed_records == 0 and result.forgotten == 1
+    assert store.r.llen(store.key("default", "pending")) == 0
+
+
+def test_an_enqueue_with_an_old_view_of_the_list_is_refused_and_filtered_again(
+    store: Store, make_settings: Any
+) -> None:
+    settings = make_settings()
+    store.forgotten_view("default")  # this process's view: nobody forgotten
+    # another process forgets her; this one's view is now old
+    other = Store.from_url(settings.redis_url)
+    Forgetter(settings, other).ask(Who(identities=(ALICE,), user_ids=(ALICE_ID,)))
+    assert store.forgotten_view("default")[0] == "0"  # still the old view
+    res = ingest(_who_events(ALICE, ALICE_ID, ALICE_ANON, 2), settings=settings, store=store)
+    assert res.accepted == 0 and res.filtered == 3
+    assert store.forgotten_view("default")[0] != "0"  # refused, read again, filtered
+    assert store.r.llen(store.key("default", "pending")) == 0
+    other.r.close()
+
+
+def test_pending_steps_are_bounded_and_follow_the_head(store: Store) -> None:
+    """Small-scale check of the step bound: the pending pass moves PENDING_STEP records a call at most, and a
+    tombstone is never sent (the full-size figure is `clevertap-pipeline bench-forget`)."""
+    key = store.key("default", "pending")
+    records = [orjson.dumps({"identity": f"p{i}@x.com", "type": "event", "evtName": "e", "evtData": {}})
+               for i in range(5000)]  # fmt: skip
+    store.r.rpush(key, *records)
+    store.r.hset(store.key("default", "flow"), mapping={"pushed": 5000, "cut": 0})
+    store.r.rpush(store.key("default", "arrivals"), "5000:0")
+    position, end, removed = store.forget_pending_step(
+        "default", 0, 2000, needles_of(["p10@x.com", "p4999@x.com"])
+    )
+    assert (position, end, len(removed)) == (2000, False, 1)
+    position, end, removed = store.forget_pending_step("default", position, 2000, needles_of(["p4999@x.com"]))
+    assert (position, end) == (4000, False)
+    # a cut in between moves the head: the next step still starts where the last ended
+    store.assemble("default", 1000, 0.05, 1)
+    position, end, removed = store.forget_pending_step("default", position, 2000, needles_of(["p4999@x.com"]))
+    assert (position, end, len(removed)) == (5000, True, 1)
+    bids = []
+    while True:
+        made = store.assemble("default", 1000, 0.0, 20)
+        if not made:
+            break
+        bids += made
+    sent = [r for bid in store.open_batches("default") for r in store.batch_records("default", bid)]
+    assert len(sent) == 5000 - 2 and b"" not in sent
+    assert C.MAX_DELETE_VALUES == 100
