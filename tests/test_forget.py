@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 
 from pipeline import constants as C
 from pipeline.cli.forgetting import read_values
@@ -161,7 +160,7 @@ def _bad_event(uid: str, anon: str, email: str) -> dict[str, Any]:
             "messageId": f"bad-{uid}"}  # fmt: skip
 
 
-def all_text(client: redis.Redis, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+def all_text(client: Any, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
     """Every key's contents as one blob each (Celery's messages with their base64 bodies decoded)."""
     out: dict[str, bytes] = {}
     for key in client.scan_iter(count=1000):
@@ -169,6 +168,7 @@ def all_text(client: redis.Redis, skip: tuple[str, ...] = ()) -> dict[str, bytes
         if any(s in name for s in skip):
             continue
         kind = client.type(key).decode()
+        parts: list[bytes]
         if kind == "string":
             parts = [client.get(key) or b""]
         elif kind == "list":
@@ -195,7 +195,7 @@ def all_text(client: redis.Redis, skip: tuple[str, ...] = ()) -> dict[str, bytes
     return out
 
 
-def holders(client: redis.Redis, values: list[str], skip: tuple[str, ...] = ()) -> dict[str, list[str]]:
+def holders(client: Any, values: list[str], skip: tuple[str, ...] = ()) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for name, blob in all_text(client, skip).items():
         named = [v for v in values if v.encode() in blob or v.encode() in name.encode()]

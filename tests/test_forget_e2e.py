@@ -58,7 +58,7 @@ def _env(redis_url: str, **extra: str) -> dict[str, str]:
         "CLEVERTAP_TOKEN_LEASE": "6",
         **extra,
     }
-    return environment(redis_url, process=True, **settings)
+    return environment(redis_url, process=True, **settings)  # type: ignore[arg-type]
 
 
 def test_forget_with_real_workers_leaves_no_copy(redis_url: str, store: Store, tmp_path: Path) -> None:
