@@ -7,6 +7,7 @@ tag, so every key of one integration lives in one slot and each script touches o
 key                                   type    holds
 ====================================  ======  ===============================================================
 ``P:{I}:pending``                     list    queued records, pre-serialised CleverTap JSON, oldest first
+                                              ('' is a forgotten record's tombstone, dropped when cut)
 ``P:{I}:arrivals``                    list    ``<records pushed so far>:<ms>`` marks, oldest first: when the
                                               waiting records arrived (to 10 ms), for the flush interval
 ``P:{I}:flow``                        hash    ``pushed``, ``cut``: records ever pushed to / cut from pending
@@ -36,6 +37,10 @@ key                                   type    holds
                                               by sha256 of its anonymousId; released or expired whole
 ``P:{I}:anon:idx``                    zset    visitor -> ms its first event was held (the sweep's expiry)
 ``P:{I}:anon:count``                  string  events held in all (the cap, anonymous_hold_max)
+``P:{I}:forgotten``                   hash    SHA-256 digest of a forgotten user's value -> ms until which
+                                              events naming it are filtered (forget_suppress_days)
+``P:{I}:forgotten:gen``               string  bumped on every change of ``forgotten``: an enqueue or replay
+                                              filtered with an older view of the list is refused
 ``P:{I}:stats``                       hash    counters (accepted, delivered, retries_throttles, ...)
 ``P:{I}:debug``                       list    the event debugger: the last debugger_size send attempts, newest
                                               first (JSON: time, batch, records, attempt, HTTP status,
@@ -47,6 +52,18 @@ key                                   type    holds
                                               account), cut_at, cut_from, cuts
 ``P:{acct:<A>}:requests``             hash    requests to CleverTap by answer (HTTP status, or "error")
 ``P:{acct:<A>}:durations``            hash    request durations: a count per histogram bucket, and "sum"
+``P:{acct:<A>}:deletes``              zset    Delete User Profile requests in flight (delete_concurrency),
+                                              leases like ``tokens``; ``deletes:wake``, ``deletes:stats``,
+                                              ``deletes:limit`` as for the tokens
+``P:{forget}:req:<id>``               hash    one forget request: state, when asked / purged / done, its
+                                              integrations, the digests, counts of copies removed by place,
+                                              CleverTap's answers per account; ``who`` (the identities in
+                                              clear) only until CleverTap confirmed: the one place they
+                                              remain in the meantime
+``P:{forget}:index``                  zset    request id -> ms asked (``forget status``)
+``P:{forget}:open``                   zset    unfinished request id -> ms due (the sweep hands it to a worker)
+``P:{forget}:lease:<id>``             string  the process working on a request (expires, PX)
+``P:{forget}:states``                 hash    requests by state; ``P:{forget}:stats``: delete answers
 ``P:ready``                           set     integrations that may have records waiting
 ``P:assemble:lock``                   string  held by the one assembler run in progress (expires)
 ``P:unserved``                        hash    integration -> ms when an assembler last found records queued

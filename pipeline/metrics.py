@@ -25,6 +25,17 @@ INGESTED = {
 }
 
 
+#: forget's counters -> the ``what`` label of clevertap_forgotten_total.
+FORGOTTEN = {
+    "events_filtered": "forgotten",
+    "records": "forgotten_records",
+    "dead_letters": "forgotten_dead_letters",
+    "identities": "forgotten_identities",
+    "held": "forgotten_held",
+    "debugger": "forgotten_debugger",
+}
+
+
 class RedisCollector(Collector):
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
@@ -80,9 +91,16 @@ class RedisCollector(Collector):
             "(the hold full)",
             labels=["integration", "what"],
         )
+        forgotten = CounterMetricFamily(
+            "clevertap_forgotten",
+            "Forgetting users: later events filtered, and copies removed from each place",
+            labels=["integration", "what"],
+        )
         for name in sorted(self.settings.integrations):
             stats = self.store.stats(name)
             limited.add_metric([name], stats.get("browser_rate_limited", 0))
+            for what, counter in FORGOTTEN.items():
+                forgotten.add_metric([name, what], stats.get(counter, 0))
             for what in ("held", "released", "expired", "hold_full"):
                 anonymous.add_metric([name, what], stats.get(f"anonymous_{what}", 0))
             for counter, outcome in INGESTED.items():
@@ -99,7 +117,26 @@ class RedisCollector(Collector):
                 dead.add_metric([name, stage, code], n)
             auth.add_metric([name], 0 if self.store.auth_state(name) else 1)
         yield from (ingested, delivered, pending, oldest, dead_lettered, dead, auth, limited, anonymous)
+        yield forgotten
+        yield from self._forget_requests()
         yield from self._accounts()
+
+    def _forget_requests(self) -> Iterator[Metric]:
+        requests = GaugeMetricFamily(
+            "clevertap_forget_requests", "Forget requests, by state (failed ones wait for `forget retry`)",
+            labels=["state"],
+        )  # fmt: skip
+        states = self.store.request_states()
+        for state in ("purging", "deleting", "held", "done", "failed"):
+            requests.add_metric([state], states.get(state, 0))
+        deletes = CounterMetricFamily(
+            "clevertap_delete_requests", "Delete User Profile requests sent to CleverTap, by answer",
+            labels=["status"],
+        )  # fmt: skip
+        for key, n in sorted(self.store.forget_stats().items()):
+            if key.startswith("delete:"):
+                deletes.add_metric([key.partition(":")[2]], n)
+        yield from (requests, deletes)
 
     def _accounts(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(

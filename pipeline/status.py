@@ -49,6 +49,7 @@ def integration_status(settings: Settings, store: Store, name: str) -> dict[str,
         "retries": counters.get("retries_failures", 0) + counters.get("retries_throttles", 0),
         "throttled": counters.get("retries_throttles", 0),
         "fields_dropped": counters.get("fields_dropped", 0),
+        "forgotten": counters.get("forgotten", 0),  # events filtered: their user asked to be forgotten
         "last_error": last_error,
         "queued_in_batches": store.queued_in_batches(name),
         "not_served_since": None if unserved is None else round(unserved / 1000, 3),
@@ -76,6 +77,11 @@ def unserved_elsewhere(settings: Settings, store: Store) -> dict[str, dict[str, 
         for name, ms in sorted(store.unserved().items())
         if name not in settings.integrations
     }
+
+
+def forget_status(store: Store) -> dict[str, Any]:
+    """Forget requests by state, and how many wait for work (status --json's ``forget``)."""
+    return {"requests": store.request_states(), "unfinished": store.unfinished_requests()}
 
 
 class DeliveryRate:

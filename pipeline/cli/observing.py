@@ -28,7 +28,7 @@ from pipeline.errors import InputError
 def status(args: argparse.Namespace) -> int:
     import sys
 
-    from pipeline.status import DeliveryRate, integration_status, unserved_elsewhere
+    from pipeline.status import DeliveryRate, forget_status, integration_status, unserved_elsewhere
 
     if args.interval <= 0:
         raise InputError(f"--interval must be above 0, got {args.interval}")
@@ -41,13 +41,16 @@ def status(args: argparse.Namespace) -> int:
         elsewhere = {} if args.integration else unserved_elsewhere(ctx.settings, ctx.store)
         if args.watch:
             rate.update(found)
+        forgets = forget_status(ctx.store)
         if args.json:
-            print(orjson.dumps({"integrations": found, "unserved": elsewhere}).decode(), flush=True)
+            shown = {"integrations": found, "unserved": elsewhere, "forget": forgets}
+            print(orjson.dumps(shown).decode(), flush=True)
         else:
             text = "\n".join(
                 [
                     *(_status_text(name, s) for name, s in found.items()),
                     *(_unserved_text(name, u, ctx.settings.unknown_hint()) for name, u in elsewhere.items()),
+                    *(_forget_text(forgets) if forgets["requests"] else []),
                 ]
             )
             if args.watch and tty:
@@ -71,6 +74,14 @@ def _unserved_text(name: str, u: dict[str, Any], hint: str) -> str:
         f"integration {name}: {u['pending']:,} records queued, and an assembler that does not serve it found "
         f"them at {_iso(u['last_found'])} (a worker or beat without the console's key?): {hint}"
     )
+
+
+def _forget_text(forgets: dict[str, Any]) -> list[str]:
+    states = ", ".join(f"{state} {n:,}" for state, n in sorted(forgets["requests"].items()))
+    line = f"forget requests: {states}"
+    if forgets["requests"].get("failed"):
+        line += " (failed ones: clevertap-pipeline forget status, then forget retry ID)"
+    return [line]
 
 
 def _status_text(name: str, s: dict[str, Any]) -> str:
@@ -98,6 +109,7 @@ def _status_text(name: str, s: dict[str, Any]) -> str:
     lines.append(
         f"  ingested: accepted {c.get('accepted', 0):,}, filtered {c.get('filtered', 0):,}, "
         f"duplicate {c.get('duplicate', 0):,}, rejected at mapping {c.get('rejected_mapping', 0):,}"
+        + (f"; forgotten users' events filtered {c['forgotten']:,}" if c.get("forgotten") else "")
     )
     lines.append(
         f"  delivered {c.get('delivered', 0):,} records in {c.get('batches_sent', 0):,} batches; "
