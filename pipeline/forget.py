@@ -149,6 +149,32 @@ def checked(who: Who) -> Who:
     return Who.from_dict(out)
 
 
+_NAMES = {"identity": "identities", "user_id": "user_ids", "object_id": "object_ids",
+          "anonymous_id": "anonymous_ids"}  # fmt: skip
+
+
+def values_from_lines(lines: Sequence[str], source: str) -> Who:
+    """Values one per line: ``KIND:VALUE`` (identity, user_id, object_id, anonymous_id) or a bare email or
+    identity; blank lines and ``#`` comments are skipped. An unknown kind or an empty value is an
+    InputError naming ``source`` and the line."""
+    found: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    for n, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        kind, sep, value = text.partition(":")
+        if sep and kind.strip() in _NAMES:
+            target, value = _NAMES[kind.strip()], value.strip()
+        elif sep and "@" not in kind and kind.strip().replace("_", "").isalpha():
+            raise InputError(f"{source}, line {n}: unknown kind {kind.strip()!r} ({', '.join(_NAMES)})")
+        else:
+            target, value = "identities", text
+        if not value:
+            raise InputError(f"{source}, line {n}: no value after {kind.strip()}:")
+        found[target].append(value)
+    return Who.from_dict(found)
+
+
 def normal(value: str) -> str:
     """How a value is compared: stripped, and an email (anything with an @) in lower case."""
     value = value.strip()

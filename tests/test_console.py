@@ -397,3 +397,31 @@ def test_the_form_takes_the_page_origins_allowed_to_post(client: TestClient, liv
     )
     edit = client.get("/integrations/shop/edit").text
     assert 'value="https://shop.example.com, https://*.shop.test"' in edit
+
+
+def test_the_forget_page_asks_only_once_confirmed_and_never_shows_who(
+    client: TestClient, store: Store
+) -> None:
+    assert client.get("/forget").status_code == 303  # a login first
+    token = logged_in(client)
+    page = client.get("/forget")
+    assert page.status_code == 200 and "Forget a user" in page.text and "No forget requests yet" in page.text
+    values = "jane@example.com\nuser_id: u-42\n"
+    unconfirmed = client.post("/forget/ask", data={"csrf": token, "values": values, "confirm": "yes"})
+    assert unconfirmed.status_code == 303 and "type+FORGET" in unconfirmed.headers["location"]
+    assert store.request_ids() == []
+    bad = client.post("/forget/ask", data={"csrf": token, "values": "nickname: jj", "confirm": "FORGET"})
+    assert "line+1%3A+unknown+kind" in bad.headers["location"] and store.request_ids() == []
+    no_csrf = client.post("/forget/ask", data={"values": values, "confirm": "FORGET"})
+    assert no_csrf.status_code == 403 and store.request_ids() == []
+    asked = client.post("/forget/ask", data={"csrf": token, "values": values, "confirm": "FORGET"})
+    assert asked.status_code == 303 and "done=forget+request" in asked.headers["location"]
+    (rid,) = store.request_ids()
+    req = store.request(rid)
+    assert req is not None and req["state"] == "purging" and req["who"]["user_ids"] == ["u-42"]
+    # suppressed at once: an event for her is filtered before any worker has run the request
+    gen, digests = store.forgotten_view("default", refresh=True)
+    assert gen != "0" and len(digests) == 2
+    listing = client.get(asked.headers["location"])
+    assert rid in listing.text and "purging" in listing.text
+    assert "jane@example.com" not in listing.text and "u-42" not in listing.text

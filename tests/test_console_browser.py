@@ -196,5 +196,27 @@ def test_the_console_in_chromium(stack: tuple[Stack, str], browser: Any, tmp_pat
     assert '"stage": "api"' in browser.find_element(By.ID, "letter").text
     shot("dead-letter")
 
+    # Forget a user: refused until confirmed, then the workers remove the copies and CleverTap deletes.
+    browser.get(url + "/forget")
+    fill("values", "user_id: s1\nshopper.one@example.com")
+    fill("confirm", "yes")
+    browser.find_element(By.ID, "forget").click()
+    assert "type FORGET to confirm" in browser.find_element(By.ID, "error").text
+    fill("values", "user_id: s1\nshopper.one@example.com")
+    fill("confirm", "FORGET")
+    browser.find_element(By.ID, "forget").click()
+    assert "forget request" in browser.find_element(By.ID, "done").text
+    (rid,) = store.request_ids()
+    assert wait_for(lambda: (store.request(rid) or {}).get("state") == "done", 60, 0.3, started.group), (
+        store.request(rid),
+        started.logs(),
+    )
+    deleted = requests.get(emulator.url + "/_emulator/deleted", timeout=5).json()[SHOP_ACC]
+    assert ["identity", "s1"] in deleted and ["identity", "shopper.one@example.com"] in deleted
+    browser.get(url + "/forget")
+    row = browser.find_element(By.CSS_SELECTOR, "#requests tbody tr")
+    assert rid in row.text and "done" in row.text and "s1" not in row.text.replace(rid, "")
+    shot("forget")
+
     logs = started.logs(tail=10**7)
     assert SHOP_PASS not in logs and PASSWORD not in logs

@@ -11,7 +11,7 @@ import orjson
 
 from pipeline.cli.registry import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, arg, context, err, verb
 from pipeline.errors import InputError
-from pipeline.forget import KINDS, Forgetter, State, Who, describe
+from pipeline.forget import Forgetter, State, Who, describe, values_from_lines
 
 _ENDED = (State.DONE, State.FAILED, State.HELD)
 #: How often a waiting ``forget`` looks at its request.
@@ -138,8 +138,7 @@ def _print_request(rid: str, req: dict[str, Any], as_json: bool) -> None:
 
 
 def read_values(path: str) -> Who:
-    """A file of values, one per line: ``KIND:VALUE`` or a bare identity. An unknown kind or an empty value
-    is an error naming its line."""
+    """A file of values, one per line (see :func:`pipeline.forget.values_from_lines`)."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -147,22 +146,4 @@ def read_values(path: str) -> Who:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"{path} is not UTF-8 text: {exc.reason}") from None
-    found: dict[str, list[str]] = {kind: [] for kind in KINDS}
-    names = {"identity": "identities", "user_id": "user_ids", "object_id": "object_ids",
-             "anonymous_id": "anonymous_ids"}  # fmt: skip
-    for n, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        kind, sep, value = text.partition(":")
-        if sep and kind.strip() in names:
-            target, value = names[kind.strip()], value.strip()
-        elif sep and "@" not in kind and kind.strip().replace("_", "").isalpha():
-            kinds = "identity, user_id, object_id, anonymous_id"
-            raise InputError(f"{path}, line {n}: unknown kind {kind.strip()!r} ({kinds})")
-        else:
-            target, value = "identities", text
-        if not value:
-            raise InputError(f"{path}, line {n}: no value after {kind.strip()}:")
-        found[target].append(value)
-    return Who.from_dict(found)
+    return values_from_lines(lines, path)

@@ -18,7 +18,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
 from pipeline.config import ENV_CONSOLE_KEY, ENV_CONSOLE_PASSWORD, load_settings
-from pipeline.console import auth, dead_letters, debugger, integrations
+from pipeline.console import auth, dead_letters, debugger, forget, integrations
 from pipeline.console.web import SESSION_S, Console, Guard, error_page, format_time
 from pipeline.errors import InputError
 from pipeline.saved import LiveSettings, fernet_from
@@ -52,6 +52,8 @@ def create_console(
         Route("/dead-letters", dead_letters.dead_letters),
         Route("/dead-letters/{name}/act", dead_letters.dead_letters_act, methods=["POST"]),
         Route("/dead-letters/{name}/{id}", dead_letters.dead_letter_show),
+        Route("/forget", forget.forget_page),
+        Route("/forget/ask", forget.forget_ask, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(_HERE.joinpath("static")))),
     ]
     app = Starlette(
