@@ -50,8 +50,13 @@ from pipeline.store import OUTAGE_ERRORS, Store, new_id
 
 log = logging.getLogger("pipeline.forget")
 
-#: Pending records looked at per script call: about 2-4 ms of Redis time each (docs/performance.md).
+#: Pending records looked at per script call at most, and needles looked for in one call at most: a call
+#: costs about a microsecond per record and needle, so with CHECKS_PER_CALL a step takes a few ms of
+#: Redis time whatever the needles (docs/performance.md); more needles than NEEDLES_PER_CALL (a request
+#: naming many users) go in several passes, each call bounded the same way.
 PENDING_STEP = 2000
+CHECKS_PER_CALL = 6000
+NEEDLES_PER_CALL = 32
 #: Dead letters and identity-map entries read per HSCAN, debugger entries per LRANGE.
 SCAN_COUNT = 500
 DEBUG_PAGE = 100
@@ -502,20 +507,23 @@ class Forgetter:
         found = found | self._identity_map(name, new, counts)
         visitors = [_visitor(a) for a in (*new.anonymous_ids, *found.anonymous_ids)]
         counts.by_place["held"] += self.store.forget_held(name, visitors)
-        needles = needles_of(new.values() | found.values())
+        every = needles_of(new.values() | found.values())
         norms = (known | found).normals()
-        position, steps = 0, 0
-        while True:
-            position, end, removed = self.store.forget_pending_step(name, position, PENDING_STEP, needles)
-            counts.by_place["pending"] += len(removed)
-            for record in removed:
-                found = found | record_links(_loads(record), norms)
-            steps += 1
-            if steps % 50 == 0:
-                self._renew(rid, owner)
-            if end:
-                break
-        found = found | self._batches(name, needles, norms, counts)
+        for start in range(0, len(every), NEEDLES_PER_CALL):
+            needles = every[start : start + NEEDLES_PER_CALL]
+            step = max(100, min(PENDING_STEP, CHECKS_PER_CALL // len(needles)))
+            position, steps = 0, 0
+            while True:
+                position, end, removed = self.store.forget_pending_step(name, position, step, needles)
+                counts.by_place["pending"] += len(removed)
+                for record in removed:
+                    found = found | record_links(_loads(record), norms)
+                steps += 1
+                if steps % 50 == 0:
+                    self._renew(rid, owner)
+                if end:
+                    break
+            found = found | self._batches(name, needles, norms, counts)
         self._renew(rid, owner)
         found = found | self._dead_letters(name, new | found, counts, norms)
         self._debugger(name, new | found, counts)

@@ -319,6 +319,21 @@ def bench_cluster(args: argparse.Namespace) -> int:
 
 
 @verb(
+    "bench-forget",
+    "Measure forgetting one user with a large backlog queued for others (an embedded Redis): the time it "
+    "takes, the longest single Redis call meanwhile (SLOWLOG), and a live ingest's latency beside it.",
+    arg("--records", type=int, default=1_000_000, help="pending records queued for others"),
+    arg("--theirs", type=int, default=100, help="of them, the user's own, spread through the queue"),
+    arg("--batches", type=int, default=30, help="open batches of 1,000 records"),
+    arg("--letters", type=int, default=10_000, help="dead letters (and identity-map entries)"),
+)
+def bench_forget(args: argparse.Namespace) -> int:
+    from pipeline.local.bench_forget import bench_forget as run
+
+    return run(args)
+
+
+@verb(
     "bench-console",
     "Measure the console's pages with many dead letters (an embedded Redis): a dead-letter page unfiltered "
     "and filtered, and the integrations page.",
