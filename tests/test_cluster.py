@@ -428,3 +428,40 @@ def test_dead_letters_replay_console_saves_and_metrics_work_on_a_cluster(
     registry.register(RedisCollector(settings, store))
     assert b"clevertap" in generate_latest(registry)
     store.r.close()
+
+
+def test_forgetting_a_user_on_a_cluster(tmp_path: Path, cluster: EmbeddedCluster, emu: Emulator) -> None:
+    """The request's keys ({forget}), the suppression lists and every purge step, each in one slot, on
+    integrations whose keys live on different primaries; then CleverTap's delete."""
+    from pipeline.forget import Forgetter, State, Who
+    from pipeline.status import forget_status
+
+    names = spread(cluster, 2)
+    settings = cluster_settings(tmp_path, cluster, emu.url, names)
+    store = own_store(settings)
+    who = [
+        {"type": "identify", "userId": uid, "messageId": f"id-{uid}", "traits": {"email": email}}
+        for uid, email in (("u-alice", "alice@example.com"), ("u-bob", "bob@example.com"))
+    ] + [
+        {"type": "track", "event": "Viewed", "userId": uid, "messageId": f"{uid}-{i}"}
+        for uid in ("u-alice", "u-bob") for i in range(20)
+    ]  # fmt: skip
+    for name in names:
+        Ingestor(store, settings.integration(name)).ingest(who)
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    time.sleep(0.06)
+    deliverer.assemble()  # some in batches
+    forgetter = Forgetter(settings, store)
+    rid = forgetter.ask(Who(identities=("alice@example.com",)))
+    assert forgetter.run(rid) == State.DONE  # purged, then deleted at CleverTap (one account: once)
+    req = store.request(rid)
+    assert req is not None and req["counts"]["pending"] + req["counts"].get("batches", 0) == 42
+    assert emu.state.deleted[ACC] == [("identity", "alice@example.com"), ("identity", "u-alice")]
+    drain(deliverer, dispatched)
+    deliverer.assemble()
+    drain(deliverer, dispatched)
+    sent = emulator_records(emu.url, ACC)
+    assert len(sent) == 2 * 21 and not [r for r in sent if "alice" in str(r)]
+    assert forget_status(store)["requests"] == {"done": 1}
+    store.r.close()
