@@ -15,3 +15,4 @@ files["pipeline/lua/lib/debugger.lua"] = {
   unused = false, read_globals = { "debug", "debug_entry", "debug_size" },
 }
 files["pipeline/lua/lib/lease.lua"] = { unused = false, read_globals = { "base", "bid", "owner" } }
+files["pipeline/lua/lib/names.lua"] = { unused = false, read_globals = { "wanted" } }

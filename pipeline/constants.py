@@ -129,6 +129,8 @@ MAX_HELD_PER_VISITOR = 1000
 DEFAULT_KEY_PREFIX = "ctp"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 SEND_QUEUE = "clevertap.send"
+#: The queue clevertap.ingest (and the other tasks but send_batch) go to: tasks/celeryapp.py's default.
+INGEST_QUEUE = "clevertap"
 
 #: Custom profile keys CleverTap keeps per profile (Upload User Profiles API page).
 MAX_PROFILE_CUSTOM_KEYS = 256

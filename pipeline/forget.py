@@ -26,7 +26,7 @@ beat's sweep hands an unfinished one to a worker):
 
 from __future__ import annotations
 
-import contextlib
+import base64
 import enum
 import hashlib
 import logging
@@ -39,30 +39,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import redis
 
 from pipeline import constants as C
 from pipeline.client import UploadClient
 from pipeline.config import IntegrationConfig, Settings
 from pipeline.errors import InputError, where
+from pipeline.forgotten import broker_messages
 from pipeline.limiter import Limiter, RedisTokens
 from pipeline.policy import Attempt, full_jitter
 from pipeline.store import OUTAGE_ERRORS, Store, new_id
 
 log = logging.getLogger("pipeline.forget")
 
-#: Pending records looked at per script call at most, and needles looked for in one call at most: a call
-#: costs about a microsecond per record and needle, so with CHECKS_PER_CALL a step takes a few ms of
-#: Redis time whatever the needles (docs/performance.md); more needles than NEEDLES_PER_CALL (a request
-#: naming many users) go in several passes, each call bounded the same way.
+#: Pending records looked at per script call: a few ms of Redis time, whatever the number of values
+#: (lib/names.lua reads each record's identifying fields once; docs/performance.md).
 PENDING_STEP = 2000
-CHECKS_PER_CALL = 6000
-NEEDLES_PER_CALL = 32
 #: Dead letters and identity-map entries read per HSCAN, debugger entries per LRANGE.
 SCAN_COUNT = 500
 DEBUG_PAGE = 100
-#: Passes that follow values found beside the user's (a userId beside their email, then that userId's
-#: anonymousId...): each pass looks only for the values the last one found.
-MAX_PASSES = 4
+#: Rounds that follow the identity map's links (their email to a userId, that userId to another email...).
+MAX_PASSES = 8
 #: The longest value a request takes (an identity, an id), and how many values in all.
 MAX_VALUE_CHARS = 1024
 MAX_VALUES = 10_000
@@ -171,7 +168,8 @@ def values_from_lines(lines: Sequence[str], source: str) -> Who:
         if sep and kind.strip() in _NAMES:
             target, value = _NAMES[kind.strip()], value.strip()
         elif sep and "@" not in kind and kind.strip().replace("_", "").isalpha():
-            raise InputError(f"{source}, line {n}: unknown kind {kind.strip()!r} ({', '.join(_NAMES)})")
+            # the kind is not echoed: it may be part of a value (the console puts this in its redirect)
+            raise InputError(f"{source}, line {n}: unknown kind before ':' (one of {', '.join(_NAMES)})")
         else:
             target, value = "identities", text
         if not value:
@@ -195,25 +193,18 @@ def digests_of(who: Who) -> list[str]:
     return sorted({digest(v) for v in who.values()})
 
 
-def needles_of(values: Iterable[str]) -> list[bytes]:
-    """What a stored record or event looks like where it names a value: the value as orjson writes a JSON
-    string (quotes included, so ``ann@x.com`` never matches ``joann@x.com``), as given and in its normal
-    form."""
-    out: set[bytes] = set()
+def wanted_of(values: Iterable[str]) -> list[str]:
+    """What the scripts look for in a record's identifying fields (lib/names.lua): each value as orjson
+    writes a JSON string, as given and in its normal form (the scripts lower-case an email they meet before
+    they look), and a number as a bare number."""
+    out: set[str] = set()
     for value in values:
-        for form in {value, value.strip(), normal(value)}:
+        for form in {value.strip(), normal(value)}:
             if form:
-                out.add(orjson.dumps(form))
+                out.add(orjson.dumps(form).decode())
+                if form.isdigit():
+                    out.add(form)
     return sorted(out)
-
-
-def loose_needles(values: Iterable[str]) -> list[bytes]:
-    """For text that holds JSON inside a JSON string (the debugger's raw answers): the value itself."""
-    return sorted({form.encode() for v in values for form in {v.strip(), normal(v)} if form})
-
-
-def names_any(text: bytes, needles: Sequence[bytes]) -> bool:
-    return any(n in text for n in needles)
 
 
 def _text(value: Any) -> str | None:
@@ -226,50 +217,9 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def record_links(record: Any, known: set[str]) -> Who:
-    """The values a CleverTap record holds beside one of ``known`` (normal forms): its identity, profile
-    Email and Identity, objectId. A record that only mentions a known value elsewhere links nothing."""
-    rec = _dict(record)
-    profile = _dict(rec.get("profileData"))
-    ids = [
-        v
-        for v in (_text(rec.get("identity")), _text(profile.get("Email")), _text(profile.get("Identity")))
-        if v
-    ]
-    guid = _text(rec.get("objectId"))
-    if not any(normal(v) in known for v in (*ids, *([guid] if guid else []))):
-        return Who()
-    return Who(identities=tuple(ids), object_ids=(guid,) if guid else ())
-
-
-def event_links(event: Any, known: set[str]) -> Who:
-    """The values an event holds beside one of ``known``: its userId, anonymousId and emails (traits,
-    context.traits)."""
-    ev = _dict(event)
-    emails = [
-        v
-        for v in (
-            _text(_dict(ev.get("traits")).get("email")),
-            _text(_dict(_dict(ev.get("context")).get("traits")).get("email")),
-        )
-        if v
-    ]
-    uid, anon = _text(ev.get("userId")), _text(ev.get("anonymousId"))
-    if not any(normal(v) in known for v in (*emails, *(x for x in (uid, anon) if x))):
-        return Who()
-    return Who(
-        identities=tuple(emails), user_ids=(uid,) if uid else (), anonymous_ids=(anon,) if anon else ()
-    )
-
-
-def entry_links(entry: Any, known: set[str]) -> Who:
-    """A dead letter's links: of its record (stage api) or its event (stage mapping)."""
-    e = _dict(entry)
-    return record_links(e.get("record"), known) | event_links(e.get("event"), known)
-
-
 def event_values(event: Any) -> list[str]:
-    """Every value of an event a suppression list is checked against."""
+    """The values of an event that say who it is about: userId, anonymousId, emails (traits,
+    context.traits, properties)."""
     ev = _dict(event)
     return [
         v
@@ -285,18 +235,49 @@ def event_values(event: Any) -> list[str]:
 
 
 def record_values(record: Any) -> list[str]:
+    """The values of a CleverTap record that say who it is about (the fields lib/names.lua reads)."""
     rec = _dict(record)
     profile = _dict(rec.get("profileData"))
-    return [
-        v
-        for v in (
-            _text(rec.get("identity")),
-            _text(rec.get("objectId")),
-            _text(profile.get("Email")),
-            _text(profile.get("Identity")),
-        )
-        if v
-    ]
+    fields = (rec.get("identity"), rec.get("objectId"), profile.get("Email"), profile.get("Identity"))
+    return [v for v in map(_text, fields) if v]
+
+
+def any_of(values: Iterable[str], norms: set[str]) -> bool:
+    """Whether any of ``values`` is one of ``norms`` (normal forms)."""
+    return any(normal(v) in norms for v in values)
+
+
+def entry_names(entry: Any, norms: set[str]) -> bool:
+    """Whether a dead letter is about one of them: its record's identifying fields (stage api) or its
+    event's (stage mapping)."""
+    e = _dict(entry)
+    return any_of(record_values(e.get("record")), norms) or any_of(event_values(e.get("event")), norms)
+
+
+def anonymous_ids_beside(event: Any, norms: set[str]) -> list[str]:
+    """An event's anonymousId when the event is theirs by its userId or email: their anonymous hold goes
+    (the hold would release those events under them). An anonymousId is a device's, not a person's: it
+    is never followed to other values (a shared computer would lead to someone else)."""
+    ev = _dict(event)
+    anonymous = _text(ev.get("anonymousId"))
+    if not anonymous or normal(anonymous) in norms:
+        return []
+    others = [v for v in event_values(ev) if v != anonymous]
+    return [anonymous] if any_of(others, norms) else []
+
+
+def debugger_names(entry: bytes, norms: set[str], emails: Sequence[str]) -> bool:
+    """Whether an event debugger entry names them: a record CleverTap's answer echoes (``unprocessed``) by its
+    identifying fields, or one of their emails as a JSON string anywhere in the answer."""
+    e = _dict(_loads(entry))
+    body = str(e.get("body") or "")
+    answer = _dict(_loads(body.encode())) if body.startswith("{") else {}
+    rows = answer.get("unprocessed")
+    for row in rows if isinstance(rows, list) else []:
+        if any_of(record_values(_dict(row).get("record")), norms):
+            return True
+    lowered = body.lower()
+    return any(f'"{email}"' in lowered for email in emails)
 
 
 def suppressed(values: Iterable[str], digests: dict[str, int], now_ms: int) -> bool:
@@ -308,11 +289,12 @@ def suppressed(values: Iterable[str], digests: dict[str, int], now_ms: int) -> b
 
 
 def delete_bodies(who: Who) -> list[tuple[str, list[str]]]:
-    """The delete requests for ``who``: identities (emails, identities and userIds, which an integration may
-    send as the identity) and guids (objectIds) never in one body (CleverTap answers 400), each of at most
-    MAX_DELETE_VALUES."""
+    """The delete requests for ``who``: identities (emails and identities; userIds too, which an integration
+    sends as the identity when it knows no email) and guids (objectIds; userIds and anonymousIds too, which
+    mapping sends as the objectId when it has nothing else), never both in one body (CleverTap answers 400),
+    each of at most MAX_DELETE_VALUES. A value CleverTap does not know deletes nothing."""
     identities = list(dict.fromkeys((*who.identities, *who.user_ids)))
-    guids = list(dict.fromkeys(who.object_ids))
+    guids = list(dict.fromkeys((*who.object_ids, *who.user_ids, *who.anonymous_ids)))
     step = C.MAX_DELETE_VALUES
     return [
         *(("identity", identities[i : i + step]) for i in range(0, len(identities), step)),
@@ -333,13 +315,16 @@ class Verdict(enum.StrEnum):
 
 def judge_delete(attempt: Attempt) -> tuple[Verdict, str]:
     """What one delete request's answer comes to. The body of a success is not documented (RudderStack
-    reads the status only): any 2xx is done."""
+    reads the status only): a 2xx is done unless its body says ``"status": "fail"``."""
     status = attempt.status
     if status is None:
         return Verdict.RETRY, f"no answer: {attempt.error or 'network error'}"
-    if 200 <= status < 300:
-        return Verdict.DONE, f"HTTP {status}"
     detail = _error_text(attempt.body)
+    if 200 <= status < 300:
+        body = _loads(attempt.body) if attempt.body else None
+        if isinstance(body, dict) and body.get("status") == "fail":  # a 200 that says it did not
+            return Verdict.FAILED, f"HTTP {status}, status fail{detail}"
+        return Verdict.DONE, f"HTTP {status}"
     if status == 429:
         return Verdict.RETRY, f"HTTP 429 (throttled){detail}"
     if status >= 500:
@@ -416,9 +401,9 @@ class Forgetter:
                 "clevertap": {},
                 "attempts": 0,
             },
+            due=now,  # on the sweep's list in the same step: a crash now leaves it to a worker
         )
         self._suppress(names, who)
-        self.store.update_request(rid, {}, due=now)
         self.store.count_forget("requests")
         return rid
 
@@ -431,7 +416,9 @@ class Forgetter:
 
     def run(self, rid: str, delete: bool = True) -> str:
         """Take the request as far as it goes now: purge it if not yet done, then (with ``delete``) send what
-        CleverTap still has to confirm. Returns its state, or "leased" when another process works on it."""
+        CleverTap still has to confirm, once it is due. Returns its state, "leased" when another process
+        works on it, or "unserved" when this process does not serve one of its integrations (a worker
+        that does takes it: the sweep hands it on again)."""
         owner = f"{self.owner}-{secrets.token_hex(4)}"
         if not self.store.request_lease(rid, "take", owner, self.lease_s):
             return "leased"
@@ -439,10 +426,17 @@ class Forgetter:
             req = self.store.request(rid)
             if req is None:
                 return "missing"
+            unserved = [n for n in req["integrations"] if n not in self.settings.integrations]
+            if unserved and req["state"] in UNFINISHED:
+                log.warning("forget %s: this process does not serve %s; left for a worker that does", rid,
+                            ", ".join(unserved))  # fmt: skip
+                self.store.update_request(rid, {}, due=self.store.now_ms() + 10_000)
+                return "unserved"
             if req["state"] == State.PURGING:
                 self._purge(rid, req, owner)
                 req = self.store.request(rid) or req
-            if delete and req["state"] in (State.DELETING, State.HELD):
+            due = int(req.get("due", 0) or 0)
+            if delete and req["state"] in (State.DELETING, State.HELD) and due <= self.store.now_ms():
                 self._delete(rid, req, owner)
                 req = self.store.request(rid) or req
             return str(req["state"])
@@ -459,30 +453,35 @@ class Forgetter:
     # ---------------------------------------------------------------------------------------- purge
 
     def _purge(self, rid: str, req: dict[str, Any], owner: str) -> None:
+        """Remove every copy. The links come first, read-only (the identity map's userId <-> email, followed
+        until nothing new), and are saved and suppressed before anything is removed: a process killed
+        mid-purge leaves a request that still names everything it found."""
         started = time.monotonic()
-        names = [n for n in req["integrations"] if n in self.settings.integrations]
+        names = list(req["integrations"])
         known = Who.from_dict(req["who"])
-        # Counts so far: a process killed mid-purge saved what it had removed (each copy is removed, and
-        # counted, once: the process that takes over does not find it again).
-        counts = PurgeCounts(Counter({k: int(v) for k, v in (req.get("counts") or {}).items()}))
-        new = known
         for _ in range(MAX_PASSES):
-            found = Who()
+            fresh = Who()
             for name in names:
-                found = found | self._pass(rid, owner, name, new, known | found, counts)
-                self.store.update_request(rid, {"counts": dict(counts.by_place)})
-            fresh = found.minus(known)
+                fresh = fresh | self._identity_links(rid, owner, name, known)
+            fresh = fresh.minus(known)
             if not fresh:
                 break
             known = known | fresh
-            new = fresh
-            self._suppress(names, fresh)  # found beside theirs: suppressed too, from now on
-            self.store.update_request(rid, {"who": known.as_dict(), "digests": digests_of(known)})
+        self.store.update_request(rid, {"who": known.as_dict(), "digests": digests_of(known)})
+        self._suppress(names, known)  # again: a crash in ask may have left some integration without
+        # Counts so far: a process killed mid-purge saved what it had removed (each copy is removed, and
+        # counted, once: the process that takes over does not find it again).
+        counts = PurgeCounts(Counter({k: int(v) for k, v in (req.get("counts") or {}).items()}))
+        for name in names:
+            self._remove(rid, owner, name, known, counts)
+            self.store.update_request(rid, {"counts": dict(counts.by_place)})
+        self._broker(rid, owner, names, known, counts)
         # A batch sent as it was rewritten: its answer may write a dead letter or a debugger entry naming
         # them. Wait for its lease to end (the send's deadline is shorter), then look again.
         self._wait_for_sends(rid, owner, counts.in_flight)
+        norms = known.normals()
         for name in names:
-            self._dead_letters(name, known, counts)
+            self._dead_letters(rid, owner, name, norms, counts)
             self._debugger(name, known, counts)
         now = self.store.now_ms()
         self.store.update_request(
@@ -492,116 +491,145 @@ class Forgetter:
                 "purged": now,
                 "counts": dict(counts.by_place),
                 "purge_s": round(time.monotonic() - started, 3),
-                "who": known.as_dict(),
-                "digests": digests_of(known),
             },
             state=(State.PURGING, State.DELETING),
             due=now,
         )
         log.info("forget %s: no copy left in the pipeline (%s)", rid, _counts_text(counts.by_place))
 
-    def _pass(self, rid: str, owner: str, name: str, new: Who, known: Who, counts: PurgeCounts) -> Who:
-        """One pass over one integration's places for the values ``new``; returns the values found beside
-        them (``known`` says which are theirs)."""
-        found = Who()
-        found = found | self._identity_map(name, new, counts)
-        visitors = [_visitor(a) for a in (*new.anonymous_ids, *found.anonymous_ids)]
-        counts.by_place["held"] += self.store.forget_held(name, visitors)
-        every = needles_of(new.values() | found.values())
-        norms = (known | found).normals()
-        for start in range(0, len(every), NEEDLES_PER_CALL):
-            needles = every[start : start + NEEDLES_PER_CALL]
-            step = max(100, min(PENDING_STEP, CHECKS_PER_CALL // len(needles)))
-            position, steps = 0, 0
-            while True:
-                position, end, removed = self.store.forget_pending_step(name, position, step, needles)
-                counts.by_place["pending"] += len(removed)
-                for record in removed:
-                    found = found | record_links(_loads(record), norms)
-                steps += 1
-                if steps % 50 == 0:
-                    self._renew(rid, owner)
-                if end:
-                    break
-            found = found | self._batches(name, needles, norms, counts)
-        self._renew(rid, owner)
-        found = found | self._dead_letters(name, new | found, counts, norms)
-        self._debugger(name, new | found, counts)
-        self._message_ids(name, new | found, counts)
-        return found
-
-    def _message_ids(self, name: str, who: Who, counts: PurgeCounts) -> None:
-        """A messageId is an SDK's (a UUID, usually), but one made upstream may hold an id or an email."""
-        needles = loose_needles(who.values())
-        cursor, drop = 0, []
-        while True:
-            cursor, members = self.store.scan_seen(name, cursor, SCAN_COUNT)
-            drop += [m for m in members if names_any(m, needles)]
-            if cursor == 0:
-                break
-        counts.by_place["message_ids"] += self.store.forget_seen(name, drop)
-
-    def _identity_map(self, name: str, who: Who, counts: PurgeCounts) -> Who:
+    def _identity_links(self, rid: str, owner: str, name: str, who: Who) -> Who:
+        """The identity map's entries that link one of their values to another (read-only)."""
         norms = who.normals()
-        found, drop, cursor = Who(), [], 0
+        found, cursor, steps = Who(), 0, 0
         while True:
             cursor, items = self.store.scan_hash(name, "ids", cursor, SCAN_COUNT)
             for uid_b, email_b in items.items():
                 uid, email = uid_b.decode("utf-8", "replace"), email_b.decode("utf-8", "replace")
                 if normal(uid) in norms or normal(email) in norms:
-                    drop.append(uid)
                     found = found | Who(identities=(email,), user_ids=(uid,))
+            steps += 1
+            if steps % 100 == 0:
+                self._renew(rid, owner)
             if cursor == 0:
-                break
-        counts.by_place["identity_map"] += self.store.forget_identities(name, drop)
-        return found
+                return found
 
-    def _batches(self, name: str, needles: list[bytes], norms: set[str], counts: PurgeCounts) -> Who:
+    def _remove(self, rid: str, owner: str, name: str, who: Who, counts: PurgeCounts) -> None:
+        """One integration's copies, place by place."""
+        norms = who.normals()
+        counts.by_place["identity_map"] += self.store.forget_identities(name, list(who.user_ids))
+        wanted = wanted_of(who.values())
+        position, steps = 0, 0
+        while True:
+            position, end, removed = self.store.forget_pending_step(name, position, PENDING_STEP, wanted)
+            counts.by_place["pending"] += len(removed)
+            steps += 1
+            if steps % 50 == 0:
+                self._renew(rid, owner)
+            if end:
+                break
+        self._batches(name, wanted, counts)
+        self._renew(rid, owner)
+        anonymous = self._dead_letters(rid, owner, name, norms, counts)
+        visitors = [_visitor(a) for a in dict.fromkeys((*who.anonymous_ids, *anonymous))]
+        counts.by_place["held"] += self.store.forget_held(name, visitors)
+        self._debugger(name, who, counts)
+        self._message_ids(rid, owner, name, who, counts)
+
+    def _batches(self, name: str, wanted: list[str], counts: PurgeCounts) -> None:
         """Every open and held batch, and any made meanwhile (a split makes two of one), until a look finds
         none not seen."""
-        found, seen = Who(), set()
+        seen: set[str] = set()
         while True:
             fresh = [b for b in self.store.batch_ids(name) if b not in seen]
             if not fresh:
-                return found
+                return
             for bid in fresh:
                 seen.add(bid)
-                removed, leased, records = self.store.forget_in_batch(name, bid, needles)
+                removed, leased, _ = self.store.forget_in_batch(name, bid, wanted)
                 if removed > 0:
                     counts.by_place["batches"] += removed
                     if leased:
                         counts.in_flight.add((name, bid))
-                    for record in records:
-                        found = found | record_links(_loads(record), norms)
 
-    def _dead_letters(self, name: str, who: Who, counts: PurgeCounts, norms: set[str] | None = None) -> Who:
-        needles = needles_of(who.values())
-        norms = norms or who.normals()
-        found, drop, cursor = Who(), [], 0
+    def _dead_letters(
+        self, rid: str, owner: str, name: str, norms: set[str], counts: PurgeCounts
+    ) -> list[str]:
+        """Remove their dead letters (by the identifying fields of the record or event each holds); returns
+        the anonymousIds of their events, whose anonymous hold goes too."""
+        anonymous: list[str] = []
+        drop: list[str] = []
+        cursor, steps = 0, 0
         while True:
             cursor, items = self.store.scan_hash(name, "dead", cursor, SCAN_COUNT)
             for did, body in items.items():
-                if names_any(body, needles):
+                entry = _loads(body)
+                if entry_names(entry, norms):
                     drop.append(did.decode())
-                    found = found | entry_links(_loads(body), norms)
+                    anonymous += anonymous_ids_beside(_dict(entry).get("event"), norms)
             if len(drop) >= SCAN_COUNT:
                 counts.by_place["dead_letters"] += self.store.forget_dead_letters(name, drop)
                 drop = []
+            steps += 1
+            if steps % 100 == 0:
+                self._renew(rid, owner)
             if cursor == 0:
                 break
         counts.by_place["dead_letters"] += self.store.forget_dead_letters(name, drop)
-        return found
+        return anonymous
 
     def _debugger(self, name: str, who: Who, counts: PurgeCounts) -> None:
-        needles = loose_needles(who.values())
+        norms = who.normals()
+        emails = sorted({normal(v) for v in who.values() if "@" in v})
         matching, start = [], 0
         while True:
             page = self.store.debug_page(name, start, DEBUG_PAGE)
-            matching += [entry for entry in page if names_any(entry, needles)]
+            matching += [entry for entry in page if debugger_names(entry, norms, emails)]
             if len(page) < DEBUG_PAGE:
                 break
             start += DEBUG_PAGE
         counts.by_place["debugger"] += self.store.forget_debug_entries(name, list(dict.fromkeys(matching)))
+
+    def _message_ids(self, rid: str, owner: str, name: str, who: Who, counts: PurgeCounts) -> None:
+        """A messageId is an SDK's (a UUID), but one made upstream may hold an email: those go from the
+        de-duplication window (their events are filtered as forgotten anyway). Only emails: a short id
+        ("7") would match the messageIds of everyone."""
+        emails = sorted({normal(v) for v in who.values() if "@" in v and len(v) >= 5})
+        if not emails:
+            return
+        cursor, steps = 0, 0
+        while True:
+            cursor, members = self.store.scan_seen(name, cursor, SCAN_COUNT)
+            drop = [m for m in members if any(e in m.decode("utf-8", "replace").lower() for e in emails)]
+            counts.by_place["message_ids"] += self.store.forget_seen(name, drop)
+            steps += 1
+            if steps % 100 == 0:
+                self._renew(rid, owner)
+            if cursor == 0:
+                return
+
+    def _broker(self, rid: str, owner: str, names: Sequence[str], who: Who, counts: PurgeCounts) -> None:
+        """``clevertap.ingest`` messages that upstream jobs published carry their events: those still in
+        Celery's broker (queued, or unacked: taken by a worker, or waiting for a retry) are rewritten
+        without their events, each only if it is still there as read (a worker that took it meanwhile
+        filters their events as it ingests them)."""
+        url = self.settings.broker_url or self.settings.redis_url
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            log.warning("forget %s: the broker (%s) is not read for queued ingest messages", rid,
+                        url.partition(":")[0])  # fmt: skip
+            return
+        client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        norms = who.normals()
+        try:
+            for n, (key, field, raw) in enumerate(broker_messages(client, C.INGEST_QUEUE)):
+                rewritten = without_them(raw, bool(field), norms, names)
+                if rewritten is not None and self.store.replace_message(
+                    client, key, field, raw, rewritten[0]
+                ):
+                    counts.by_place["queued_events"] += rewritten[1]
+                if n % 500 == 499:
+                    self._renew(rid, owner)
+        finally:
+            client.close()
 
     def _wait_for_sends(self, rid: str, owner: str, in_flight: set[tuple[str, str]]) -> None:
         deadline = time.monotonic() + self.settings.token_lease * C.BATCH_LEASE_FACTOR + 5
@@ -611,6 +639,9 @@ class Forgetter:
             if waiting:
                 time.sleep(0.2)
                 self._renew(rid, owner)
+        if waiting:
+            log.warning("forget %s: %d batches still being sent past their lease; looking at the dead "
+                        "letters and the debugger again now", rid, len(waiting))  # fmt: skip
 
     # --------------------------------------------------------------------------------------- delete
 
@@ -618,8 +649,7 @@ class Forgetter:
         """Send what CleverTap has not confirmed yet, one request at a time; stop at the first that must
         wait (retry, hold) or fails."""
         now = self.store.now_ms()
-        if int(req.get("due", 0) or 0) > now and req["state"] == State.HELD:
-            return
+        confirmed_now = False  # a confirmation in this run: a failure after it starts a new failure clock
         who = Who.from_dict(req.get("who") or {})
         progress: dict[str, Any] = dict(req.get("clevertap") or {})
         state = State(req["state"])
@@ -640,7 +670,10 @@ class Forgetter:
                 self.store.count_forget(f"delete:{attempt.status or 'error'}")
                 if verdict is Verdict.DONE:
                     account["confirmed"].append(number)
+                    confirmed_now = True
                     continue
+                if confirmed_now:
+                    req = {**req, "attempts": 0, "first_failure": 0}
                 self._not_done(rid, req, progress, state, verdict, reason, config)
                 return
         self._save(rid, progress, state, State.DONE, done=True)
@@ -730,20 +763,26 @@ class Forgetter:
                 self.limiter.release(account, token, config.max_concurrency)
         finally:
             Limiter(deletes).release(account, slot, self.settings.delete_concurrency)
-        with contextlib.suppress(*OUTAGE_ERRORS):  # a count lost, never the delete's answer
-            self.store.record_request(account, str(attempt.status or "error"), attempt.elapsed_s)
         return attempt
 
     # ---------------------------------------------------------------------------------------- sweep
 
     def sweep(self) -> list[str]:
-        """Hand each unfinished request that is due and not leased to ``dispatch``; drop suppressed digests
-        past their time. Returns the ids dispatched."""
+        """Hand each unfinished request that is due, not leased and not handed out within a lease's time to
+        ``dispatch`` (a message waiting in a busy queue is not joined by another every sweep). Returns the
+        ids dispatched."""
+        if self.dispatch is None:
+            return []
         sent = []
-        for rid in self.store.due_requests(self.store.now_ms()):
-            if not self.store.request_leased(rid) and self.dispatch is not None:
-                self.dispatch(rid)
-                sent.append(rid)
+        now = self.store.now_ms()
+        for rid in self.store.due_requests(now):
+            if self.store.request_leased(rid):
+                continue
+            if now - self.store.dispatched_at(rid) < self.lease_s * 1000:
+                continue
+            self.store.update_request(rid, {"dispatched": now})
+            self.dispatch(rid)
+            sent.append(rid)
         return sent
 
     def retry(self, rid: str) -> None:
@@ -756,6 +795,45 @@ class Forgetter:
         fields = {"state": State.DELETING.value, "attempts": 0, "first_failure": 0}
         states = (State.FAILED, State.DELETING)
         self.store.update_request(rid, fields, state=states, due=self.store.now_ms(), drop=("error",))
+
+
+def without_them(
+    raw: bytes, unacked: bool, norms: set[str], names: Sequence[str]
+) -> tuple[bytes, int] | None:
+    """A broker message (kombu's JSON envelope; in the unacked hash, [envelope, exchange, routing key]) of
+    ``clevertap.ingest`` for one of ``names``, rewritten without the events that are theirs, and how many
+    went; None when it is another task's, or holds none of theirs."""
+    message = _loads(raw)
+    envelope = _dict(message[0] if unacked and isinstance(message, list) and message else message)
+    headers = _dict(envelope.get("headers"))
+    if (
+        headers.get("task") != "clevertap.ingest"
+        or _dict(envelope.get("properties")).get("body_encoding") != "base64"
+    ):
+        return None
+    try:
+        body = orjson.loads(base64.b64decode(str(envelope.get("body", ""))))
+        args, kwargs, embed = body
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        return None
+    kwargs = _dict(kwargs)
+    args = list(args) if isinstance(args, list) else []
+    integration = args[1] if len(args) > 1 else kwargs.get("integration", "default")
+    in_args = bool(args)
+    events = args[0] if in_args else kwargs.get("events")
+    if integration not in names or not isinstance(events, list):
+        return None
+    keep = [e for e in events if not any_of(event_values(e), norms)]
+    if len(keep) == len(events):
+        return None
+    if in_args:
+        args[0] = keep
+    else:
+        kwargs["events"] = keep
+    envelope["body"] = base64.b64encode(orjson.dumps([args, kwargs, embed])).decode()
+    envelope["headers"] = {**headers, "argsrepr": f"[<{len(keep)} events>]"}
+    out = [envelope, *message[1:]] if unacked and isinstance(message, list) else envelope
+    return orjson.dumps(out), len(events) - len(keep)
 
 
 class LeaseLost(RuntimeError):

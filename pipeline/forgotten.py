@@ -5,12 +5,18 @@ they live here so that store.py stays the delivery side."""
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import redis
+
+#: forget_message.lua as EVAL sends it to the broker (no shebang: the broker may be another Redis version;
+#: no include to expand).
+_MESSAGE_SCRIPT = resources.files("pipeline").joinpath("lua/forget_message.lua").read_text("utf-8")
 
 
 def _s(value: Any) -> str:
@@ -69,12 +75,12 @@ class ForgetCalls:
     # ---------------------------------------------------------------------------- removing the copies
 
     def forget_pending_step(
-        self, integration: str, position: int, step: int, needles: Sequence[bytes]
+        self, integration: str, position: int, step: int, wanted: Sequence[str]
     ) -> tuple[int, bool, list[bytes]]:
         """One bounded step over pending from absolute ``position``: (next position, end reached, records
-        removed)."""
+        removed). ``wanted``: the forgotten values as pipeline.forget.wanted_of writes them."""
         keys = self.keys(integration, "pending", "flow", "stats")
-        res = cast(list[Any], self._run("forget_pending", keys, [position, step, _needles(needles)]))
+        res = cast(list[Any], self._run("forget_pending", keys, [position, step, orjson.dumps(list(wanted))]))
         return int(res[0]), bool(int(res[1])), [bytes(x) for x in res[2:]]
 
     def batch_ids(self, integration: str) -> list[str]:
@@ -86,14 +92,13 @@ class ForgetCalls:
         return [_s(b) for b in (*open_, *held)]
 
     def forget_in_batch(
-        self, integration: str, bid: str, needles: Sequence[bytes]
+        self, integration: str, bid: str, wanted: Sequence[str]
     ) -> tuple[int, bool, list[bytes]]:
-        """Rewrite one batch without the records naming a needle: (records removed, -1 when the batch is
-        gone; whether it was leased, being sent; the records removed)."""
+        """Rewrite one batch without the records naming a forgotten value: (records removed, -1 when the
+        batch is gone; whether it was leased, being sent; the records removed)."""
         keys = self.keys(integration, "open", "held", "stats")
-        res = cast(
-            list[Any], self._run("forget_batch", keys, [self.base(integration), bid, _needles(needles)])
-        )
+        args = [self.base(integration), bid, orjson.dumps(list(wanted))]
+        res = cast(list[Any], self._run("forget_batch", keys, args))
         if int(res[0]) < 0:
             return -1, False, []
         return int(res[0]), bool(int(res[1])), [bytes(x) for x in res[2:]]
@@ -162,10 +167,12 @@ class ForgetCalls:
         """``P:{forget}:<name>``: the forget requests' keys, all in one slot."""
         return f"{self.prefix}:{{forget}}:{name}"
 
-    def new_request(self, rid: str, fields: dict[str, Any]) -> None:
+    def new_request(self, rid: str, fields: dict[str, Any], due: int) -> None:
+        """Write a request, its index entry and its place on the sweep's list (due at ``due``), one MULTI."""
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.forget_key(f"req:{rid}"), mapping=_fields(fields))
+        pipe.hset(self.forget_key(f"req:{rid}"), mapping=_fields({**fields, "due": due}))
         pipe.zadd(self.forget_key("index"), {rid: self._now_ms()})
+        pipe.zadd(self.forget_key("open"), {rid: due})
         pipe.hincrby(self.forget_key("states"), str(fields["state"]), 1)
         pipe.execute()
 
@@ -208,6 +215,11 @@ class ForgetCalls:
         ids = self.r.zrangebyscore(self.forget_key("open"), "-inf", now_ms, start=0, num=limit)
         return [_s(x) for x in cast(list[bytes], ids)]
 
+    def dispatched_at(self, rid: str) -> int:
+        """When the sweep last handed the request to a worker (ms; 0: never)."""
+        raw = self.r.hget(self.forget_key(f"req:{rid}"), "dispatched")
+        return int(orjson.loads(cast(bytes, raw))) if raw else 0
+
     def unfinished_requests(self) -> int:
         return int(self.r.zcard(self.forget_key("open")))
 
@@ -231,6 +243,11 @@ class ForgetCalls:
         raw = cast(dict[bytes, bytes], self.r.hgetall(self.forget_key("stats")))
         return {_s(k): int(v) for k, v in raw.items()}
 
+    def replace_message(self, client: Any, key: str, field: str, old: bytes, new: bytes) -> bool:
+        """Replace one of the broker's messages if it is still there as read (forget_message.lua, run on
+        the broker's own client)."""
+        return bool(client.eval(_MESSAGE_SCRIPT, 1, key, old, new, field))
+
     def request_lease(self, rid: str, op: str, owner: str, lease_s: float = 0) -> bool:
         """Take, renew or drop the lease on a request (one process works on it at a time)."""
         return bool(
@@ -241,13 +258,29 @@ class ForgetCalls:
         return bool(self.r.exists(self.forget_key(f"lease:{rid}")))
 
 
-def _needles(needles: Sequence[bytes]) -> bytes:
-    return orjson.dumps([n.decode("utf-8", "replace") for n in needles])
-
-
 def _fields(fields: dict[str, Any]) -> Any:
     """A request's fields, each stored as JSON."""
     return {k: orjson.dumps(v) for k, v in fields.items()}
+
+
+def broker_messages(client: Any, queue_prefix: str, page: int = 200) -> Iterator[tuple[str, str, bytes]]:
+    """Every message in Celery's broker (kombu's Redis layout): (key, hash field or '', raw), for each
+    queue list whose name starts with ``queue_prefix`` (its priority lists too) and kombu's unacked hash,
+    read a page at a time."""
+    for key in client.scan_iter(match=f"{queue_prefix}*", count=500, _type="list"):
+        name = _s(key)
+        for start in itertools.count(0, page):
+            items = cast(list[bytes], client.lrange(name, start, start + page - 1))
+            yield from ((name, "", item) for item in items)
+            if len(items) < page:
+                break
+    cursor = 0
+    while True:
+        cursor, found = client.hscan("unacked", cursor, count=page)
+        for tag, raw in cast(dict[bytes, bytes], found).items():
+            yield "unacked", _s(tag), raw
+        if cursor == 0:
+            return
 
 
 class DeleteSlots:

@@ -108,7 +108,6 @@ class Ingestor:
         self.store = store
         self.config = config
         self.mapper = Mapper(config)
-        self._forgotten: dict[str, int] = {}
 
     def _map_chunk(
         self,
@@ -197,10 +196,11 @@ class Ingestor:
         items = self._validated(chunk)
         known = self._lookup(items)
         now = int(time.time())
-        self._forgotten = forgotten
         mapped = self._map_chunk(items, known, now, forgotten)
         hold = Hold(limit=self.config.anonymous_hold_max) if self.config.anonymous == "hold" else None
-        released, claims, links = self._released(mapped, known, now) if hold is not None else ([], [], {})
+        released, claims, links = (
+            self._released(mapped, known, now, forgotten) if hold is not None else ([], [], {})
+        )
         for position, (index, raw, result, _) in enumerate(mapped):
             # held, but this very chunk says who the visitor is: mapped under that identity at once
             if result.status == HELD and (visitor := _visitor_of(raw)) in links:
@@ -310,7 +310,11 @@ class Ingestor:
         return res
 
     def _released(
-        self, mapped: list[tuple[int, Any, MapResult, list[bytes]]], known: dict[str, str], now: int
+        self,
+        mapped: list[tuple[int, Any, MapResult, list[bytes]]],
+        known: dict[str, str],
+        now: int,
+        forgotten: dict[str, int],
     ) -> tuple[
         list[tuple[str, MapResult, Any, list[bytes]]],
         list[tuple[str, bytes, bytes, int]],
@@ -344,7 +348,7 @@ class Ingestor:
             who = links[visitor]
             events = [_claimed(event, who, held_at) for event, held_at in map(_unheld, entries)]
             items = self._validated(list(enumerate(events)))
-            for _, raw, result, encoded in self._map_chunk(items, known, now, self._forgotten):
+            for _, raw, result, encoded in self._map_chunk(items, known, now, forgotten):
                 out.append((visitor, result, raw, encoded))
             claims.append((visitor, entries[0], entries[-1], len(entries)))
         return out, claims, links
@@ -360,11 +364,18 @@ class Ingestor:
                 continue
             try:
                 total.add(self.ingest_chunk(chunk, progress=(message.id, number)))
-            except (*TRANSIENT_REDIS_ERRORS, QueueFull):
-                raise  # Redis is away, or the queue is full: the caller retries the message, resuming here
+            except (*TRANSIENT_REDIS_ERRORS, QueueFull, StaleForgotten):
+                raise  # Redis is away, the queue is full, or users are being forgotten: tried again later
             except Exception as exc:  # anything else would fail the same way again: keep the events visible
                 reason = f"could not be queued: {where(exc)}"
-                letters = [mapping_dead_letter(self.config.name, raw, [reason]) for _, raw in chunk]
+                # but never a forgotten user's (no enqueue script filters these)
+                _, forgotten = self.store.forgotten_view(self.config.name, refresh=True)
+                now_ms = int(time.time() * 1000)
+                letters = [
+                    mapping_dead_letter(self.config.name, raw, [reason])
+                    for _, raw in chunk
+                    if not (forgotten and suppressed(event_values(raw), forgotten, now_ms))
+                ]
                 self.store.keep_unqueued(self.config.name, letters, (message.id, number))
                 total.add(IngestResult(rejected=len(chunk)))
         # Kept a little longer than a redelivery can take (the broker's visibility timeout), not for ever.

@@ -102,7 +102,7 @@ SCRIPTS: dict[str, str] = {
     for name in (
         "enqueue", "assemble", "lease", "unlease", "finish", "retry", "hold", "split", "sweep", "acquire",
         "release", "adapt", "replay_records", "unlock", "drop_dead", "dead_page", "forget_pending",
-        "forget_batch", "forget_dead", "forget_held", "forget_suppress", "forget_lease",
+        "forget_batch", "forget_dead", "forget_held", "forget_suppress", "forget_lease", "forget_message",
     )
 }  # fmt: skip
 

@@ -66,8 +66,8 @@ app.conf.update(
     task_ignore_result=True,
     result_backend=None,
     result_extended=False,
-    task_default_queue="clevertap",
-    task_queues=(Queue("clevertap"), Queue(C.SEND_QUEUE)),
+    task_default_queue=C.INGEST_QUEUE,
+    task_queues=(Queue(C.INGEST_QUEUE), Queue(C.SEND_QUEUE)),
     task_routes={"clevertap.send_batch": {"queue": C.SEND_QUEUE}},
     # Task events are off by default: they cost a publish per task state. Flower switches them on in the
     # workers when it starts (or: celery -A tasks control enable_events).

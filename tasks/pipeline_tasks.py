@@ -11,6 +11,7 @@ from pipeline.delivery import Deliverer
 from pipeline.errors import DeliveryError, QueueFull, UnknownIntegration, where
 from pipeline.forget import Who
 from pipeline.ingest import TRANSIENT_REDIS_ERRORS
+from pipeline.store import StaleForgotten
 from tasks.celeryapp import app
 
 log = logging.getLogger("pipeline.tasks")
@@ -36,7 +37,7 @@ def _dispatch_forget(request_id: str) -> None:
     bind=True,
     # UnknownIntegration too: one the console saves reaches this worker within seconds (or this worker
     # lacks CLEVERTAP_CONSOLE_KEY: the error says so on every try), and the events wait in the message.
-    autoretry_for=(*TRANSIENT_REDIS_ERRORS, QueueFull, UnknownIntegration),
+    autoretry_for=(*TRANSIENT_REDIS_ERRORS, QueueFull, UnknownIntegration, StaleForgotten),
     retry_backoff=True,
     retry_backoff_max=300,
     max_retries=None,
@@ -45,7 +46,7 @@ def ingest(self: Any, events: list[Any], integration: str = "default") -> dict[s
     """Ingest events sent by an upstream service. Returns counts only: rejections are dead letters."""
     try:
         return runtime.ingest(events, integration, message_id=self.request.id).counts()
-    except (*TRANSIENT_REDIS_ERRORS, QueueFull, UnknownIntegration) as exc:
+    except (*TRANSIENT_REDIS_ERRORS, QueueFull, UnknownIntegration, StaleForgotten) as exc:
         log.error(
             "clevertap.ingest %s: not queued now (%s), try %d; %d events wait in the message and the next "
             "try resumes after the chunks already queued",

@@ -437,7 +437,8 @@ def test_forgetting_a_user_on_a_cluster(tmp_path: Path, cluster: EmbeddedCluster
     from pipeline.status import forget_status
 
     names = spread(cluster, 2)
-    settings = cluster_settings(tmp_path, cluster, emu.url, names)
+    broker = EmbeddedRedis().start()  # Celery's broker, read for queued ingest messages
+    settings = cluster_settings(tmp_path, cluster, emu.url, names, broker_url=broker.url)
     store = own_store(settings)
     who = [
         {"type": "identify", "userId": uid, "messageId": f"id-{uid}", "traits": {"email": email}}
@@ -457,7 +458,11 @@ def test_forgetting_a_user_on_a_cluster(tmp_path: Path, cluster: EmbeddedCluster
     assert forgetter.run(rid) == State.DONE  # purged, then deleted at CleverTap (one account: once)
     req = store.request(rid)
     assert req is not None and req["counts"]["pending"] + req["counts"].get("batches", 0) == 42
-    assert emu.state.deleted[ACC] == [("identity", "alice@example.com"), ("identity", "u-alice")]
+    assert emu.state.deleted[ACC] == [
+        ("identity", "alice@example.com"),
+        ("identity", "u-alice"),
+        ("guid", "u-alice"),
+    ]
     drain(deliverer, dispatched)
     deliverer.assemble()
     drain(deliverer, dispatched)
@@ -465,3 +470,4 @@ def test_forgetting_a_user_on_a_cluster(tmp_path: Path, cluster: EmbeddedCluster
     assert len(sent) == 2 * 21 and not [r for r in sent if "alice" in str(r)]
     assert forget_status(store)["requests"] == {"done": 1}
     store.r.close()
+    broker.stop()

@@ -7,9 +7,10 @@ from __future__ import annotations
 import base64
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -24,14 +25,13 @@ from pipeline.forget import (
     State,
     Verdict,
     Who,
+    anonymous_ids_beside,
     checked,
     delete_bodies,
     digest,
-    entry_links,
+    entry_names,
     judge_delete,
-    names_any,
-    needles_of,
-    record_links,
+    wanted_of,
 )
 from pipeline.ingest import ingest
 from pipeline.local.emulator import Emulator, check_delete
@@ -53,15 +53,18 @@ def test_delete_requests_split_at_100_and_never_mix_identity_and_guid() -> None:
         object_ids=tuple(f"g{i}" for i in range(101)),
     )
     bodies = delete_bodies(who)
+    # userIds go both ways: an integration sends one as the identity, or as the objectId without an email
     assert [(k, len(v)) for k, v in bodies] == [
-        ("identity", 100), ("identity", 100), ("identity", 50), ("guid", 100), ("guid", 1),
+        ("identity", 100), ("identity", 100), ("identity", 50), ("guid", 100), ("guid", 71),
     ]  # fmt: skip
-    sent = [v for _, values in bodies for v in values]
-    assert len(sent) == len(set(sent)) == 351  # each value once
+    for kind in ("identity", "guid"):
+        sent = [v for k, values in bodies if k == kind for v in values]
+        assert len(sent) == len(set(sent))  # each value once a kind
     for kind, values in bodies:  # the emulator takes each, as CleverTap would
         problem, got_kind, got = check_delete(orjson.dumps({kind: values}))
         assert (problem, got_kind, got) == ("", kind, values)
-    assert delete_bodies(Who(anonymous_ids=("a1",))) == []  # CleverTap does not know anonymousIds
+    # an anonymousId is an objectId where mapping sends anonymous = "object_id"
+    assert delete_bodies(Who(anonymous_ids=("a1",))) == [("guid", ["a1"])]
 
 
 def test_the_emulator_refuses_what_cleartap_refuses() -> None:
@@ -78,6 +81,7 @@ def test_the_emulator_refuses_what_cleartap_refuses() -> None:
     [
         (200, Verdict.DONE),
         (204, Verdict.DONE),
+        (201, Verdict.FAILED),  # a 2xx whose body says fail (the case below)
         (429, Verdict.RETRY),
         (500, Verdict.RETRY),
         (503, Verdict.RETRY),
@@ -89,32 +93,56 @@ def test_the_emulator_refuses_what_cleartap_refuses() -> None:
     ],
 )
 def test_the_policy_on_each_answer(status: int | None, verdict: Verdict) -> None:
-    body = b'{"status": "fail", "error": "Max 100 are allowed", "code": 400}' if status == 400 else b""
+    refused = b'{"status": "fail", "error": "Max 100 are allowed", "code": 400}'
+    body = refused if status in (400, 201) else b""
     got, reason = judge_delete(Attempt(status, body, error="ConnectionError" if status is None else None))
     assert got is verdict
-    if status == 400:
+    if status in (400, 201):
         assert "Max 100 are allowed" in reason
 
 
-def test_a_value_is_matched_whole_and_in_its_normal_form() -> None:
-    needles = needles_of(["Ann@X.com"])
-    assert names_any(b'{"identity":"ann@x.com"}', needles)
-    assert names_any(b'{"identity":"Ann@X.com"}', needles)
-    assert not names_any(b'{"identity":"joann@x.com"}', needles)
+def test_a_record_is_theirs_by_its_identifying_fields_in_any_letter_case(store: Store) -> None:
+    records = [
+        {"identity": "Ann@X.com", "type": "event", "evtName": "a", "evtData": {}},  # theirs, other case
+        {"identity": "joann@x.com", "type": "event", "evtName": "b", "evtData": {}},  # someone else
+        {"identity": "bob@x.com", "type": "event", "evtName": "c", "evtData": {"size": "42", "n": 42}},
+        {"objectId": "42", "type": "event", "evtName": "d", "evtData": {}},  # user 42, as the objectId
+        {"identity": 42, "type": "profile", "profileData": {"Name": "n"}},  # user 42, a number
+        {"identity": "bob@x.com", "type": "profile", "profileData": {"Email": "ANN@x.com"}},  # her email
+        {
+            "identity": "b2@x.com",
+            "type": "event",
+            "evtName": "e",
+            "evtData": {"note": '"identity":"ann@x.com"'},
+        },
+    ]
+    key = store.key("default", "pending")
+    store.r.rpush(key, *[orjson.dumps(r) for r in records])
+    _, end, removed = store.forget_pending_step("default", 0, 100, wanted_of(["ann@x.com", "42"]))
+    assert end
+    assert sorted(orjson.loads(r).get("evtName", "profile") for r in removed) == [
+        "a",
+        "d",
+        "profile",
+        "profile",
+    ]
+    assert [orjson.loads(r).get("evtName") for r in store.r.lrange(key, 0, -1) if r] == ["b", "c", "e"]
     assert digest(" Ann@X.com ") == digest("ann@x.com")
     assert digest("User-1") != digest("user-1")  # ids keep their case
 
 
-def test_links_come_only_from_identifying_fields() -> None:
-    known = {ALICE}
-    rec = {"identity": ALICE, "objectId": "g-1", "type": "event", "evtName": "x"}
-    assert record_links(rec, known) == Who(identities=(ALICE,), object_ids=("g-1",))
-    # a record that merely mentions her (someone else's referral) is removed, but links nobody to her
-    other = {"identity": BOB, "objectId": "g-2", "evtData": {"referred": ALICE}}
-    assert record_links(other, known) == Who()
-    letter = {"stage": "mapping", "event": {"userId": ALICE_ID, "anonymousId": ALICE_ANON,
-                                            "context": {"traits": {"email": ALICE}}}}  # fmt: skip
-    assert entry_links(letter, known) == Who((ALICE,), (ALICE_ID,), (), (ALICE_ANON,))
+def test_a_shared_anonymous_id_leads_to_nobody_else() -> None:
+    norms = {ALICE, ALICE_ID}
+    hers = {"userId": ALICE_ID, "anonymousId": "family-pc", "context": {"traits": {"email": ALICE}}}
+    his = {"userId": BOB_ID, "anonymousId": "family-pc", "context": {"traits": {"email": BOB}}}
+    assert entry_names({"stage": "mapping", "event": hers}, norms)
+    assert not entry_names({"stage": "mapping", "event": his}, norms)  # his dead letter stays
+    assert anonymous_ids_beside(hers, norms) == ["family-pc"]  # her anonymous hold goes
+    assert anonymous_ids_beside(his, norms) == []
+    # a record that merely mentions her (someone's referral property) is not hers
+    assert not entry_names(
+        {"stage": "api", "record": {"identity": BOB, "evtData": {"referred": ALICE}}}, norms
+    )
 
 
 def test_bad_requests_name_what_is_wrong(tmp_path: Path) -> None:
@@ -126,7 +154,7 @@ def test_bad_requests_name_what_is_wrong(tmp_path: Path) -> None:
         checked(Who(user_ids=("u" * 2000,)))
     f = tmp_path / "who.txt"
     f.write_text("# people\nalice@example.com\nuser_id: u-1\n\nobject_id:g-1\nfoo: bar\n")
-    with pytest.raises(InputError, match=r"line 6: unknown kind 'foo'"):
+    with pytest.raises(InputError, match=r"line 6: unknown kind before ':'"):
         read_values(str(f))
     f.write_text("alice@example.com\nuser_id: u-1\nobject_id:g-1\nanonymous_id: a-1\n")
     assert read_values(str(f)) == Who(("alice@example.com",), ("u-1",), ("g-1",), ("a-1",))
@@ -142,13 +170,15 @@ def emulator() -> Iterator[Emulator]:
 
 
 def _who_events(email: str, uid: str, anon: str, n: int, start: int = 0) -> list[dict[str, Any]]:
+    """An identify and ``n`` tracks of one user (messageIds as an SDK makes them: nothing of the user's)."""
+    tag = zlib.crc32(uid.encode())
     out: list[dict[str, Any]] = [
-        {"type": "identify", "userId": uid, "anonymousId": anon, "messageId": f"id-{uid}-{start}",
+        {"type": "identify", "userId": uid, "anonymousId": anon, "messageId": f"m{tag}-id-{start}",
          "traits": {"email": email, "name": uid}},
     ]  # fmt: skip
     out += [
         {"type": "track", "event": "Product Viewed", "userId": uid, "anonymousId": anon,
-         "messageId": f"{uid}-{start + i}", "properties": {"i": start + i}}
+         "messageId": f"m{tag}-{start + i}", "properties": {"i": start + i}}
         for i in range(n)
     ]  # fmt: skip
     return out
@@ -157,7 +187,7 @@ def _who_events(email: str, uid: str, anon: str, n: int, start: int = 0) -> list
 def _bad_event(uid: str, anon: str, email: str) -> dict[str, Any]:
     """An event that cannot be mapped (a mapping dead letter holding the whole event)."""
     return {"type": "track", "userId": uid, "anonymousId": anon, "context": {"traits": {"email": email}},
-            "messageId": f"bad-{uid}"}  # fmt: skip
+            "messageId": f"bad-{zlib.crc32(uid.encode())}"}  # fmt: skip
 
 
 def all_text(client: Any, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
@@ -218,7 +248,8 @@ def test_forget_removes_every_copy_then_cleartap_deletes(
     # which echoes the refused record), and mapping dead letters holding whole events.
     emulator.state.faults = emulator.state.faults.updated({"restricted_events": ["Refused Event"]})
     refused = [
-        {"type": "track", "event": "Refused Event", "userId": uid, "messageId": f"r-{uid}",
+        {"type": "track", "event": "Refused Event", "userId": uid,
+         "messageId": f"r-{zlib.crc32(uid.encode())}",
          "context": {"traits": {"email": email}}}
         for uid, email in ((ALICE_ID, ALICE), (BOB_ID, BOB))
     ]  # fmt: skip
@@ -249,7 +280,8 @@ def test_forget_removes_every_copy_then_cleartap_deletes(
     assert forgetter.run(rid, delete=False) == State.DELETING
     req = store.request(rid)
     assert req is not None
-    assert set(req["who"]["user_ids"]) == {ALICE_ID} and set(req["who"]["anonymous_ids"]) == {ALICE_ANON}
+    assert req["who"]["user_ids"] == [ALICE_ID]  # from the identity map
+    assert req["who"]["anonymous_ids"] == []  # a device's: never followed, nor suppressed, nor sent
     assert req["counts"]["pending"] + req["counts"]["batches"] == 31
     assert req["counts"]["dead_letters"] == 2 and req["counts"]["identity_map"] == 1
     assert req["counts"]["debugger"] >= 1
@@ -272,9 +304,9 @@ def test_forget_removes_every_copy_then_cleartap_deletes(
     bob_views = [r for r in stored if r.get("identity") == BOB and r.get("evtName") == "Product Viewed"]
     assert len(bob_views) == 30
     assert forgetter.run(rid) == State.DONE
-    assert emulator.state.deleted[ACC] == [("identity", ALICE), ("identity", ALICE_ID)]
+    assert emulator.state.deleted[ACC] == [("identity", ALICE), ("identity", ALICE_ID), ("guid", ALICE_ID)]
     req = store.request(rid)
-    assert req is not None and "who" not in req and len(req["digests"]) == 3
+    assert req is not None and "who" not in req and len(req["digests"]) == 2
     assert holders(store.r, alice) == {}  # the digests only, now
     # A later event for her (an SDK's retry, a replay of an old export) is filtered, counted as forgotten.
     res = ingest(
@@ -378,14 +410,14 @@ def test_pending_steps_are_bounded_and_follow_the_head(store: Store) -> None:
     store.r.hset(store.key("default", "flow"), mapping={"pushed": 5000, "cut": 0})
     store.r.rpush(store.key("default", "arrivals"), "5000:0")
     position, end, removed = store.forget_pending_step(
-        "default", 0, 2000, needles_of(["p10@x.com", "p4999@x.com"])
+        "default", 0, 2000, wanted_of(["p10@x.com", "p4999@x.com"])
     )
     assert (position, end, len(removed)) == (2000, False, 1)
-    position, end, removed = store.forget_pending_step("default", position, 2000, needles_of(["p4999@x.com"]))
+    position, end, removed = store.forget_pending_step("default", position, 2000, wanted_of(["p4999@x.com"]))
     assert (position, end) == (4000, False)
     # a cut in between moves the head: the next step still starts where the last ended
     store.assemble("default", 1000, 0.05, 1)
-    position, end, removed = store.forget_pending_step("default", position, 2000, needles_of(["p4999@x.com"]))
+    position, end, removed = store.forget_pending_step("default", position, 2000, wanted_of(["p4999@x.com"]))
     assert (position, end, len(removed)) == (5000, True, 1)
     bids = []
     while True:
@@ -396,3 +428,81 @@ def test_pending_steps_are_bounded_and_follow_the_head(store: Store) -> None:
     sent = [r for bid in store.open_batches("default") for r in store.batch_records("default", bid)]
     assert len(sent) == 5000 - 2 and b"" not in sent
     assert C.MAX_DELETE_VALUES == 100
+
+
+def test_links_are_saved_and_suppressed_before_anything_is_removed(
+    store: Store, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(CLEVERTAP_FLUSH_INTERVAL="0.05")
+    ingest(_who_events(ALICE, ALICE_ID, ALICE_ANON, 3), settings=settings, store=store)
+    forgetter = Forgetter(settings, store)
+    rid = forgetter.ask(Who(identities=(ALICE,)))
+
+    def killed(*_: Any) -> None:
+        raise RuntimeError("SIGKILL, as it were")
+
+    monkeypatch.setattr(Forgetter, "_remove", killed)
+    with pytest.raises(RuntimeError):
+        forgetter.run(rid, delete=False)
+    req = store.request(rid)
+    assert req is not None and req["state"] == State.PURGING and req["who"]["user_ids"] == [ALICE_ID]
+    assert len(store.forgotten_view("default", refresh=True)[1]) == 2  # her userId is suppressed already
+    monkeypatch.undo()
+    assert Forgetter(settings, store).run(rid, delete=False) == State.DELETING  # the next process finishes
+    assert holders(store.r, [ALICE, ALICE_ID], skip=("{forget}:req:",)) == {}
+
+
+def test_a_process_that_does_not_serve_an_integration_leaves_the_request_to_one_that_does(
+    store: Store, make_settings: Any
+) -> None:
+    settings = make_settings()
+    rid = Forgetter(settings, store).ask(Who(identities=(ALICE,)))
+    other = make_settings(CLEVERTAP_ACCOUNT_ID="OTHER-ACC")  # serves "default" too: rename it away
+    from dataclasses import replace
+
+    elsewhere = replace(other, integrations={})
+    assert Forgetter(elsewhere, store).run(rid) == "unserved"
+    req = store.request(rid)
+    assert req is not None and req["state"] == State.PURGING and "who" in req  # nothing given up
+
+
+def test_a_run_of_tombstones_keeps_an_assemble_call_short(store: Store) -> None:
+    key = store.key("default", "pending")
+    store.r.rpush(key, *([b""] * 50_000), orjson.dumps({"identity": "x@x.com", "type": "event"}))
+    store.r.hset(store.key("default", "flow"), mapping={"pushed": 50_001, "cut": 0})
+    store.r.rpush(store.key("default", "arrivals"), "50001:0")
+    assert store.assemble("default", 1000, 0.0, 20) == []  # looked at 20 x 1,000 at most
+    assert store.r.llen(key) == 30_001
+    made = store.assemble("default", 1000, 0.0, 20) + store.assemble("default", 1000, 0.0, 20)
+    assert len(made) == 1 and store.batch_records("default", made[0]) == [
+        b'{"identity":"x@x.com","type":"event"}'
+    ]
+
+
+def test_ingest_messages_still_in_the_broker_lose_their_events(store: Store, make_settings: Any) -> None:
+    from celery import Celery
+
+    settings = make_settings()
+    app = Celery(broker=settings.redis_url)  # the broker is the pipeline's Redis; no worker takes these
+    theirs = _who_events(ALICE, ALICE_ID, ALICE_ANON, 2) + _who_events(BOB, BOB_ID, BOB_ANON, 2)
+    app.send_task("clevertap.ingest", args=[theirs], kwargs={"integration": "default"}, queue="clevertap")
+    app.send_task("clevertap.ingest", args=[theirs[3:]], queue="clevertap")  # Bob's only: left as it is
+    # one taken by a worker that has not acked it yet (kombu's unacked hash: [envelope, exchange, key])
+    raw = cast(bytes, store.r.lindex("clevertap", -1))  # kombu pushes on the left, a worker pops on the right
+    store.r.hset("unacked", "tag-1", orjson.dumps([orjson.loads(raw), "", "clevertap"]))
+    untouched = store.r.lindex("clevertap", 0)
+    app.close()
+    forgetter = Forgetter(settings, store)
+    # her tracks carry her userId only, and nothing in Redis links it to her email yet: both are named
+    rid = forgetter.run(forgetter.ask(Who(identities=(ALICE,), user_ids=(ALICE_ID,))), delete=False)
+    assert rid == State.DELETING
+    assert holders(store.r, [ALICE, ALICE_ID, ALICE_ANON], skip=("{forget}:req:",)) == {}
+    (req_id,) = store.request_ids()
+    assert (store.request(req_id) or {})["counts"]["queued_events"] == 6  # 3 of hers, in two copies
+    first = orjson.loads(store.r.lindex("clevertap", -1) or b"{}")
+    args, kwargs, _ = orjson.loads(base64.b64decode(first["body"]))
+    assert [e["userId"] for e in args[0]] == [BOB_ID] * 3 and kwargs == {"integration": "default"}
+    assert first["headers"]["argsrepr"] == "[<3 events>]"
+    assert store.r.lindex("clevertap", 0) == untouched
+    tagged = orjson.loads(cast(bytes, store.r.hget("unacked", "tag-1")))
+    assert tagged[0]["body"] == first["body"] and tagged[1:] == ["", "clevertap"]

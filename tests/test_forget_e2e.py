@@ -6,6 +6,7 @@ worker finishes."""
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,8 @@ def test_forget_with_real_workers_leaves_no_copy(redis_url: str, store: Store, t
         # Rows CleverTap refuses (api dead letters, and the debugger's copy of its answer, which echoes
         # them) and events that cannot be mapped (mapping dead letters: the whole event), for both users.
         refused = [
-            {"type": "track", "event": "Refused Event", "userId": uid, "messageId": f"r-{uid}",
+            {"type": "track", "event": "Refused Event", "userId": uid,
+             "messageId": f"r-{zlib.crc32(uid.encode())}",
              "context": {"traits": {"email": email}}}
             for uid, email in ((ALICE_ID, ALICE), (BOB_ID, BOB))
         ]  # fmt: skip

@@ -41,13 +41,17 @@ if waiting > 0 and redis.call('LLEN', arrivals) == 0 then  -- records queued by 
 end
 local oldest = oldest_waiting()
 local made = {}
-while #made < max_batches do
+-- Records looked at in all, tombstones included (forget_pending.lua): a run of forgotten records makes no
+-- batch, and must not make one call long either.
+local looked = 0
+while #made < max_batches and looked < max_batches * size do
   local len = redis.call('LLEN', pending)
   if len == 0 then break end
   if len < size and now - oldest < flush_ms then break end
   local records = redis.call('LRANGE', pending, 0, size - 1)
   redis.call('LTRIM', pending, #records, -1)
   redis.call('HINCRBY', flow, 'cut', #records)
+  looked = looked + #records
   local live = {}   -- '' is a forgotten record's tombstone (forget_pending.lua): cut, never sent
   for _, record in ipairs(records) do
     if record ~= '' then live[#live + 1] = record end
