@@ -31,6 +31,7 @@ import enum
 import hashlib
 import logging
 import random
+import re
 import secrets
 import time
 from collections import Counter
@@ -199,7 +200,9 @@ def wanted_of(values: Iterable[str]) -> list[str]:
     they look), and a number as a bare number."""
     out: set[str] = set()
     for value in values:
-        for form in {value.strip(), normal(value)}:
+        # the scripts lower-case ASCII only: an email with other capitals is looked for as given too
+        ascii_lower = "".join(c.lower() if c.isascii() else c for c in value.strip())
+        for form in {value.strip(), normal(value), ascii_lower}:
             if form:
                 out.add(orjson.dumps(form).decode())
                 if form.isdigit():
@@ -476,6 +479,12 @@ class Forgetter:
             self._remove(rid, owner, name, known, counts)
             self.store.update_request(rid, {"counts": dict(counts.by_place)})
         self._broker(rid, owner, names, known, counts)
+        # Saved before the wait: a process that takes over waits for them too (it finds nothing left to
+        # rewrite, so it would not know of them).
+        in_flight = {(str(n), str(b)) for n, b in req.get("in_flight") or []} | counts.in_flight
+        if counts.in_flight:
+            self.store.update_request(rid, {"in_flight": sorted(in_flight)})
+        counts.in_flight = in_flight
         # A batch sent as it was rewritten: its answer may write a dead letter or a debugger entry naming
         # them. Wait for its lease to end (the send's deadline is shorter), then look again.
         self._wait_for_sends(rid, owner, counts.in_flight)
@@ -596,10 +605,12 @@ class Forgetter:
         emails = sorted({normal(v) for v in who.values() if "@" in v and len(v) >= 5})
         if not emails:
             return
+        # the whole email, not part of a longer one (al@x.co is not in val@x.com)
+        pattern = re.compile("|".join(rf"(?<![\w.+-]){re.escape(e)}(?![\w.-])" for e in emails))
         cursor, steps = 0, 0
         while True:
             cursor, members = self.store.scan_seen(name, cursor, SCAN_COUNT)
-            drop = [m for m in members if any(e in m.decode("utf-8", "replace").lower() for e in emails)]
+            drop = [m for m in members if pattern.search(m.decode("utf-8", "replace").lower())]
             counts.by_place["message_ids"] += self.store.forget_seen(name, drop)
             steps += 1
             if steps % 100 == 0:
@@ -614,8 +625,10 @@ class Forgetter:
         filters their events as it ingests them)."""
         url = self.settings.broker_url or self.settings.redis_url
         if not url.startswith(("redis://", "rediss://", "unix://")):
+            # a sentinel:// broker: not read yet, and the request says so (status, the console's counts)
             log.warning("forget %s: the broker (%s) is not read for queued ingest messages", rid,
                         url.partition(":")[0])  # fmt: skip
+            counts.by_place["broker_not_read"] = 1
             return
         client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         norms = who.normals()
@@ -664,6 +677,7 @@ class Forgetter:
                     self._save(rid, progress, state, State.DELETING, due=now + 1000)
                     return
                 verdict, reason = judge_delete(attempt)
+                reason = _without_values(reason, who)  # CleverTap's error text may quote a value
                 answer = {"request": number, "kind": kind, "values": len(values), "status": attempt.status,
                           "verdict": verdict.value, "reason": reason, "at": self.store.now_ms()}  # fmt: skip
                 account["answers"] = [*account["answers"][-19:], answer]
@@ -775,7 +789,7 @@ class Forgetter:
             return []
         sent = []
         now = self.store.now_ms()
-        for rid in self.store.due_requests(now):
+        for rid in self.store.due_requests(now, limit=1000):
             if self.store.request_leased(rid):
                 continue
             if now - self.store.dispatched_at(rid) < self.lease_s * 1000:
@@ -823,17 +837,46 @@ def without_them(
     events = args[0] if in_args else kwargs.get("events")
     if integration not in names or not isinstance(events, list):
         return None
-    keep = [e for e in events if not any_of(event_values(e), norms)]
-    if len(keep) == len(events):
+    scrubbed, removed = scrub(events, norms)
+    if not removed:
         return None
     if in_args:
-        args[0] = keep
+        args[0] = scrubbed
     else:
-        kwargs["events"] = keep
+        kwargs["events"] = scrubbed
     envelope["body"] = base64.b64encode(orjson.dumps([args, kwargs, embed])).decode()
-    envelope["headers"] = {**headers, "argsrepr": f"[<{len(keep)} events>]"}
+    envelope["headers"] = {
+        **headers,
+        "argsrepr": f"[<{len(events)} events>]" if in_args else "()",
+        "kwargsrepr": f"{{'integration': {integration!r}}}"
+        + ("" if in_args else f" + <{len(events)} events>"),
+    }
     out = [envelope, *message[1:]] if unacked and isinstance(message, list) else envelope
-    return orjson.dumps(out), len(events) - len(keep)
+    return orjson.dumps(out), removed
+
+
+#: What takes a forgotten user's event's place in a message that may be ingested (or resumed) later: the
+#: events keep their positions, so a message resumed after its first chunks skips exactly those.
+PLACEHOLDER: dict[str, Any] = {"forgotten": True}
+
+
+def is_placeholder(raw: Any) -> bool:
+    return isinstance(raw, dict) and raw == PLACEHOLDER
+
+
+def scrub(events: list[Any], norms: set[str]) -> tuple[list[Any], int]:
+    """``events`` with each of theirs replaced by PLACEHOLDER, and how many."""
+    out = [PLACEHOLDER if any_of(event_values(e), norms) else e for e in events]
+    return out, sum(1 for a, b in zip(out, events, strict=True) if a is PLACEHOLDER and b is not PLACEHOLDER)
+
+
+def scrub_suppressed(events: list[Any], digests: dict[str, int]) -> list[Any]:
+    """``events`` with each that a suppression list names replaced by PLACEHOLDER (a task about to be
+    retried with them: the retry's message must not bring them back into the broker)."""
+    if not digests:
+        return events
+    now_ms = int(time.time() * 1000)
+    return [PLACEHOLDER if suppressed(event_values(e), digests, now_ms) else e for e in events]
 
 
 class LeaseLost(RuntimeError):
@@ -850,6 +893,13 @@ def _loads(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+
+
+def _without_values(text: str, who: Who) -> str:
+    for value in sorted(who.values(), key=len, reverse=True):
+        if len(value) >= 3:
+            text = re.sub(re.escape(value), "<value>", text, flags=re.IGNORECASE)
+    return text
 
 
 def _counts_text(counts: Counter[str]) -> str:

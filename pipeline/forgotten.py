@@ -57,17 +57,23 @@ class ForgetCalls:
         seen = views.get(integration)
         if seen is not None and not refresh and time.monotonic() - seen[0] < VIEW_TTL_S:
             return seen[1], seen[2]
-        pipe = self.r.pipeline(transaction=False)
-        pipe.get(self.key(integration, "forgotten:gen"))  # first: the list read after it is at least as new
-        pipe.hgetall(self.key(integration, "forgotten"))
-        gen, raw = pipe.execute()
-        digests = {_s(k): int(v) for k, v in cast(dict[bytes, bytes], raw).items()}
+        gen = self.r.get(self.key(integration, "forgotten:gen"))  # first: the list read after it is as new
+        digests: dict[str, int] = {}
+        cursor = 0
+        while True:  # a page at a time: the list may hold many (each call stays short)
+            cursor, raw = cast(
+                tuple[int, dict[bytes, bytes]],
+                self.r.hscan(self.key(integration, "forgotten"), cursor, count=1000),
+            )
+            digests.update((_s(k), int(v)) for k, v in raw.items())
+            if int(cursor) == 0:
+                break
         views[integration] = (time.monotonic(), _s(gen) if gen else "0", digests)
         return views[integration][1], digests
 
     def suppress(self, integration: str, digests: Sequence[str], until_ms: int) -> int:
         """Suppress events naming these digests until ``until_ms``; returns the list's new generation."""
-        keys = self.keys(integration, "forgotten", "forgotten:gen")
+        keys = self.keys(integration, "forgotten", "forgotten:gen", "forgotten:until")
         gen = int(self._run("forget_suppress", keys, [until_ms, *digests]))
         self.forgotten_view(integration, refresh=True)
         return gen

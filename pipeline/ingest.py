@@ -22,7 +22,7 @@ from pipeline.config import IntegrationConfig, Settings, load_settings
 from pipeline.deadletters import mapping_dead_letter
 from pipeline.errors import InputError, QueueFull, where
 from pipeline.events import Event, validate_event
-from pipeline.forget import event_values, record_values, suppressed
+from pipeline.forget import event_values, is_placeholder, record_values, suppressed
 from pipeline.mapping import DUPLICATE, FILTERED, HELD, MAPPED, REJECTED, Mapper, MapResult, MapStatus
 from pipeline.store import Hold, StaleForgotten, Store, new_id
 
@@ -123,6 +123,9 @@ class Ingestor:
         dumps = orjson.dumps
         now_ms = now * 1000
         for index, raw, event, errors in items:
+            if is_placeholder(raw):  # a forgotten user's event, taken out of its message (pipeline.forget)
+                out.append((index, raw, MapResult(FILTERED, reasons=[FORGOTTEN]), []))
+                continue
             if event is None:
                 out.append((index, raw, MapResult(REJECTED, reasons=errors), []))
                 continue
@@ -280,6 +283,13 @@ class Ingestor:
             hold,
             forgotten_gen,
         )
+        if forgotten_n and hold is not None:
+            # their anonymous events held from before the forget: they would be released under them later
+            visitors = {
+                v for _, raw, result, _ in mapped if result.reasons == [FORGOTTEN] and (v := _visitor_of(raw))
+            }
+            if visitors:
+                self.store.forget_held(self.config.name, sorted(visitors))
         res.filtered, res.rejected, res.duplicate = filtered, rejected, len(dups)
         res.accepted = len(groups) - len(dups) - skipped
         if hold is not None:

@@ -41,6 +41,7 @@ key                                   type    holds
                                               events naming it are filtered (forget_suppress_days)
 ``P:{I}:forgotten:gen``               string  bumped on every change of ``forgotten``: an enqueue or replay
                                               filtered with an older view of the list is refused
+``P:{I}:forgotten:until``             zset    digest -> ms until suppressed (the expiry's order)
 ``P:{I}:stats``                       hash    counters (accepted, delivered, retries_throttles, ...)
 ``P:{I}:debug``                       list    the event debugger: the last debugger_size send attempts, newest
                                               first (JSON: time, batch, records, attempt, HTTP status,

@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery.utils.time import get_exponential_backoff_interval
+
 from pipeline import runtime
 from pipeline.delivery import Deliverer
 from pipeline.errors import DeliveryError, QueueFull, UnknownIntegration, where
-from pipeline.forget import Who
+from pipeline.forget import Who, scrub_suppressed
 from pipeline.ingest import TRANSIENT_REDIS_ERRORS
 from pipeline.store import StaleForgotten
 from tasks.celeryapp import app
@@ -31,28 +33,37 @@ def _dispatch_forget(request_id: str) -> None:
 
 # While Redis is away the task retries (the same task id; the events stay in the message), with backoff up
 # to 5 minutes, for as long as it takes: a retry resumes after the chunks already queued. Anything else
-# that stops a chunk makes its events mapping dead letters. Either way no event is dropped.
-@app.task(
-    name="clevertap.ingest",
-    bind=True,
-    # UnknownIntegration too: one the console saves reaches this worker within seconds (or this worker
-    # lacks CLEVERTAP_CONSOLE_KEY: the error says so on every try), and the events wait in the message.
-    autoretry_for=(*TRANSIENT_REDIS_ERRORS, QueueFull, UnknownIntegration, StaleForgotten),
-    retry_backoff=True,
-    retry_backoff_max=300,
-    max_retries=None,
-)
+# that stops a chunk makes its events mapping dead letters. Either way no event is dropped. A forgotten
+# user's events do not go back into the retry's message: they become placeholders (pipeline.forget), which
+# keep the others' positions for the resume and are filtered as forgotten.
+RETRIED = (*TRANSIENT_REDIS_ERRORS, QueueFull, UnknownIntegration, StaleForgotten)
+
+
+@app.task(name="clevertap.ingest", bind=True, max_retries=None)
 def ingest(self: Any, events: list[Any], integration: str = "default") -> dict[str, int]:
     """Ingest events sent by an upstream service. Returns counts only: rejections are dead letters."""
     try:
         return runtime.ingest(events, integration, message_id=self.request.id).counts()
-    except (*TRANSIENT_REDIS_ERRORS, QueueFull, UnknownIntegration, StaleForgotten) as exc:
+    except RETRIED as exc:
+        # UnknownIntegration too: one the console saves reaches this worker within seconds (or this worker
+        # lacks CLEVERTAP_CONSOLE_KEY: the error says so on every try), and the events wait in the message.
         log.error(
             "clevertap.ingest %s: not queued now (%s), try %d; %d events wait in the message and the next "
             "try resumes after the chunks already queued",
             self.request.id, where(exc), self.request.retries + 1, len(events),
         )  # fmt: skip
-        raise
+        try:
+            kept = scrub_suppressed(events, runtime.store().forgotten_view(integration, refresh=True)[1])
+        except Exception:  # Redis away: the message goes as it came (a forget in progress rewrites it)
+            kept = events
+        countdown = get_exponential_backoff_interval(1, self.request.retries, 300, full_jitter=True)
+        raise self.retry(
+            args=(kept, integration),
+            kwargs={},
+            exc=exc,
+            countdown=countdown,
+            argsrepr=f"[<{len(kept)} events>]",
+        ) from exc
 
 
 @app.task(name="clevertap.assemble")
@@ -110,6 +121,8 @@ def request_forget(
     """For upstream jobs: write a forget request to Redis and send ``clevertap.forget`` with its id; returns
     the id (``clevertap-pipeline forget status ID``)."""
     who = Who(tuple(identities), tuple(user_ids), tuple(object_ids), tuple(anonymous_ids))
-    request_id = runtime.forgetter(_dispatch_forget).ask(who, integrations)
+    forgetter = runtime.forgetter(_dispatch_forget)
+    request_id = forgetter.ask(who, integrations)
+    forgetter.store.update_request(request_id, {"dispatched": forgetter.store.now_ms()})  # the sweep waits
     _dispatch_forget(request_id)
     return request_id

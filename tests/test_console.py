@@ -343,9 +343,9 @@ def test_an_ingest_task_finds_an_integration_saved_a_moment_ago_or_waits_for_it(
 ) -> None:
     from pipeline import runtime
     from pipeline.errors import UnknownIntegration
-    from tasks.pipeline_tasks import ingest as ingest_task
+    from tasks.pipeline_tasks import RETRIED
 
-    assert UnknownIntegration in ingest_task.autoretry_for  # not known yet: retried, the events kept
+    assert UnknownIntegration in RETRIED  # not known yet: retried, the events kept
     for key, value in {**environment(redis_url), ENV_CONSOLE_KEY: KEY}.items():
         monkeypatch.setenv(key, value)
     runtime.reset()

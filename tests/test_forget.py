@@ -115,6 +115,13 @@ def test_a_record_is_theirs_by_its_identifying_fields_in_any_letter_case(store: 
             "evtName": "e",
             "evtData": {"note": '"identity":"ann@x.com"'},
         },
+        {"type": "event", "identity": "b3@x.com", "evtName": "f", "evtData": {"identity": "42"}},  # nested
+        {
+            "type": "event",
+            "identity": "b4@x.com",
+            "evtName": "g",
+            "evtData": {"Email": "ann@x.com"},
+        },  # nested
     ]
     key = store.key("default", "pending")
     store.r.rpush(key, *[orjson.dumps(r) for r in records])
@@ -126,7 +133,8 @@ def test_a_record_is_theirs_by_its_identifying_fields_in_any_letter_case(store: 
         "profile",
         "profile",
     ]
-    assert [orjson.loads(r).get("evtName") for r in store.r.lrange(key, 0, -1) if r] == ["b", "c", "e"]
+    left = [orjson.loads(r).get("evtName") for r in store.r.lrange(key, 0, -1) if r]
+    assert left == ["b", "c", "e", "f", "g"]
     assert digest(" Ann@X.com ") == digest("ann@x.com")
     assert digest("User-1") != digest("user-1")  # ids keep their case
 
@@ -501,8 +509,23 @@ def test_ingest_messages_still_in_the_broker_lose_their_events(store: Store, mak
     assert (store.request(req_id) or {})["counts"]["queued_events"] == 6  # 3 of hers, in two copies
     first = orjson.loads(store.r.lindex("clevertap", -1) or b"{}")
     args, kwargs, _ = orjson.loads(base64.b64decode(first["body"]))
-    assert [e["userId"] for e in args[0]] == [BOB_ID] * 3 and kwargs == {"integration": "default"}
-    assert first["headers"]["argsrepr"] == "[<3 events>]"
+    # hers are placeholders: the others keep their positions (a resumed message skips what it had queued)
+    assert [e.get("userId", "-") for e in args[0]] == ["-"] * 3 + [BOB_ID] * 3
+    assert kwargs == {"integration": "default"} and first["headers"]["argsrepr"] == "[<6 events>]"
+    assert ALICE not in first["headers"]["kwargsrepr"] + first["headers"]["argsrepr"]
+    # ingested, the placeholders are filtered as forgotten; Bob's three are queued
+    res = ingest(args[0], settings=settings, store=store)
+    assert (res.accepted, res.filtered, res.rejected) == (3, 3, 0)
     assert store.r.lindex("clevertap", 0) == untouched
     tagged = orjson.loads(cast(bytes, store.r.hget("unacked", "tag-1")))
     assert tagged[0]["body"] == first["body"] and tagged[1:] == ["", "clevertap"]
+
+
+def test_a_retried_message_keeps_placeholders_not_their_events() -> None:
+    from pipeline.forget import PLACEHOLDER, scrub_suppressed
+
+    events = _who_events(ALICE, ALICE_ID, ALICE_ANON, 1) + _who_events(BOB, BOB_ID, BOB_ANON, 1)
+    digests = {digest(ALICE_ID): int(time.time() * 1000) + 60_000}
+    kept = scrub_suppressed(events, digests)
+    assert kept[:2] == [PLACEHOLDER, PLACEHOLDER] and kept[2:] == events[2:]
+    assert scrub_suppressed(events, {}) is events

@@ -11,15 +11,7 @@ if field ~= '' then
   redis.call('HSET', key, field, new)
   return 1
 end
-local len = redis.call('LLEN', key)
-local step = 500
-for start = 0, len - 1, step do
-  local page = redis.call('LRANGE', key, start, start + step - 1)
-  for i, item in ipairs(page) do
-    if item == old then
-      redis.call('LSET', key, start + i - 1, new)
-      return 1
-    end
-  end
-end
-return 0
+local at = redis.call('LPOS', key, old)   -- Redis 6.0.6 or newer: the search is Redis's own, in C
+if not at then return 0 end
+redis.call('LSET', key, at, new)
+return 1

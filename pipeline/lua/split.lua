@@ -30,12 +30,15 @@ local half = math.floor(#records / 2)
 local created = redis.call('HGET', meta, 'created') or now
 local made = {}
 for part, range in ipairs({{1, half}, {half + 1, #records}}) do
-  local child = bid .. (part == 1 and 'a' or 'b')
-  redis.call('SET', base .. 'batch:' .. child, table.concat(records, '\n', range[1], range[2]))
-  redis.call('HSET', base .. 'meta:' .. child, 'created', created, 'size', range[2] - range[1] + 1,
-             'attempts', 0, 'failures', 0, 'throttles', 0, 'gen', 1)
-  redis.call('ZADD', open, now, child)
-  made[#made + 1] = child
+  -- a half can be empty: the batch was rewritten down to one record (a forget) while it was sent
+  if range[2] >= range[1] then
+    local child = bid .. (part == 1 and 'a' or 'b')
+    redis.call('SET', base .. 'batch:' .. child, table.concat(records, '\n', range[1], range[2]))
+    redis.call('HSET', base .. 'meta:' .. child, 'created', created, 'size', range[2] - range[1] + 1,
+               'attempts', 0, 'failures', 0, 'throttles', 0, 'gen', 1)
+    redis.call('ZADD', open, now, child)
+    made[#made + 1] = child
+  end
 end
 redis.call('DEL', batch, meta)
 redis.call('ZREM', open, bid)
