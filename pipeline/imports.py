@@ -266,3 +266,49 @@ def parse_time(text: str) -> tuple[int, str | None]:
 
 def _shown(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def check_record(record: Any, max_event_properties: int = C.DEFAULT_MAX_EVENT_PROPERTIES) -> list[str]:
+    """Why CleverTap would refuse a ready record (``import --records``): the same limits as mapping's
+    pre-flight; [] when it can be sent as it is."""
+    if not isinstance(record, dict):
+        return ["a record must be a JSON object"]
+    kind = record.get("type")
+    if kind not in ("event", "profile"):
+        return [f"type: must be event or profile, got {str(kind)[:40]!r}"]
+    reasons = []
+    identity = record.get("identity", record.get("objectId"))
+    if isinstance(identity, bool) or not isinstance(identity, str | int) or identity == "":
+        reasons.append("no identity: an identity or objectId, not empty")
+    ts = record.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts < 0):
+        reasons.append("ts: epoch seconds, a whole number")
+    if kind == "event":
+        name = record.get("evtName")
+        if not isinstance(name, str) or not name:
+            reasons.append("evtName: an event needs its name")
+        else:
+            reasons += check_event_name(name)
+        if ts is None:
+            reasons.append("ts: an event needs its time")
+    key = "evtData" if kind == "event" else "profileData"
+    data = record.get(key, {})
+    if not isinstance(data, dict):
+        return [*reasons, f"{key}: must be a JSON object"]
+    if kind == "event" and len(data) > max_event_properties:
+        reasons.append(f"{key}: {len(data)} properties, CleverTap allows at most {max_event_properties}")
+    for name, value in data.items():
+        if len(name) > C.MAX_KEY_CHARS:
+            reasons.append(f"{key}.{name[:40]}...: key is {len(name)} characters, at most {C.MAX_KEY_CHARS}")
+        elif isinstance(value, str) and len(value.encode("utf-8")) > C.MAX_VALUE_BYTES:
+            reasons.append(f"{key}.{name}: value is over {C.MAX_VALUE_BYTES} bytes")
+        elif isinstance(value, dict | list) and not (
+            name == C.ITEMS_KEY or (kind == "profile" and _command(value))
+        ):
+            reasons.append(f"{key}.{name}: nested value; CleverTap takes nested values only in Items")
+    return reasons
+
+
+def _command(value: Any) -> bool:
+    """A profile command (``{"$add": [...]}``, ``$remove``, ``$delete``)."""
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("$add", "$remove", "$delete")

@@ -130,3 +130,29 @@ def test_values_and_times_without_a_schema() -> None:
     assert parse_time("1740823200123") == (1740823200, None)  # milliseconds
     assert parse_time("2025-03-01T11:00:00+01:00") == (1740823200, None)
     assert parse_time("yesterday")[1] is not None
+
+
+def test_ready_records_are_checked_by_the_same_limits() -> None:
+    from pipeline.imports import check_record
+
+    good = {
+        "type": "event",
+        "identity": "a@x.com",
+        "ts": 1740823200,
+        "evtName": "Charged",
+        "evtData": {"Amount": 1},
+    }
+    assert check_record(good) == []
+    assert check_record({"type": "profile", "objectId": "g1", "profileData": {"Tags": {"$add": ["a"]}}}) == []
+    assert check_record([]) == ["a record must be a JSON object"]
+    assert check_record({"type": "x"})[0].startswith("type: must be event or profile")
+    reasons = check_record(
+        {"type": "event", "identity": "", "evtName": "App Launched", "evtData": {"n": {"a": 1}}}
+    )
+    assert [r.split(":")[0] for r in reasons] == [
+        "no identity",
+        "event name 'App Launched'",
+        "ts",
+        "evtData.n",
+    ]
+    assert check_record({**good, "evtData": {"k" * 121: 1}})[0].endswith("at most 120")
