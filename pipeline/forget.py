@@ -201,8 +201,10 @@ def wanted_of(values: Iterable[str]) -> list[str]:
     out: set[str] = set()
     for value in values:
         # the scripts lower-case ASCII only: an email with other capitals is looked for as given too
-        ascii_lower = "".join(c.lower() if c.isascii() else c for c in value.strip())
-        for form in {value.strip(), normal(value), ascii_lower}:
+        forms = {value.strip(), normal(value)}
+        if "@" in value:  # only an email matches in any case: ids keep theirs (Bob123 is not bob123)
+            forms.add("".join(c.lower() if c.isascii() else c for c in value.strip()))
+        for form in forms:
             if form:
                 out.add(orjson.dumps(form).decode())
                 if form.isdigit():
@@ -316,13 +318,13 @@ class Verdict(enum.StrEnum):
     FAILED = "failed"
 
 
-def judge_delete(attempt: Attempt) -> tuple[Verdict, str]:
+def judge_delete(attempt: Attempt, values: Iterable[str] = ()) -> tuple[Verdict, str]:
     """What one delete request's answer comes to. The body of a success is not documented (RudderStack
     reads the status only): a 2xx is done unless its body says ``"status": "fail"``."""
     status = attempt.status
     if status is None:
         return Verdict.RETRY, f"no answer: {attempt.error or 'network error'}"
-    detail = _error_text(attempt.body)
+    detail = _error_text(attempt.body, values)
     if 200 <= status < 300:
         body = _loads(attempt.body) if attempt.body else None
         if isinstance(body, dict) and body.get("status") == "fail":  # a 200 that says it did not
@@ -337,13 +339,20 @@ def judge_delete(attempt: Attempt) -> tuple[Verdict, str]:
     return Verdict.FAILED, f"HTTP {status}{detail}"
 
 
-def _error_text(body: bytes) -> str:
+def _error_text(body: bytes, values: Iterable[str] = ()) -> str:
+    """CleverTap's error text, without any of ``values`` (it may quote one), cut at 200 characters."""
     try:
         parsed = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         return ""
     error = parsed.get("error") if isinstance(parsed, dict) else None
-    return f": {str(error)[:200]}" if error else ""
+    if not error:
+        return ""
+    text = str(error)
+    for value in sorted(values, key=len, reverse=True):
+        if value:
+            text = re.sub(re.escape(value), "<value>", text, flags=re.IGNORECASE)
+    return f": {text[:200]}"
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -475,16 +484,16 @@ class Forgetter:
         # Counts so far: a process killed mid-purge saved what it had removed (each copy is removed, and
         # counted, once: the process that takes over does not find it again).
         counts = PurgeCounts(Counter({k: int(v) for k, v in (req.get("counts") or {}).items()}))
+        # Batches being sent as they were rewritten are saved with the counts after each integration: a
+        # process that takes over waits for them too (it finds nothing left to rewrite, so it would not
+        # know of them).
+        counts.in_flight = {(str(n), str(b)) for n, b in req.get("in_flight") or []}
         for name in names:
             self._remove(rid, owner, name, known, counts)
-            self.store.update_request(rid, {"counts": dict(counts.by_place)})
+            self.store.update_request(
+                rid, {"counts": dict(counts.by_place), "in_flight": sorted(counts.in_flight)}
+            )
         self._broker(rid, owner, names, known, counts)
-        # Saved before the wait: a process that takes over waits for them too (it finds nothing left to
-        # rewrite, so it would not know of them).
-        in_flight = {(str(n), str(b)) for n, b in req.get("in_flight") or []} | counts.in_flight
-        if counts.in_flight:
-            self.store.update_request(rid, {"in_flight": sorted(in_flight)})
-        counts.in_flight = in_flight
         # A batch sent as it was rewritten: its answer may write a dead letter or a debugger entry naming
         # them. Wait for its lease to end (the send's deadline is shorter), then look again.
         self._wait_for_sends(rid, owner, counts.in_flight)
@@ -606,7 +615,11 @@ class Forgetter:
         if not emails:
             return
         # the whole email, not part of a longer one (al@x.co is not in val@x.com)
-        pattern = re.compile("|".join(rf"(?<![\w.+-]){re.escape(e)}(?![\w.-])" for e in emails))
+        # (a prefix such as "signup-" or "x_" still counts: missing one leaves an email in Redis, a false
+        # match only forgets a messageId's de-duplication)
+        pattern = re.compile(
+            "|".join(rf"(?<![a-z0-9.%+]){re.escape(e)}(?![a-z0-9]|[.-][a-z])" for e in emails)
+        )
         cursor, steps = 0, 0
         while True:
             cursor, members = self.store.scan_seen(name, cursor, SCAN_COUNT)
@@ -628,7 +641,7 @@ class Forgetter:
             # a sentinel:// broker: not read yet, and the request says so (status, the console's counts)
             log.warning("forget %s: the broker (%s) is not read for queued ingest messages", rid,
                         url.partition(":")[0])  # fmt: skip
-            counts.by_place["broker_not_read"] = 1
+            self.store.update_request(rid, {"broker_not_read": True})
             return
         client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         norms = who.normals()
@@ -676,8 +689,7 @@ class Forgetter:
                 if attempt is None:  # the account's slots are busy: shortly
                     self._save(rid, progress, state, State.DELETING, due=now + 1000)
                     return
-                verdict, reason = judge_delete(attempt)
-                reason = _without_values(reason, who)  # CleverTap's error text may quote a value
+                verdict, reason = judge_delete(attempt, who.values())  # its text may quote a value
                 answer = {"request": number, "kind": kind, "values": len(values), "status": attempt.status,
                           "verdict": verdict.value, "reason": reason, "at": self.store.now_ms()}  # fmt: skip
                 account["answers"] = [*account["answers"][-19:], answer]
@@ -893,13 +905,6 @@ def _loads(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-
-
-def _without_values(text: str, who: Who) -> str:
-    for value in sorted(who.values(), key=len, reverse=True):
-        if len(value) >= 3:
-            text = re.sub(re.escape(value), "<value>", text, flags=re.IGNORECASE)
-    return text
 
 
 def _counts_text(counts: Counter[str]) -> str:

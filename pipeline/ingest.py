@@ -384,10 +384,11 @@ class Ingestor:
                 letters = [
                     mapping_dead_letter(self.config.name, raw, [reason])
                     for _, raw in chunk
-                    if not (forgotten and suppressed(event_values(raw), forgotten, now_ms))
+                    if not is_placeholder(raw)
+                    and not (forgotten and suppressed(event_values(raw), forgotten, now_ms))
                 ]
                 self.store.keep_unqueued(self.config.name, letters, (message.id, number))
-                total.add(IngestResult(rejected=len(chunk)))
+                total.add(IngestResult(rejected=len(letters), filtered=len(chunk) - len(letters)))
         # Kept a little longer than a redelivery can take (the broker's visibility timeout), not for ever.
         self.store.finish_message(self.config.name, message.id)
         return total

@@ -529,3 +529,24 @@ def test_a_retried_message_keeps_placeholders_not_their_events() -> None:
     kept = scrub_suppressed(events, digests)
     assert kept[:2] == [PLACEHOLDER, PLACEHOLDER] and kept[2:] == events[2:]
     assert scrub_suppressed(events, {}) is events
+
+
+def test_ids_keep_their_case_and_a_user_forgotten_again_moves_the_generation(store: Store) -> None:
+    assert '"bob123"' not in wanted_of(["Bob123"]) and '"ann@x.com"' in wanted_of(["Ann@X.com"])
+    gen = store.suppress("default", [digest("a@x.com")], store.now_ms() + 60_000)
+    assert store.suppress("default", [digest("a@x.com")], store.now_ms() + 90_000) == gen  # nothing new
+    store.suppress("default", [digest("b@x.com")], store.now_ms() - 1)  # its time has passed, still listed
+    gen = int(store.forgotten_view("default", refresh=True)[0])
+    assert store.suppress("default", [digest("b@x.com")], store.now_ms() + 60_000) > gen  # forgotten again
+
+
+def test_message_ids_with_their_email_go_in_the_forms_upstream_makes_them(
+    store: Store, make_settings: Any
+) -> None:
+    key = store.key("default", "seen")
+    kept = ["val@x.com-1", "al@x.com.au-2", "uuid-1"]
+    gone = ["al@x.com", "al@x.com_1700000000", "al@x.com-17", "signup-al@x.com", "x_al@x.com", "a:AL@x.com:3"]
+    store.r.zadd(key, {m: 1 for m in kept + gone})
+    forgetter = Forgetter(make_settings(), store)
+    forgetter.run(forgetter.ask(Who(identities=("al@x.com",))), delete=False)
+    assert sorted(cast(bytes, m).decode() for m in store.r.zrange(key, 0, -1)) == sorted(kept)

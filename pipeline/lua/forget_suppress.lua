@@ -10,7 +10,10 @@ local until_ms = ARGV[1]   -- ARGV[2..]: digests
 
 local changed = 0
 for i = 2, #ARGV do
-  changed = changed + redis.call('HSET', forgotten, ARGV[i], until_ms)
+  -- new, or one whose time had passed (still in the hash until pruned): processes must read it again
+  local was = tonumber(redis.call('HGET', forgotten, ARGV[i]) or '0')
+  if was <= now then changed = changed + 1 end
+  redis.call('HSET', forgotten, ARGV[i], until_ms)
   redis.call('ZADD', until_idx, until_ms, ARGV[i])
 end
 local stale = redis.call('ZRANGEBYSCORE', until_idx, '-inf', now, 'LIMIT', 0, 500)
