@@ -134,6 +134,15 @@ def test_forget_with_real_workers_leaves_no_copy(redis_url: str, store: Store, t
         res = ingest([{"type": "track", "event": "Late", "userId": "u-late", "messageId": "late-1",
                        "context": {"traits": {"email": ALICE}}}], settings=settings, store=store)  # fmt: skip
         assert res.filtered == 1 and store.stats("default")["forgotten"] >= 1
+        # --wait: once CleverTap confirmed (a worker sends it); the listing shows no value
+        waited = run_cli(
+            "forget", "--user-id", BOB_ID, "--wait", "--timeout", "60", env=stack.env, timeout=90
+        )
+        assert waited.returncode == 0, waited.stderr
+        assert b" done " in waited.stdout and ["identity", BOB_ID] in _deleted(stack)
+        listing = run_cli("forget", "status", env=stack.env)
+        assert listing.stdout.count(b" done ") == 2
+        assert not [v for v in (ALICE, ALICE_ID, BOB, BOB_ID) if v.encode() in listing.stdout]
     finally:
         stack.stop()
 
