@@ -312,3 +312,74 @@ def check_record(record: Any, max_event_properties: int = C.DEFAULT_MAX_EVENT_PR
 def _command(value: Any) -> bool:
     """A profile command (``{"$add": [...]}``, ``$remove``, ``$delete``)."""
     return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("$add", "$remove", "$delete")
+
+
+# ----------------------------------------------------------------------------------- whole files
+
+#: Rows kept by a summary to show (every bad one is counted; the first ERRORS_KEPT are kept to print).
+ERRORS_KEPT = 1000
+#: CleverTap's dashboard shows the last year only.
+A_YEAR_S = 365 * 86400
+
+Mapped = tuple[int, dict[str, Any] | None, list[RowError]]
+
+
+def csv_records(stream: IO[bytes], spec: CsvSpec) -> Iterator[Mapped]:
+    """(line, record or None, errors) for every row of a CSV."""
+    mapper = CsvMapper(spec)
+    for line, row in read_csv(stream):
+        record, errors = mapper.record(line, row)
+        yield line, record, errors
+
+
+def ready_records(
+    stream: IO[bytes], max_event_properties: int = C.DEFAULT_MAX_EVENT_PROPERTIES
+) -> Iterator[Mapped]:
+    """(line, record or None, errors) for every line of JSON lines of ready CleverTap records (blank lines
+    skipped; a line that is not JSON is a bad row, named)."""
+    for n, raw in enumerate(stream, start=1):
+        text = raw.strip()
+        if not text:
+            continue
+        try:
+            record = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            yield n, None, [RowError(n, None, f"not JSON: {exc}")]
+            continue
+        reasons = check_record(record, max_event_properties)
+        yield (n, None, [RowError(n, None, r) for r in reasons]) if reasons else (n, record, [])
+
+
+@dataclass
+class ImportSummary:
+    """What a file comes to (``import --dry-run``): counts, the first records, the bad rows."""
+
+    rows: int = 0
+    records: int = 0
+    refused: int = 0
+    older_than_a_year: int = 0  # CleverTap's dashboard shows the last 365 days only
+    first: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)  # the first ERRORS_KEPT
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "records": self.records, "refused": self.refused,
+                "older_than_a_year": self.older_than_a_year}  # fmt: skip
+
+
+def summarise(mapped: Iterator[Mapped], now_s: int, show: int = 5) -> ImportSummary:
+    """Every row mapped, nothing queued: the counts, the first ``show`` records and the bad rows."""
+    out = ImportSummary()
+    for _, record, errors in mapped:
+        out.rows += 1
+        if record is None:
+            out.refused += 1
+            if len(out.errors) < ERRORS_KEPT:
+                out.errors.extend(errors[: ERRORS_KEPT - len(out.errors)])
+            continue
+        out.records += 1
+        ts = record.get("ts")
+        if isinstance(ts, int) and ts < now_s - A_YEAR_S:
+            out.older_than_a_year += 1
+        if len(out.first) < show:
+            out.first.append(record)
+    return out

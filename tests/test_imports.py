@@ -156,3 +156,22 @@ def test_ready_records_are_checked_by_the_same_limits() -> None:
         "evtData.n",
     ]
     assert check_record({**good, "evtData": {"k" * 121: 1}})[0].endswith("at most 120")
+
+
+def test_a_dry_run_counts_everything_and_warns_of_the_dashboards_year() -> None:
+    from pipeline.imports import csv_records, ready_records, summarise
+
+    now = 1764547200  # 2025-12-01
+    text = "email,ts,evtName\na@x.com,1740823200,Viewed\nb@x.com,1600000000,Viewed\n,1,Viewed\n"
+    summary = summarise(csv_records(io.BytesIO(text.encode()), CsvSpec("event")), now, show=1)
+    assert summary.as_dict() == {"rows": 3, "records": 2, "refused": 1, "older_than_a_year": 1}
+    assert len(summary.first) == 1 and str(summary.errors[0]).startswith("line 4: no identity")
+    lines = (
+        b'{"type": "event", "identity": "a@x.com", "ts": 1764500000, "evtName": "E", "evtData": {}}\n'
+        b"\n"
+        b"{not json\n"
+        b'{"type": "profile", "identity": "", "profileData": {}}\n'
+    )
+    summary = summarise(ready_records(io.BytesIO(lines)), now)
+    assert summary.as_dict() == {"rows": 3, "records": 1, "refused": 2, "older_than_a_year": 0}
+    assert [e.line for e in summary.errors] == [3, 4] and "not JSON" in summary.errors[0].reason
