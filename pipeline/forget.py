@@ -389,9 +389,10 @@ class Forgetter:
 
     # ------------------------------------------------------------------------------------------ ask
 
-    def ask(self, who: Who, integrations: Sequence[str] | None = None) -> str:
+    def ask(self, who: Who, integrations: Sequence[str] | None = None, dispatching: bool = False) -> str:
         """Write a request and suppress the user's events at once; returns its id. The identities go to
-        Redis only (never a task argument, a log line or a URL)."""
+        Redis only (never a task argument, a log line or a URL). ``dispatching``: the caller sends the
+        task itself now (the sweep then leaves it for a lease's time)."""
         who = checked(who)
         names = list(dict.fromkeys(integrations or sorted(self.settings.integrations)))
         for name in names:
@@ -412,6 +413,7 @@ class Forgetter:
                 "counts": {},
                 "clevertap": {},
                 "attempts": 0,
+                **({"dispatched": now} if dispatching else {}),
             },
             due=now,  # on the sweep's list in the same step: a crash now leaves it to a worker
         )
@@ -585,14 +587,16 @@ class Forgetter:
                     drop.append(did.decode())
                     anonymous += anonymous_ids_beside(_dict(entry).get("event"), norms)
             if len(drop) >= SCAN_COUNT:
-                counts.by_place["dead_letters"] += self.store.forget_dead_letters(name, drop)
+                counts.by_place["dead_letters"] += self.store.drop_dead_letters(
+                    name, drop, "forgotten_dead_letters"
+                )
                 drop = []
             steps += 1
             if steps % 100 == 0:
                 self._renew(rid, owner)
             if cursor == 0:
                 break
-        counts.by_place["dead_letters"] += self.store.forget_dead_letters(name, drop)
+        counts.by_place["dead_letters"] += self.store.drop_dead_letters(name, drop, "forgotten_dead_letters")
         return anonymous
 
     def _debugger(self, name: str, who: Who, counts: PurgeCounts) -> None:

@@ -37,6 +37,8 @@ class ForgetCalls:
 
     if TYPE_CHECKING:  # what Store and KeyLayout provide (declared only: never shadowing theirs)
 
+        def drop_dead_letters(self, integration: str, ids: Sequence[str], counter: str = ...) -> int: ...
+
         def _run(self, script: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any: ...
 
         def key(self, integration: str, name: str) -> str: ...
@@ -129,12 +131,6 @@ class ForgetCalls:
     def forget_seen(self, integration: str, members: Sequence[bytes]) -> int:
         """Drop messageIds from the de-duplication window (their events are filtered as forgotten anyway)."""
         return int(self.r.zrem(self.key(integration, "seen"), *members)) if members else 0
-
-    def forget_dead_letters(self, integration: str, ids: Sequence[str]) -> int:
-        if not ids:
-            return 0
-        keys = self.keys(integration, "dead", "dead:idx", "dead:kinds", "stats")
-        return int(self._run("forget_dead", keys, list(ids)))
 
     def forget_identities(self, integration: str, user_ids: Sequence[str]) -> int:
         """Drop remembered userId -> email entries."""

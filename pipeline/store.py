@@ -102,7 +102,7 @@ SCRIPTS: dict[str, str] = {
     for name in (
         "enqueue", "assemble", "lease", "unlease", "finish", "retry", "hold", "split", "sweep", "acquire",
         "release", "adapt", "replay_records", "unlock", "drop_dead", "dead_page", "forget_pending",
-        "forget_batch", "forget_dead", "forget_held", "forget_suppress", "forget_lease", "forget_message",
+        "forget_batch", "forget_held", "forget_suppress", "forget_lease", "forget_message",
     )
 }  # fmt: skip
 
@@ -752,11 +752,14 @@ class Store(AccountCalls, ForgetCalls, KeyLayout):
             raise StaleForgotten(integration)
         return [_s(x) for x in moved]
 
-    def drop_dead_letters(self, integration: str, ids: Sequence[str]) -> int:
+    def drop_dead_letters(
+        self, integration: str, ids: Sequence[str], counter: str = "dead_letters_dropped"
+    ) -> int:
+        """Delete dead letters for good, counted under the stats field ``counter``."""
         if not ids:
             return 0
         keys = self.keys(integration, "dead", "dead:idx", "dead:kinds", "stats")
-        return int(self._run("drop_dead", keys, list(ids)))
+        return int(self._run("drop_dead", keys, [counter, *ids]))
 
     # ----------------------------------------------------------------------------------------- status
 

@@ -121,8 +121,6 @@ def request_forget(
     """For upstream jobs: write a forget request to Redis and send ``clevertap.forget`` with its id; returns
     the id (``clevertap-pipeline forget status ID``)."""
     who = Who(tuple(identities), tuple(user_ids), tuple(object_ids), tuple(anonymous_ids))
-    forgetter = runtime.forgetter(_dispatch_forget)
-    request_id = forgetter.ask(who, integrations)
-    forgetter.store.update_request(request_id, {"dispatched": forgetter.store.now_ms()})  # the sweep waits
+    request_id = runtime.forgetter(_dispatch_forget).ask(who, integrations, dispatching=True)
     _dispatch_forget(request_id)
     return request_id

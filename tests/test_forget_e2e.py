@@ -6,7 +6,6 @@ worker finishes."""
 from __future__ import annotations
 
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,8 @@ from tests.test_forget import (
     BOB,
     BOB_ANON,
     BOB_ID,
-    _bad_event,
     _who_events,
+    dead_lettered_events,
     holders,
 )
 
@@ -70,14 +69,7 @@ def test_forget_with_real_workers_leaves_no_copy(redis_url: str, store: Store, t
         settings = stack.settings
         # Rows CleverTap refuses (api dead letters, and the debugger's copy of its answer, which echoes
         # them) and events that cannot be mapped (mapping dead letters: the whole event), for both users.
-        refused = [
-            {"type": "track", "event": "Refused Event", "userId": uid,
-             "messageId": f"r-{zlib.crc32(uid.encode())}",
-             "context": {"traits": {"email": email}}}
-            for uid, email in ((ALICE_ID, ALICE), (BOB_ID, BOB))
-        ]  # fmt: skip
-        bad = [_bad_event(ALICE_ID, ALICE_ANON, ALICE), _bad_event(BOB_ID, BOB_ANON, BOB)]
-        ingest(refused + bad, settings=settings, store=store)
+        ingest(dead_lettered_events(), settings=settings, store=store)
         assert wait_for(lambda: store.dead_letter_count("default") == 4, 60, 0.2, stack.group), stack.logs()
         # CleverTap goes down: batches are retried (open), the rest waits (pending).
         _faults(stack, error_rate=1.0)

@@ -461,55 +461,28 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(400, {"status": "fail", "error": str(exc), "code": 400})
             return self._send_plain(b'{"updated":true}')
         if url.path == "/1/delete/profiles.json":
-            return self._delete()
+            return self._serve(self._process_delete)
         if url.path != "/1/upload":
             self._body()
             return self._send(404, {"status": "fail", "error": "Not found", "code": 404})
-        self._upload(parse_qs(url.query).get("dryRun", ["0"])[0] == "1")
+        dry_run = parse_qs(url.query).get("dryRun", ["0"])[0] == "1"
+        self._serve(lambda account, body: self._process(account, body, dry_run))
 
-    def _delete(self) -> None:
+    def _process_delete(self, account: str, body: bytes) -> Reply:
         """Delete User Profile: ``{"identity": ...}`` or ``{"guid": ...}`` (a value or a list of at most
-        100), never both; the account's credentials, concurrency, latency and faults as for uploads."""
+        100), never both; recorded as deleted when it is one."""
         state = self.server.state
-        body = self._body()
-        account = self.headers.get("X-CleverTap-Account-Id", "")
-        if account not in state.accounts or state.accounts[account] != self.headers.get(
-            "X-CleverTap-Passcode"
-        ):
-            return self._send(401, {"status": "fail", "error": "Invalid Credentials", "code": 401})
-        with state.lock:
-            state.requests_by_account[account] += 1
-        if not state.enter(account):
-            return self._send(429, {"status": "fail", "error": "Too many concurrent requests", "code": 429})
-        try:
-            faults = state.faults.for_account(account)
-            if faults.latency_ms or faults.jitter_ms:
-                time.sleep((faults.latency_ms + state.rng.uniform(0, faults.jitter_ms)) / 1000)
-            reply = self._decide_delete(account, body, faults)
-        finally:
-            state.leave(account)
-        return self._send(*reply)
-
-    def _decide_delete(self, account: str, body: bytes, faults: Faults) -> tuple[int, dict[str, Any]]:
-        state = self.server.state
-        if state.in_outage():
-            state.counters["outage"] += 1
-            return 503, {"status": "fail", "error": "Service Unavailable", "code": 503}
-        if state.roll(faults.throttle_rate):
-            state.counters["throttled"] += 1
-            return 429, {"status": "fail", "error": "Too Many Requests", "code": 429}
-        if state.roll(faults.error_rate):
-            state.counters["errors"] += 1
-            return 503, {"status": "fail", "error": "Server Error", "code": 503}
         problem, kind, values = check_delete(body)
         if problem:
-            return 400, {"status": "fail", "error": problem, "code": 400}
+            return 400, {"status": "fail", "error": problem, "code": 400}, {}
         with state.lock:
             state.deleted[account].extend((kind, v) for v in values)
             state.counters["profiles_deleted"] += len(values)
-        return 200, {"status": "success", "processed": len(values)}
+        return 200, {"status": "success", "processed": len(values)}, {}
 
-    def _upload(self, dry_run: bool) -> None:
+    def _serve(self, process: Callable[[str, bytes], Reply]) -> None:
+        """Any of the account's endpoints: its credentials (401), its concurrency (429), then, after its
+        latency and injected faults, what ``process`` answers (uploads and deletes alike)."""
         state = self.server.state
         body = self._body()
         account = self.headers.get("X-CleverTap-Account-Id", "")
@@ -521,7 +494,7 @@ class Handler(BaseHTTPRequestHandler):
         if not state.enter(account):
             return self._send(429, {"status": "fail", "error": "Too many concurrent requests", "code": 429})
         try:
-            reply = self._answer(account, body, dry_run)
+            reply = self._answer(account, body, process)
         finally:
             # The request leaves the in-flight count *before* its answer is written: a client that has read
             # the answer may start its next request at once, and must not find its own old one still counted.
@@ -530,7 +503,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._cut()
         return self._send(*reply)
 
-    def _answer(self, account: str, body: bytes, dry_run: bool) -> Reply:
+    def _answer(self, account: str, body: bytes, process: Callable[[str, bytes], Reply]) -> Reply:
         """The answer, given after the account's latency in all: the work of checking and storing the
         records is part of that time, as it is at a real API, not added to it (15 uploads of 1,000 records
         checked one after the other under the GIL would otherwise add about 50 ms to each round)."""
@@ -540,12 +513,13 @@ class Handler(BaseHTTPRequestHandler):
         if faults.latency_ms or faults.jitter_ms:
             latency_s = (faults.latency_ms + state.rng.uniform(0, faults.jitter_ms)) / 1000
         self.answer_at = time.time() + latency_s - (time.monotonic() - self.started)  # for the record file
-        reply = self._decide(account, body, dry_run, faults)
+        reply = self._injected(account, faults) or process(account, body)
         if latency_s:
             time.sleep(max(0.0, latency_s - (time.monotonic() - self.started)))
         return reply
 
-    def _decide(self, account: str, body: bytes, dry_run: bool, faults: Faults) -> Reply:
+    def _injected(self, account: str, faults: Faults) -> Reply:
+        """An injected fault's answer (an outage, a 429, a 5xx), or None: the request goes on."""
         state = self.server.state
         if state.in_outage():
             state.counters["outage"] += 1
@@ -560,7 +534,7 @@ class Handler(BaseHTTPRequestHandler):
             state.counters["errors"] += 1
             code = 500 if state.roll(0.5) else 503
             return code, {"status": "fail", "error": "Server Error", "code": code}, {}
-        return self._process(account, body, dry_run)
+        return None
 
     def _process(self, account: str, body: bytes, dry_run: bool) -> Reply:
         state = self.server.state
