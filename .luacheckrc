@@ -16,3 +16,5 @@ files["pipeline/lua/lib/debugger.lua"] = {
 }
 files["pipeline/lua/lib/lease.lua"] = { unused = false, read_globals = { "base", "bid", "owner" } }
 files["pipeline/lua/lib/names.lua"] = { unused = false, read_globals = { "wanted" } }
+files["pipeline/lua/lib/settle.lua"] = { unused = false, read_globals = { "base", "bid", "meta", "now" } }
+files["pipeline/lua/lib/oldest.lua"] = { unused = false, read_globals = { "arrivals", "flow", "now" } }

@@ -324,6 +324,10 @@ class Settings:
     delete_concurrency: int = setting(
         fields.Integer(load_default=1, validate=formats.between(1, C.MAX_CONCURRENCY))
     )
+    # Imports: at most this many records of one import are in Redis at once (queued, not yet delivered).
+    import_window: int = setting(
+        fields.Integer(load_default=C.DEFAULT_IMPORT_WINDOW, validate=formats.between(1000, 10_000_000))
+    )
     log_format: str = setting(
         fields.String(
             load_default="text", validate=validate.OneOf(("text", "json"), error="must be text or json")

@@ -68,6 +68,10 @@ DEFAULT_DEDUP_WINDOW_S = 24 * 3600
 DEFAULT_GIVE_UP_AGE_S = 6 * 3600
 #: Forgetting a user: later events naming them are filtered this long (forget_suppress_days).
 DEFAULT_FORGET_SUPPRESS_DAYS = 30.0
+#: Imports: records of one import in Redis at once (import_window), and how often a chunk is mapped again
+#: when the suppression list moved meanwhile.
+DEFAULT_IMPORT_WINDOW = 100_000
+IMPORT_STALE_TRIES = 5
 #: CleverTap's Delete User Profile API takes at most this many identities (or guids) a request.
 MAX_DELETE_VALUES = 100
 

@@ -38,7 +38,7 @@ from pipeline.policy import (
     classify,
     decide,
 )
-from pipeline.store import OUTAGE_ERRORS, Debug, LeaseStatus, Store
+from pipeline.store import OUTAGE_ERRORS, Debug, LeaseStatus, Store, new_id
 
 log = logging.getLogger("pipeline.delivery")
 #: One line per send_batch run, with the outcome's fields attached (see pipeline.logs).
@@ -58,6 +58,11 @@ ASSEMBLE_LOCK_TTL_S = 10.0
 #: A backlog of millions waits as records in Redis, not as broker messages, and accounts take turns in the
 #: send queue instead of queueing behind one another.
 DISPATCH_AHEAD = 2
+#: The backfill lane (imports) leaves this many of an integration's slots to live traffic: a live batch cut
+#: while an import is sending finds one free at once (assemble_backfill.lua).
+BACKFILL_RESERVE = 1
+#: The backfill lane's batch ids start so (a split's halves too): a send of one cuts the next at once.
+BACKFILL_STEM = "imp-"
 #: When this process last warned of records queued for an integration it does not serve, by name (one
 #: warning a minute each, not one per assemble tick).
 _WARNED: dict[str, float] = {}
@@ -277,7 +282,27 @@ class Deliverer:
                 self.dispatch(config.name, bid, 0.0, 1)
             count += len(ids)
             if len(ids) < ASSEMBLE_STEP:
-                return count
+                return count + self.fill_backfill(config)
+
+    def backfill_slots(self, config: IntegrationConfig) -> int:
+        """The integration's share of its account's in-flight limit as it is now (the adaptive one, while
+        another client shares the account): what the backfill lane and live batches share."""
+        sharing = sum(1 for c in self.settings.integrations.values() if c.account_id == config.account_id)
+        effective = self.store.effective_limit(config.account_id, config.max_concurrency)
+        return max(1, math.floor(min(effective, config.max_concurrency) / sharing))
+
+    def fill_backfill(self, config: IntegrationConfig) -> int:
+        """Cut and dispatch batches from the integration's import lanes, only while live traffic has none
+        due and leaves slots free; returns how many."""
+        slots = self.backfill_slots(config)
+        reserve = BACKFILL_RESERVE if slots > BACKFILL_RESERVE else 0
+        ids = self.store.assemble_backfill(
+            config.name, config.batch_size, config.flush_interval, BACKFILL_STEM + new_id(), slots, reserve,
+            ASSEMBLE_STEP,
+        )  # fmt: skip
+        for bid in ids:
+            self.dispatch(config.name, bid, 0.0, 1)
+        return len(ids)
 
     def assemble(self) -> dict[str, int]:
         """Turn waiting records into batches for every integration that has any; dispatch each batch."""
@@ -371,6 +396,10 @@ class Deliverer:
         report = self._record(sent, lease_ends)
         # Then give the token back; one that cannot be released ends with its lease.
         self._quietly(lambda: self.limiter.release(config.account_id, token, config.max_concurrency))
+        if batch_id.startswith(
+            BACKFILL_STEM
+        ):  # its slot is free: the lane's next batch goes now, not at a tick
+            self._quietly(lambda: self.fill_backfill(config))
         report.elapsed_s = time.perf_counter() - started
         report.attempt, report.http_status = sent.attempt_no, attempt.status
         report.latency_s = attempt.elapsed_s

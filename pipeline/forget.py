@@ -547,6 +547,15 @@ class Forgetter:
                 self._renew(rid, owner)
             if end:
                 break
+        for lane in self.store.active_imports(name):  # historical imports wait in lanes of their own
+            position = 0
+            while True:
+                position, end, removed = self.store.forget_pending_step(
+                    name, position, PENDING_STEP, wanted, lane
+                )
+                counts.by_place["backfill"] += len(removed)
+                if end:
+                    break
         self._batches(name, wanted, counts)
         self._renew(rid, owner)
         anonymous = self._dead_letters(rid, owner, name, norms, counts)

@@ -83,11 +83,14 @@ class ForgetCalls:
     # ---------------------------------------------------------------------------- removing the copies
 
     def forget_pending_step(
-        self, integration: str, position: int, step: int, wanted: Sequence[str]
+        self, integration: str, position: int, step: int, wanted: Sequence[str], lane: str | None = None
     ) -> tuple[int, bool, list[bytes]]:
-        """One bounded step over pending from absolute ``position``: (next position, end reached, records
-        removed). ``wanted``: the forgotten values as pipeline.forget.wanted_of writes them."""
+        """One bounded step over pending (or, with ``lane``, that import's backfill lane) from absolute
+        ``position``: (next position, end reached, records removed). ``wanted``: the forgotten values as
+        pipeline.forget.wanted_of writes them."""
         keys = self.keys(integration, "pending", "flow", "stats")
+        if lane is not None:  # the lane's hash counts what was cut from it as flow does for pending
+            keys[:2] = self.keys(integration, f"import:{lane}:records", f"import:{lane}")
         res = cast(list[Any], self._run("forget_pending", keys, [position, step, orjson.dumps(list(wanted))]))
         return int(res[0]), bool(int(res[1])), [bytes(x) for x in res[2:]]
 

@@ -101,7 +101,14 @@ def read_csv(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, str]]]:
     """(line the row starts on, the row by header) for every row: a BOM, quoted newlines and blank lines
     handled. A header repeated, or a row with more cells than the header, is an InputError naming it."""
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text)
+    try:
+        yield from _rows(csv.reader(text))
+    finally:
+        if not stream.closed:
+            text.detach()  # the caller's stream stays the caller's: the wrapper must not close it
+
+
+def _rows(reader: Any) -> Iterator[tuple[int, dict[str, str]]]:
     try:
         header = next(reader)
     except StopIteration:

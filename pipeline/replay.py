@@ -26,7 +26,7 @@ class ReplayResult:
     remapped_events: int = 0
     rejected_again: int = 0
     missing: list[str] = field(default_factory=list)
-    unreplayable: list[str] = field(default_factory=list)  # api dead letters that hold no record to send
+    unreplayable: list[str] = field(default_factory=list)  # api dead letters that hold no record, import rows
     already_replayed: int = 0  # taken by another replay running at the same time
     forgotten: int = 0  # records of a forgotten user: not queued again
 
@@ -104,7 +104,14 @@ def _replay_page(
             api.append((e["id"], orjson.dumps(_renamed(e["record"], renames))))
     if api:
         result.replayed_records += _replay_api(store, ingestor.config.name, api, result)
-    mapping = [e for e in page if e.get("stage") == "mapping"]
+    mapping = []
+    for e in page:
+        if e.get("stage") != "mapping":
+            continue
+        if "event" in e:
+            mapping.append(e)
+        else:  # a CSV row or a ready record an import refused: fix the file and import it again
+            result.unreplayable.append(e["id"])
     if mapping:
         res = ingestor.ingest_chunk(
             [(n, e["event"]) for n, e in enumerate(mapping)], replaces=[e["id"] for e in mapping]
@@ -150,9 +157,9 @@ def plan(store: Store, where: Filter, ids: Sequence[str] | None = None) -> Repla
     else:
         found = iter_dead_letters(store, where)
     for e in found:
-        if e.get("stage") == "mapping":
+        if e.get("stage") == "mapping" and "event" in e:
             out.would_remap_events += 1
-        elif e.get("record") is None:
+        elif e.get("stage") == "mapping" or e.get("record") is None:
             out.unreplayable.append(e["id"])
         else:
             out.would_replay_records += 1

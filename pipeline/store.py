@@ -30,6 +30,7 @@ from redis.cluster import RedisCluster
 
 from pipeline import constants as C
 from pipeline.accounts import AccountCalls
+from pipeline.backfill import BackfillCalls
 from pipeline.errors import QueueFull
 from pipeline.forgotten import ForgetCalls
 from pipeline.keys import KeyLayout
@@ -78,7 +79,7 @@ def _replicated(acked: int, wanted: int) -> None:
 
 #: Scripts that add records: on Redis 7 or newer they are refused while Redis is past maxmemory (the caller
 #: answers 503 and keeps the events); every other script runs even then (allow-oom), so delivery drains.
-_GROWING = {"enqueue", "replay_records"}
+_GROWING = {"enqueue", "replay_records", "import_push"}
 
 
 def script_text(name: str, modern: bool) -> str:
@@ -103,6 +104,7 @@ SCRIPTS: dict[str, str] = {
         "enqueue", "assemble", "lease", "unlease", "finish", "retry", "hold", "split", "sweep", "acquire",
         "release", "adapt", "replay_records", "unlock", "drop_dead", "dead_page", "forget_pending",
         "forget_batch", "forget_held", "forget_suppress", "forget_lease", "forget_message",
+        "assemble_backfill", "import_begin", "import_push", "import_end", "import_cancel",
     )
 }  # fmt: skip
 
@@ -206,7 +208,7 @@ class StaleForgotten(Exception):
     was forgotten meanwhile): nothing was written; filter again with the list as it is now."""
 
 
-class Store(AccountCalls, ForgetCalls, KeyLayout):
+class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
     """Redis operations of the pipeline. One instance per process (:meth:`shared`); it holds a connection
     pool. Every method that takes ``integration`` takes the integration's name."""
 
@@ -497,7 +499,7 @@ class Store(AccountCalls, ForgetCalls, KeyLayout):
         self, integration: str, batch_size: int, flush_s: float, max_batches: int = 20, cap: int = 0
     ) -> list[str]:
         """Cut up to ``max_batches`` batches, keeping at most ``cap`` open (0: no cap); returns their ids."""
-        keys = self.keys(integration, "pending", "arrivals", "flow", "open", "auth", "stats")
+        keys = self.keys(integration, "pending", "arrivals", "flow", "open", "auth", "stats", "import:open")
         args = [batch_size, int(flush_s * 1000), max_batches, self.base(integration), new_id(), cap]
         return [_s(b) for b in cast(list[bytes], self._run("assemble", keys, args))]
 
@@ -538,10 +540,18 @@ class Store(AccountCalls, ForgetCalls, KeyLayout):
         self.r.sadd(self.ready_key, integration)
 
     def unready_if_empty(self, integration: str) -> None:
-        if self.r.llen(self.key(integration, "pending")) == 0:
-            self.r.srem(self.ready_key, integration)
-            if self.r.llen(self.key(integration, "pending")):  # raced with an ingest: keep it ready
-                self.r.sadd(self.ready_key, integration)
+        """Out of the ready set when nothing waits: no live record, no import reading or delivering."""
+        if self._waiting(integration):
+            return
+        self.r.srem(self.ready_key, integration)
+        if self._waiting(integration):  # raced with an ingest or an import: keep it ready
+            self.r.sadd(self.ready_key, integration)
+
+    def _waiting(self, integration: str) -> bool:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.llen(self.key(integration, "pending"))
+        pipe.zcard(self.key(integration, "imports"))
+        return any(int(n) for n in pipe.execute())
 
     def lease(
         self, integration: str, bid: str, owner: str, lease_s: float, generation: int | None = None

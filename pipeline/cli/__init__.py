@@ -7,7 +7,7 @@ then one module per verb group: :mod:`.ingesting` (check-config, ingest, preview
 console). Importing this package registers them all.
 """
 
-from pipeline.cli import dead_letters, forgetting, ingesting, observing, serving
+from pipeline.cli import dead_letters, forgetting, importing, ingesting, observing, serving
 from pipeline.cli.registry import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -34,6 +34,7 @@ __all__ = [
     "dead_letters",
     "err",
     "forgetting",
+    "importing",
     "ingesting",
     "main",
     "observing",

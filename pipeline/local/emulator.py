@@ -225,12 +225,26 @@ def check_record(rec: Any, faults: Faults) -> tuple[int, str] | None:
         if kind is str:
             if len(value) > _SHORT and len(value.encode("utf-8")) > C.MAX_VALUE_BYTES:
                 return _fail(512, "Invalid event structure", f"Value of {key[:40]} exceeds 512 bytes")
+        elif kind is dict and rtype == "profile" and _profile_command(value):
+            continue  # {"$add": [...]}, {"$remove": [...]}, {"$delete": true}: a multi-value command
         elif (kind is dict or kind is list) and not (key == C.ITEMS_KEY and rtype == "event"):
             return _fail(512, "Invalid event structure", "Only Items can have a nested structure")
     return None
 
 
 _NO_DATA: dict[str, Any] = {}
+
+
+def _profile_command(value: dict[str, Any]) -> bool:
+    """A profile command on a multi-value property (docs/clevertap-api.md): ``$add`` / ``$remove`` with up to
+    100 strings, or ``$delete: true``."""
+    if len(value) != 1:
+        return False
+    ((op, arg),) = value.items()
+    if op in ("$add", "$remove"):
+        return type(arg) is list and 0 < len(arg) <= 100 and all(type(v) is str for v in arg)
+    return op == "$delete" and arg is True
+
 
 # CleverTap's built-in profile keys, checked as CleverTap documents them (docs/clevertap-api.md, "Profile
 # fields"), independently of the pipeline's converters (pipeline/profile.py): the tests hold one against the

@@ -6,22 +6,14 @@
 -- oldest record left after a cut is known exactly (to 10 ms). Nothing moves while the integration fails
 -- authentication. Each new batch's dispatch generation is 1 (see lease.lua). Returns the new batch ids.
 local pending, arrivals, flow, open, auth, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local backfill = KEYS[7]              -- the backfill lane's batches (assemble_backfill.lua): not live ones
 local size, flush_ms, max_batches = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local base, stem = ARGV[4], ARGV[5]   -- the integration's key base 'P:{I}:', a unique batch id stem
 local cap = tonumber(ARGV[6])         -- at most this many batches open (sent soon), 0: no cap
 
 --! include now
 
-local function oldest_waiting()  -- ms when the oldest record still pending arrived
-  local cut = tonumber(redis.call('HGET', flow, 'cut') or '0')
-  while true do
-    local first = redis.call('LINDEX', arrivals, 0)
-    if not first then return now end
-    local total, at = string.match(first, '^(%d+):(%d+)$')
-    if tonumber(total) > cut then return tonumber(at) end
-    redis.call('LPOP', arrivals)
-  end
-end
+--! include oldest
 
 if redis.call('EXISTS', auth) == 1 then return {} end
 if cap > 0 then
@@ -29,8 +21,10 @@ if cap > 0 then
   -- Batches backing off for longer than a few seconds do not count against cap (a couple that keep
   -- failing must not stop the rest), but no more than 4 x cap are open at all (an account that is down
   -- does not turn its whole backlog into batches and broker messages).
-  local soon = redis.call('ZCOUNT', open, '-inf', now + 5000)
-  max_batches = math.min(max_batches, cap - soon, 4 * cap - redis.call('ZCARD', open))
+  -- The backfill lane's batches take only slots live traffic leaves: they never count against its cap.
+  local lane = redis.call('SCARD', backfill)
+  local soon = math.max(0, redis.call('ZCOUNT', open, '-inf', now + 5000) - lane)
+  max_batches = math.min(max_batches, cap - soon, 4 * cap - math.max(0, redis.call('ZCARD', open) - lane))
   if max_batches <= 0 then return {} end
 end
 local waiting = redis.call('LLEN', pending)

@@ -18,6 +18,7 @@ local debug_entry, debug_size = ARGV[7], tonumber(ARGV[8])   -- '' when the debu
 --! include dead
 
 --! include lease
+--! include settle
 -- Run twice (a client's retry after a lost answer, or the worker recording it again through an outage):
 -- the batch is gone, but a mark it leaves for a while says this owner finished it: {1}, nothing counted
 -- again (held batches it released are already open; the sweep dispatches any whose message was lost).
@@ -29,6 +30,7 @@ redis.call('HINCRBY', stats, 'delivered', delivered)
 for i = 9, #ARGV, 2 do add_dead(ARGV[i], ARGV[i + 1], now) end
 for field, n in pairs(counters) do redis.call('HINCRBY', stats, field, n) end
 record_attempt()
+settle(delivered, (#ARGV - 8) / 2)
 
 redis.call('DEL', base .. 'batch:' .. bid, meta)
 redis.call('ZREM', open, bid)

@@ -12,6 +12,10 @@ for _, v in ipairs(cjson.decode(ARGV[3])) do wanted[v] = true end
 --! include names
 
 local batch, meta, lease = base .. 'batch:' .. bid, base .. 'meta:' .. bid, base .. 'lease:' .. bid
+
+--! include now
+
+--! include settle
 local body = redis.call('GET', batch)
 if not body then return {-1} end
 local kept, out = {}, {0, redis.call('EXISTS', lease)}
@@ -27,6 +31,7 @@ if removed == 0 then return out end
 out[1] = removed
 redis.call('HINCRBY', stats, 'forgotten_records', removed)
 if #kept == 0 then
+  settle(0, 0)
   redis.call('DEL', batch, meta)
   redis.call('ZREM', open, bid)
   redis.call('ZREM', held, bid)

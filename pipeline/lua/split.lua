@@ -28,6 +28,8 @@ local records = {}
 for record in string.gmatch(body, '[^\n]+') do records[#records + 1] = record end
 local half = math.floor(#records / 2)
 local created = redis.call('HGET', meta, 'created') or now
+-- A backfill batch's halves stay the lane's (import:open), sharing the room it held (isize).
+local import, isize = unpack(redis.call('HMGET', meta, 'import', 'isize'))
 local made = {}
 for part, range in ipairs({{1, half}, {half + 1, #records}}) do
   -- a half can be empty: the batch was rewritten down to one record (a forget) while it was sent
@@ -37,10 +39,16 @@ for part, range in ipairs({{1, half}, {half + 1, #records}}) do
     redis.call('HSET', base .. 'meta:' .. child, 'created', created, 'size', range[2] - range[1] + 1,
                'attempts', 0, 'failures', 0, 'throttles', 0, 'gen', 1)
     redis.call('ZADD', open, now, child)
+    if import then
+      local share = part == 1 and (range[2] - range[1] + 1) or (tonumber(isize or #records) - half)
+      redis.call('HSET', base .. 'meta:' .. child, 'import', import, 'isize', share)
+      redis.call('SADD', base .. 'import:open', child)
+    end
     made[#made + 1] = child
   end
 end
 redis.call('DEL', batch, meta)
 redis.call('ZREM', open, bid)
+if import then redis.call('SREM', base .. 'import:open', bid) end
 redis.call('HINCRBY', stats, 'batches_split', 1)
 return made

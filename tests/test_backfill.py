@@ -1,0 +1,238 @@
+"""The backfill lane with real Redis and the emulator: an import's rows arrive as exact records, never more
+than the window in Redis, once each across a resumed run, refused rows kept as dead letters that name them,
+and the lane cuts nothing while live traffic has a batch due or needs the slots."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.backfill import CANCELLED, DONE, READ, PushOutcome
+from pipeline.delivery import BACKFILL_STEM, Deliverer
+from pipeline.importer import Importer, ImportFailed, Progress, Source, begin
+from pipeline.imports import CsvSpec
+from pipeline.ingest import ingest
+from pipeline.local.emulator import Emulator
+from pipeline.replay import replay
+from pipeline.store import Store
+from tests.helpers import ACC, PASS, Dispatched, dead_letters, drain, emulator_records, emulator_settings
+
+ORDERS_SCHEMA = {"amount": "Float", "qty": "Integer", "paid_on": "Date", "gift": "Boolean", "order_id": "String"}
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(accounts={ACC: PASS}) as emu:
+        yield emu
+
+
+def _orders(n: int, start: int = 0, bad_every: int = 0) -> bytes:
+    lines = ["email,ts,order_id,amount,qty,paid_on,gift"]
+    for i in range(start, start + n):
+        amount = "lots" if bad_every and i % bad_every == bad_every - 1 else f"{i % 50}.5"
+        lines.append(f"u{i}@x.com,{1_700_000_000 + i},O-{i},{amount},{i % 3 + 1},2025-01-0{i % 9 + 1}T00:00:00Z,"
+                     f"{'true' if i % 2 else 'false'}")  # fmt: skip
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _run(store: Store, settings: Any, data: bytes, spec: CsvSpec, path: str, **kw: Any) -> tuple[str, Progress]:
+    config = settings.integration("default")
+    path_obj = path
+    with open(path_obj, "wb") as f:
+        f.write(data)
+    iid, state, start = begin(store, config, path, {"format": "csv", "type": spec.kind, "event": spec.event})
+    with open(path, "rb") as stream:
+        importer = Importer(store, config, iid, kw.pop("window", settings.import_window), **kw)
+        return iid, importer.run(Source(stream, "csv", config, store, spec), start)
+
+
+def test_csv_orders_arrive_as_exact_charged_records(redis_url: str, store: Store, emulator: Emulator,
+                                                   tmp_path: Any) -> None:  # fmt: skip
+    settings = emulator_settings(redis_url, emulator.url, CLEVERTAP_FLUSH_INTERVAL="0.05")
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    spec = CsvSpec("event", "Charged", {"order_id": "Charged ID", "amount": "Amount"}, ORDERS_SCHEMA)
+    iid, progress = _run(store, settings, _orders(2500, bad_every=1000), spec, str(tmp_path / "orders.csv"))
+    assert progress.rows == 2500 and progress.queued == 2498 and progress.refused == 2
+    assert [str(e) for e in progress.errors] == [
+        "line 1001, column 'amount': 'lots' is not a Float",
+        "line 2001, column 'amount': 'lots' is not a Float",
+    ], progress.errors
+    assert store.import_info("default", iid).state == READ  # type: ignore[union-attr]
+    deliverer.assemble()
+    drain(deliverer, dispatched, rounds=100)
+    got = {r["objectId"] if "objectId" in r else r["identity"]: r for r in emulator_records(emulator.url, ACC)}
+    assert len(got) == 2498
+    one = got["u7@x.com"]
+    assert one == {
+        "type": "event", "identity": "u7@x.com", "ts": 1_700_000_007, "evtName": "Charged",
+        "evtData": {"Charged ID": "O-7", "Amount": 7.5, "qty": 2, "paid_on": "$D_1736294400", "gift": True},
+    }, one  # fmt: skip
+    info = store.import_info("default", iid)
+    assert info is not None and info.state == DONE and info.number("delivered") == 2498
+    # the refused rows: mapping dead letters holding the row and its line, never replayed as events
+    letters = [d for d in dead_letters(store) if d.get("import") == iid]
+    assert sorted(d["line"] for d in letters) == [1001, 2001]
+    assert letters[0]["row"]["amount"] == "lots" and letters[0]["reasons"][0].startswith("amount:")
+    res = replay(store, settings.integration("default"))
+    assert sorted(res.unreplayable) == sorted(d["id"] for d in letters)
+
+
+def test_profile_csv_with_a_multi_value_column(redis_url: str, store: Store, emulator: Emulator,
+                                              tmp_path: Any) -> None:  # fmt: skip
+    settings = emulator_settings(redis_url, emulator.url)
+    deliverer, dispatched = None, Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    data = b'identity,Name,tags,zip\nc-1,Ann,"a,b",01234\nc-2,Bob,,99\n'
+    spec = CsvSpec("profile", None, {}, {"tags": "String[]"})
+    _run(store, settings, data, spec, str(tmp_path / "people.csv"))
+    deliverer.assemble()
+    drain(deliverer, dispatched)
+    got = {r["identity"]: r for r in emulator_records(emulator.url, ACC)}
+    assert got["c-1"]["profileData"] == {"Name": "Ann", "tags": {"$add": ["a", "b"]}, "zip": "01234"}
+    assert got["c-2"]["profileData"]["zip"] == 99 and got["c-2"]["type"] == "profile"
+
+
+def test_the_window_bounds_what_redis_holds(redis_url: str, store: Store, emulator: Emulator,
+                                           tmp_path: Any) -> None:  # fmt: skip
+    settings = emulator_settings(redis_url, emulator.url, CLEVERTAP_BATCH_SIZE="100")
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    config = settings.integration("default")
+    peak = [0]
+    waits = [0]
+
+    def held_now() -> int:  # records of the import anywhere in Redis: its lane and every batch
+        lanes = sum(store.r.llen(k) for k in store.r.scan_iter(match="*:import:*:records"))
+        batches = sum(len(store.r.get(k).split(b"\n")) for k in store.r.scan_iter(match="*:batch:*"))
+        return int(lanes + batches)
+
+    def deliver_some(_: float) -> None:  # the window is full: a worker delivers meanwhile
+        waits[0] += 1
+        peak[0] = max(peak[0], held_now())
+        deliverer.assemble()
+        drain(deliverer, dispatched, rounds=3)
+
+    path = tmp_path / "big.csv"
+    path.write_bytes(_orders(6000))
+    spec = CsvSpec("event", "Charged")
+    iid, _, _ = begin(store, config, str(path), {"format": "csv", "type": "event", "event": "Charged"})
+    with open(path, "rb") as stream:
+        Importer(store, config, iid, 1000, chunk=250, sleep=deliver_some).run(
+            Source(stream, "csv", config, store, spec), 0, lambda p: peak.__setitem__(0, max(peak[0], held_now()))
+        )
+    deliverer.assemble()
+    drain(deliverer, dispatched, rounds=200)
+    assert waits[0] > 0 and 0 < peak[0] <= 1000, (waits, peak)
+    assert len({r["identity"] for r in emulator_records(emulator.url, ACC)}) == 6000
+
+
+def test_a_run_stopped_midway_resumes_and_queues_every_row_once(redis_url: str, store: Store,
+                                                               emulator: Emulator, tmp_path: Any) -> None:  # fmt: skip
+    settings = emulator_settings(redis_url, emulator.url)
+    config = settings.integration("default")
+    path = tmp_path / "orders.csv"
+    path.write_bytes(_orders(3500))
+    shape = {"format": "csv", "type": "event", "event": "Charged"}
+    spec = CsvSpec("event", "Charged")
+    iid, state, start = begin(store, config, str(path), shape)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(p: Progress) -> None:
+        if p.rows >= 2000:
+            raise Stop
+
+    with open(path, "rb") as stream, pytest.raises(Stop):
+        Importer(store, config, iid, 100_000).run(Source(stream, "csv", config, store, spec), start, stop_after_two)
+    again, state, start = begin(store, config, str(path), shape)
+    assert (again, state, start) == (iid, "running", 2000)
+    # a second importer that read from an older checkpoint is refused, writes nothing
+    outcome, at = store.push_import("default", iid, (1000, 1500), [b"{}"], [], {}, 100_000, "0")
+    assert (outcome, at) == (PushOutcome.MOVED, 2000)
+    with open(path, "rb") as stream:
+        Importer(store, config, iid, 100_000).run(Source(stream, "csv", config, store, spec), start)
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    deliverer.assemble()
+    drain(deliverer, dispatched, rounds=100)
+    ids = [r["identity"] for r in emulator_records(emulator.url, ACC)]
+    assert len(ids) == 3500 and len(set(ids)) == 3500
+    # a finished import run again queues nothing
+    assert begin(store, config, str(path), shape)[1] == DONE
+
+
+def test_the_lane_waits_while_live_traffic_is_due_or_needs_the_slots(redis_url: str, store: Store,
+                                                                   emulator: Emulator, tmp_path: Any) -> None:  # fmt: skip
+    settings = emulator_settings(redis_url, emulator.url, CLEVERTAP_BATCH_SIZE="10", CLEVERTAP_MAX_CONCURRENCY="4",
+                                 CLEVERTAP_FLUSH_INTERVAL="30")  # fmt: skip
+    config = settings.integration("default")
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    _run(store, settings, _orders(200), CsvSpec("event", "Charged"), str(tmp_path / "o.csv"))
+    # a full live batch waiting: nothing from the lane
+    ingest([{"type": "track", "event": "Live", "userId": f"l{i}", "context": {"traits": {"email": f"l{i}@x.com"}}}
+            for i in range(10)], settings=settings, store=store)  # fmt: skip
+    assert deliverer.fill_backfill(config) == 0
+    deliverer.assemble()  # the live batch is cut; the lane gets what is left: 4 slots - 1 reserved - 1 live
+    made = [bid for _, bid, _, _ in dispatched.take()]
+    assert len([b for b in made if not b.startswith(BACKFILL_STEM)]) == 1
+    assert len([b for b in made if b.startswith(BACKFILL_STEM)]) == 2
+    assert deliverer.fill_backfill(config) == 0  # no room until one of them ends
+    # a partial live batch not yet due (flush 30 s) does not hold the lane back
+    ingest([{"type": "track", "event": "Live", "userId": "z", "context": {"traits": {"email": "z@x.com"}}}],
+           settings=settings, store=store)  # fmt: skip
+    assert store.depth("default")["pending"] == 1
+
+
+def test_cancel_removes_what_the_import_queued(redis_url: str, store: Store, emulator: Emulator,
+                                              tmp_path: Any) -> None:  # fmt: skip
+    settings = emulator_settings(redis_url, emulator.url, CLEVERTAP_BATCH_SIZE="100")
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    iid, _ = _run(store, settings, _orders(1000), CsvSpec("event", "Charged"), str(tmp_path / "o.csv"))
+    deliverer.fill_backfill(settings.integration("default"))
+    assert store.cancel_import("default", iid) == (1000, 10, 0)
+    assert store.import_info("default", iid).state == CANCELLED  # type: ignore[union-attr]
+    assert not list(store.r.scan_iter(match="*:batch:*")) and not list(store.r.scan_iter(match="*:records"))
+    drain(deliverer, dispatched)
+    assert emulator_records(emulator.url, ACC) == []
+    with pytest.raises(ImportFailed, match="cancelled"):
+        config = settings.integration("default")
+        store.r.hset(store.key("default", f"import:{iid}"), "state", CANCELLED)
+        Importer(store, config, iid, 1000).run(Source(io.BytesIO(_orders(5)), "csv", config, store,
+                                                      CsvSpec("event", "Charged")), 0)  # fmt: skip
+
+
+def test_ready_records_and_events_go_through_the_lane(redis_url: str, store: Store, emulator: Emulator,
+                                                     tmp_path: Any) -> None:  # fmt: skip
+    settings = emulator_settings(redis_url, emulator.url)
+    config = settings.integration("default")
+    records = [{"type": "event", "identity": f"r{i}", "ts": 1_700_000_000 + i, "evtName": "Old Order",
+                "evtData": {"n": i}} for i in range(5)]  # fmt: skip
+    text = b"\n".join(orjson.dumps(r) for r in records) + b"\nnot json\n" + b'{"type": "event"}\n'
+    events = [{"type": "track", "event": "Viewed", "userId": f"e{i}", "messageId": f"m{i}",
+               "timestamp": "2024-05-01T00:00:00Z", "context": {"traits": {"email": f"e{i}@x.com"}}}
+              for i in range(3)]  # fmt: skip
+    for fmt, data in (("records", text), ("events", b"\n".join(orjson.dumps(e) for e in events))):
+        path = tmp_path / f"{fmt}.jsonl"
+        path.write_bytes(data)
+        iid, _, start = begin(store, config, str(path), {"format": fmt})
+        with open(path, "rb") as stream:
+            progress = Importer(store, config, iid, 100_000).run(Source(stream, fmt, config, store), start)
+        if fmt == "records":
+            assert progress.queued == 5 and progress.refused == 2
+            assert [e.line for e in progress.errors][:1] == [6]
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    deliverer.assemble()
+    drain(deliverer, dispatched)
+    got = emulator_records(emulator.url, ACC)
+    assert sorted(r["identity"] for r in got if r["evtName"] == "Old Order") == [f"r{i}" for i in range(5)]
+    viewed = [r for r in got if r["evtName"] == "Viewed"]
+    assert len(viewed) == 3 and viewed[0]["ts"] == 1714521600
