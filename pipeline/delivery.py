@@ -61,6 +61,9 @@ DISPATCH_AHEAD = 2
 #: The backfill lane (imports) leaves this many of an integration's slots to live traffic: a live batch cut
 #: while an import is sending finds one free at once (assemble_backfill.lua).
 BACKFILL_RESERVE = 1
+#: Batches the lane cuts past the slots it may use: each waits on a token (never a reserved one), so a slot
+#: the lane frees is taken at once (assemble_backfill.lua, Deliverer._token_limit).
+BACKFILL_AHEAD = 2
 #: The backfill lane's batch ids start so (a split's halves too): a send of one cuts the next at once.
 BACKFILL_STEM = "imp-"
 #: When this process last warned of records queued for an integration it does not serve, by name (one
@@ -291,14 +294,24 @@ class Deliverer:
         effective = self.store.effective_limit(config.account_id, config.max_concurrency)
         return max(1, math.floor(min(effective, config.max_concurrency) / sharing))
 
+    @staticmethod
+    def _token_limit(config: IntegrationConfig, batch_id: str) -> int:
+        """The in-flight limit a send takes its token under: the lane's batches never take the slots kept
+        for live ones (BACKFILL_RESERVE), so a live batch finds one free even beside the lane's waiters."""
+        if batch_id.startswith(BACKFILL_STEM) and config.max_concurrency > BACKFILL_RESERVE:
+            return config.max_concurrency - BACKFILL_RESERVE
+        return config.max_concurrency
+
     def fill_backfill(self, config: IntegrationConfig) -> int:
         """Cut and dispatch batches from the integration's import lanes, only while live traffic has none
         due and leaves slots free; returns how many."""
         slots = self.backfill_slots(config)
         reserve = BACKFILL_RESERVE if slots > BACKFILL_RESERVE else 0
+        # BACKFILL_AHEAD more than the slots: they wait on a token (under _token_limit), so a slot the lane
+        # frees is taken at once instead of after a round trip through the broker.
         ids = self.store.assemble_backfill(
-            config.name, config.batch_size, config.flush_interval, BACKFILL_STEM + new_id(), slots, reserve,
-            ASSEMBLE_STEP,
+            config.name, config.batch_size, config.flush_interval, BACKFILL_STEM + new_id(),
+            slots + BACKFILL_AHEAD, reserve, ASSEMBLE_STEP,
         )  # fmt: skip
         for bid in ids:
             self.dispatch(config.name, bid, 0.0, 1)
@@ -366,8 +379,9 @@ class Deliverer:
         token: str | None = None
         try:
             token = self.limiter.acquire(
-                config.account_id, config.max_concurrency, self.settings.token_lease, self.token_wait_s
-            )
+                config.account_id, self._token_limit(config, batch_id), self.settings.token_lease,
+                self.token_wait_s,
+            )  # fmt: skip
             if token is None:
                 delay = self.rng.uniform(0.1, 0.5)
                 gen = self.store.unlease(name, batch_id, owner, delay)
@@ -396,10 +410,10 @@ class Deliverer:
         report = self._record(sent, lease_ends)
         # Then give the token back; one that cannot be released ends with its lease.
         self._quietly(lambda: self.limiter.release(config.account_id, token, config.max_concurrency))
-        if batch_id.startswith(
-            BACKFILL_STEM
-        ):  # its slot is free: the lane's next batch goes now, not at a tick
-            self._quietly(lambda: self.fill_backfill(config))
+        if batch_id.startswith(BACKFILL_STEM):
+            # Its slot is free: cut what is due now, not at the next tick: live batches first (a partial
+            # one due holds the lane back until it is cut), then the lane's next.
+            self._quietly(lambda: self.fill(config))
         report.elapsed_s = time.perf_counter() - started
         report.attempt, report.http_status = sent.attempt_no, attempt.status
         report.latency_s = attempt.elapsed_s

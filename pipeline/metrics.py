@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from pipeline import constants as C
+from pipeline.backfill import ACTIVE
 from pipeline.config import Settings
 from pipeline.deadletters import Filter, count
 from pipeline.store import Store
@@ -96,8 +97,27 @@ class RedisCollector(Collector):
             "Forgetting users: later events filtered, and copies removed from each place",
             labels=["integration", "what"],
         )
+        imported = CounterMetricFamily(
+            "clevertap_import_records",
+            "Historical imports: records queued in the backfill lane, and what became of them",
+            labels=["integration", "what"],
+        )
+        backfill = GaugeMetricFamily(
+            "clevertap_backfill_records",
+            "Records of running imports in Redis now (lanes and their batches; at most import_window each)",
+            labels=["integration"],
+        )
+        running = GaugeMetricFamily(
+            "clevertap_imports_running", "Imports reading their file or delivering", labels=["integration"]
+        )
         for name in sorted(self.settings.integrations):
             stats = self.store.stats(name)
+            kept = self.store.imports(name)
+            for what in ("queued", "delivered", "dead", "refused"):
+                imported.add_metric([name, what], sum(i.number(what) for i in kept))
+            active = [i for i in kept if i.state in ACTIVE]
+            backfill.add_metric([name], sum(i.in_redis for i in active))
+            running.add_metric([name], len(active))
             limited.add_metric([name], stats.get("browser_rate_limited", 0))
             for what, counter in FORGOTTEN.items():
                 forgotten.add_metric([name, what], stats.get(counter, 0))
@@ -117,7 +137,7 @@ class RedisCollector(Collector):
                 dead.add_metric([name, stage, code], n)
             auth.add_metric([name], 0 if self.store.auth_state(name) else 1)
         yield from (ingested, delivered, pending, oldest, dead_lettered, dead, auth, limited, anonymous)
-        yield forgotten
+        yield from (forgotten, imported, backfill, running)
         yield from self._forget_requests()
         yield from self._accounts()
 

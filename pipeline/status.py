@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pipeline.backfill import ACTIVE
 from pipeline.config import Settings
 from pipeline.deadletters import summarise
 from pipeline.store import Store
@@ -52,6 +53,9 @@ def integration_status(settings: Settings, store: Store, name: str) -> dict[str,
         "forgotten": counters.get("forgotten", 0),  # events filtered: their user asked to be forgotten
         "last_error": last_error,
         "queued_in_batches": store.queued_in_batches(name),
+        # historical imports still reading or delivering (`import status` shows every one kept)
+        "imports": [i.as_dict() for i in store.imports(name) if i.state in ACTIVE],
+        "backfill_waiting": store.backfill_waiting(name),
         "not_served_since": None if unserved is None else round(unserved / 1000, 3),
         # nested: the detail
         "account_id": config.account_id,

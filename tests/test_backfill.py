@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from pipeline.backfill import CANCELLED, DONE, READ, PushOutcome
-from pipeline.delivery import BACKFILL_STEM, Deliverer
+from pipeline.delivery import BACKFILL_AHEAD, BACKFILL_STEM, Deliverer
 from pipeline.importer import Importer, ImportFailed, Progress, Source, begin
 from pipeline.imports import CsvSpec
 from pipeline.ingest import ingest
@@ -179,10 +179,10 @@ def test_the_lane_waits_while_live_traffic_is_due_or_needs_the_slots(redis_url: 
     ingest([{"type": "track", "event": "Live", "userId": f"l{i}", "context": {"traits": {"email": f"l{i}@x.com"}}}
             for i in range(10)], settings=settings, store=store)  # fmt: skip
     assert deliverer.fill_backfill(config) == 0
-    deliverer.assemble()  # the live batch is cut; the lane gets what is left: 4 slots - 1 reserved - 1 live
+    deliverer.assemble()  # the live batch is cut; the lane: 4 slots - 1 reserved - 1 live, + 2 waiting ahead
     made = [bid for _, bid, _, _ in dispatched.take()]
     assert len([b for b in made if not b.startswith(BACKFILL_STEM)]) == 1
-    assert len([b for b in made if b.startswith(BACKFILL_STEM)]) == 2
+    assert len([b for b in made if b.startswith(BACKFILL_STEM)]) == 2 + BACKFILL_AHEAD
     assert deliverer.fill_backfill(config) == 0  # no room until one of them ends
     # a partial live batch not yet due (flush 30 s) does not hold the lane back
     ingest([{"type": "track", "event": "Live", "userId": "z", "context": {"traits": {"email": "z@x.com"}}}],

@@ -429,3 +429,14 @@ def test_the_forget_page_asks_only_once_confirmed_and_never_shows_who(
     listing = client.get(asked.headers["location"])
     assert rid in listing.text and "purging" in listing.text
     assert "jane@example.com" not in listing.text and "u-42" not in listing.text
+
+
+def test_running_imports_show_on_the_integrations_page(client: TestClient, store: Store) -> None:
+    logged_in(client)
+    iid = "abc123def4567890"
+    store.begin_import("default", iid, {"file": "/data/orders.csv", "format": "csv"})
+    store.push_import("default", iid, (0, 3), [b'{"type":"event"}'] * 3, [], {}, 1000, "0")
+    page = client.get("/integrations").text
+    assert f'id="import-{iid}"' in page and "/data/orders.csv" in page and "importing" in page
+    store.cancel_import("default", iid)
+    assert f'id="import-{iid}"' not in client.get("/integrations").text

@@ -44,6 +44,8 @@ def _state(status: dict[str, Any]) -> str:
         return "throttled"
     if status["pending"] or status["open_batches"] or status["queued_in_batches"]:
         return "delivering"
+    if status["imports"]:
+        return "importing"
     return "idle"
 
 
@@ -72,8 +74,13 @@ async def delete_integration(request: Request) -> Response:
         raise HTTPException(404, "not an integration saved in the console")
     if name in console.settings().integrations:
         depth = console.store.depth(name)
-        if depth["pending"] or depth["open_batches"] or depth["held_batches"]:
-            raise HTTPException(409, f"{name} still has records queued or batches open: let them drain")
+        if (
+            depth["pending"]
+            or depth["open_batches"]
+            or depth["held_batches"]
+            or console.store.active_imports(name)
+        ):
+            raise HTTPException(409, f"{name} still has records queued, batches open or an import running")
     console.saved.delete(name)
     console.live.invalidate()
     return RedirectResponse(f"/integrations?{urlencode({'done': f'deleted {name}'})}", status_code=303)
