@@ -24,7 +24,8 @@ key                                   type    holds
                                               newlines
 ``P:{I}:meta:<bid>``                  hash    created, size, attempts, failures, throttles, first_failure,
                                               first_throttle, last_error, gen (dispatch generation),
-                                              swept (re-publishes by the sweep since the last dispatch)
+                                              swept (re-publishes by the sweep since the last dispatch);
+                                              a lane's batch: import (its id), isize (records when cut)
 ``P:{I}:open``                        zset    bid -> ms when the batch is next due to be sent
 ``P:{I}:held``                        zset    bid -> ms held, while the integration fails authentication
 ``P:{I}:lease:<bid>``                 string  the worker currently sending the batch (expires, PX)
@@ -42,6 +43,14 @@ key                                   type    holds
 ``P:{I}:forgotten:gen``               string  bumped on every change of ``forgotten``: an enqueue or replay
                                               filtered with an older view of the list is refused
 ``P:{I}:forgotten:until``             zset    digest -> ms until suppressed (the expiry's order)
+``P:{I}:import:<id>``                 hash    one import: file, format, size, state (running, read, done,
+                                              cancelled), rows (its checkpoint: rows of the file queued),
+                                              queued, settled (records whose batch ended), cut, delivered,
+                                              dead, refused, filtered, old, bytes, started, finished
+``P:{I}:import:<id>:records``         list    the import's backfill lane: its records waiting to be cut
+``P:{I}:import:open``                 set     the lane's batches (open or held): live batches' slots first
+``P:{I}:imports``                     zset    import id -> ms started, while it reads or delivers
+``P:{I}:imports:all``                 zset    import id -> ms started: the last 100, for ``import status``
 ``P:{I}:stats``                       hash    counters (accepted, delivered, retries_throttles, ...)
 ``P:{I}:debug``                       list    the event debugger: the last debugger_size send attempts, newest
                                               first (JSON: time, batch, records, attempt, HTTP status,

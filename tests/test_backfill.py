@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from pipeline.backfill import CANCELLED, DONE, READ, PushOutcome
 from pipeline.delivery import BACKFILL_AHEAD, BACKFILL_STEM, Deliverer
@@ -17,11 +18,28 @@ from pipeline.importer import Importer, ImportFailed, Progress, Source, begin
 from pipeline.imports import CsvSpec
 from pipeline.ingest import ingest
 from pipeline.local.emulator import Emulator
+from pipeline.metrics import RedisCollector
 from pipeline.replay import replay
+from pipeline.status import integration_status
 from pipeline.store import Store
-from tests.helpers import ACC, PASS, Dispatched, dead_letters, drain, emulator_records, emulator_settings
+from tests.helpers import (
+    ACC,
+    PASS,
+    Dispatched,
+    dead_letters,
+    drain,
+    emulator_records,
+    emulator_settings,
+    run_message,
+)
 
-ORDERS_SCHEMA = {"amount": "Float", "qty": "Integer", "paid_on": "Date", "gift": "Boolean", "order_id": "String"}
+ORDERS_SCHEMA = {
+    "amount": "Float",
+    "qty": "Integer",
+    "paid_on": "Date",
+    "gift": "Boolean",
+    "order_id": "String",
+}
 
 
 @pytest.fixture
@@ -34,24 +52,28 @@ def _orders(n: int, start: int = 0, bad_every: int = 0) -> bytes:
     lines = ["email,ts,order_id,amount,qty,paid_on,gift"]
     for i in range(start, start + n):
         amount = "lots" if bad_every and i % bad_every == bad_every - 1 else f"{i % 50}.5"
-        lines.append(f"u{i}@x.com,{1_700_000_000 + i},O-{i},{amount},{i % 3 + 1},2025-01-0{i % 9 + 1}T00:00:00Z,"
-                     f"{'true' if i % 2 else 'false'}")  # fmt: skip
+        day = f"2025-01-0{i % 9 + 1}T00:00:00Z"
+        gift = "true" if i % 2 else "false"
+        lines.append(f"u{i}@x.com,{1_700_000_000 + i},O-{i},{amount},{i % 3 + 1},{day},{gift}")
     return ("\n".join(lines) + "\n").encode()
 
 
-def _run(store: Store, settings: Any, data: bytes, spec: CsvSpec, path: str, **kw: Any) -> tuple[str, Progress]:
+def _run(
+    store: Store, settings: Any, data: bytes, spec: CsvSpec, path: str, **kw: Any
+) -> tuple[str, Progress]:
     config = settings.integration("default")
     path_obj = path
     with open(path_obj, "wb") as f:
         f.write(data)
-    iid, state, start = begin(store, config, path, {"format": "csv", "type": spec.kind, "event": spec.event})
+    iid, _, start = begin(store, config, path, {"format": "csv", "type": spec.kind, "event": spec.event})
     with open(path, "rb") as stream:
         importer = Importer(store, config, iid, kw.pop("window", settings.import_window), **kw)
         return iid, importer.run(Source(stream, "csv", config, store, spec), start)
 
 
-def test_csv_orders_arrive_as_exact_charged_records(redis_url: str, store: Store, emulator: Emulator,
-                                                   tmp_path: Any) -> None:  # fmt: skip
+def test_csv_orders_arrive_as_exact_charged_records(
+    redis_url: str, store: Store, emulator: Emulator, tmp_path: Any
+) -> None:
     settings = emulator_settings(redis_url, emulator.url, CLEVERTAP_FLUSH_INTERVAL="0.05")
     dispatched = Dispatched()
     deliverer = Deliverer(settings, store, dispatched)
@@ -63,9 +85,18 @@ def test_csv_orders_arrive_as_exact_charged_records(redis_url: str, store: Store
         "line 2001, column 'amount': 'lots' is not a Float",
     ], progress.errors
     assert store.import_info("default", iid).state == READ  # type: ignore[union-attr]
+    shown = integration_status(settings, store, "default")
+    assert shown["imports"][0]["queued"] == 2498 and shown["backfill_waiting"] == 2498
+    registry = CollectorRegistry()
+    registry.register(RedisCollector(settings, store))
+    exposition = generate_latest(registry).decode()
+    assert 'clevertap_import_records_total{integration="default",what="queued"} 2498.0' in exposition
+    assert 'clevertap_backfill_records{integration="default"} 2498.0' in exposition
     deliverer.assemble()
     drain(deliverer, dispatched, rounds=100)
-    got = {r["objectId"] if "objectId" in r else r["identity"]: r for r in emulator_records(emulator.url, ACC)}
+    got = {
+        r["objectId"] if "objectId" in r else r["identity"]: r for r in emulator_records(emulator.url, ACC)
+    }
     assert len(got) == 2498
     one = got["u7@x.com"]
     assert one == {
@@ -82,8 +113,9 @@ def test_csv_orders_arrive_as_exact_charged_records(redis_url: str, store: Store
     assert sorted(res.unreplayable) == sorted(d["id"] for d in letters)
 
 
-def test_profile_csv_with_a_multi_value_column(redis_url: str, store: Store, emulator: Emulator,
-                                              tmp_path: Any) -> None:  # fmt: skip
+def test_profile_csv_with_a_multi_value_column(
+    redis_url: str, store: Store, emulator: Emulator, tmp_path: Any
+) -> None:
     settings = emulator_settings(redis_url, emulator.url)
     deliverer, dispatched = None, Dispatched()
     deliverer = Deliverer(settings, store, dispatched)
@@ -97,8 +129,9 @@ def test_profile_csv_with_a_multi_value_column(redis_url: str, store: Store, emu
     assert got["c-2"]["profileData"]["zip"] == 99 and got["c-2"]["type"] == "profile"
 
 
-def test_the_window_bounds_what_redis_holds(redis_url: str, store: Store, emulator: Emulator,
-                                           tmp_path: Any) -> None:  # fmt: skip
+def test_the_window_bounds_what_redis_holds(
+    redis_url: str, store: Store, emulator: Emulator, tmp_path: Any
+) -> None:
     settings = emulator_settings(redis_url, emulator.url, CLEVERTAP_BATCH_SIZE="100")
     dispatched = Dispatched()
     deliverer = Deliverer(settings, store, dispatched)
@@ -107,9 +140,9 @@ def test_the_window_bounds_what_redis_holds(redis_url: str, store: Store, emulat
     waits = [0]
 
     def held_now() -> int:  # records of the import anywhere in Redis: its lane and every batch
-        lanes = sum(store.r.llen(k) for k in store.r.scan_iter(match="*:import:*:records"))
-        batches = sum(len(store.r.get(k).split(b"\n")) for k in store.r.scan_iter(match="*:batch:*"))
-        return int(lanes + batches)
+        lanes = sum(int(store.r.llen(k)) for k in store.r.scan_iter(match="*:import:*:records"))
+        bodies = [cast(bytes, store.r.get(k) or b"") for k in store.r.scan_iter(match="*:batch:*")]
+        return lanes + sum(len(b.split(b"\n")) for b in bodies if b)
 
     def deliver_some(_: float) -> None:  # the window is full: a worker delivers meanwhile
         waits[0] += 1
@@ -123,7 +156,9 @@ def test_the_window_bounds_what_redis_holds(redis_url: str, store: Store, emulat
     iid, _, _ = begin(store, config, str(path), {"format": "csv", "type": "event", "event": "Charged"})
     with open(path, "rb") as stream:
         Importer(store, config, iid, 1000, chunk=250, sleep=deliver_some).run(
-            Source(stream, "csv", config, store, spec), 0, lambda p: peak.__setitem__(0, max(peak[0], held_now()))
+            Source(stream, "csv", config, store, spec),
+            0,
+            lambda p: peak.__setitem__(0, max(peak[0], held_now())),
         )
     deliverer.assemble()
     drain(deliverer, dispatched, rounds=200)
@@ -131,8 +166,9 @@ def test_the_window_bounds_what_redis_holds(redis_url: str, store: Store, emulat
     assert len({r["identity"] for r in emulator_records(emulator.url, ACC)}) == 6000
 
 
-def test_a_run_stopped_midway_resumes_and_queues_every_row_once(redis_url: str, store: Store,
-                                                               emulator: Emulator, tmp_path: Any) -> None:  # fmt: skip
+def test_a_run_stopped_midway_resumes_and_queues_every_row_once(
+    redis_url: str, store: Store, emulator: Emulator, tmp_path: Any
+) -> None:
     settings = emulator_settings(redis_url, emulator.url)
     config = settings.integration("default")
     path = tmp_path / "orders.csv"
@@ -149,7 +185,9 @@ def test_a_run_stopped_midway_resumes_and_queues_every_row_once(redis_url: str, 
             raise Stop
 
     with open(path, "rb") as stream, pytest.raises(Stop):
-        Importer(store, config, iid, 100_000).run(Source(stream, "csv", config, store, spec), start, stop_after_two)
+        Importer(store, config, iid, 100_000).run(
+            Source(stream, "csv", config, store, spec), start, stop_after_two
+        )
     again, state, start = begin(store, config, str(path), shape)
     assert (again, state, start) == (iid, "running", 2000)
     # a second importer that read from an older checkpoint is refused, writes nothing
@@ -167,31 +205,46 @@ def test_a_run_stopped_midway_resumes_and_queues_every_row_once(redis_url: str, 
     assert begin(store, config, str(path), shape)[1] == DONE
 
 
-def test_the_lane_waits_while_live_traffic_is_due_or_needs_the_slots(redis_url: str, store: Store,
-                                                                   emulator: Emulator, tmp_path: Any) -> None:  # fmt: skip
-    settings = emulator_settings(redis_url, emulator.url, CLEVERTAP_BATCH_SIZE="10", CLEVERTAP_MAX_CONCURRENCY="4",
-                                 CLEVERTAP_FLUSH_INTERVAL="30")  # fmt: skip
+def test_the_lane_waits_while_live_traffic_is_due_or_needs_the_slots(
+    redis_url: str, store: Store, emulator: Emulator, tmp_path: Any
+) -> None:
+    settings = emulator_settings(
+        redis_url, emulator.url, CLEVERTAP_BATCH_SIZE="10", CLEVERTAP_MAX_CONCURRENCY="4",
+        CLEVERTAP_FLUSH_INTERVAL="30",
+    )  # fmt: skip
     config = settings.integration("default")
     dispatched = Dispatched()
     deliverer = Deliverer(settings, store, dispatched)
     _run(store, settings, _orders(200), CsvSpec("event", "Charged"), str(tmp_path / "o.csv"))
     # a full live batch waiting: nothing from the lane
-    ingest([{"type": "track", "event": "Live", "userId": f"l{i}", "context": {"traits": {"email": f"l{i}@x.com"}}}
-            for i in range(10)], settings=settings, store=store)  # fmt: skip
+    live = [
+        {"type": "track", "event": "Live", "userId": f"l{i}", "context": {"traits": {"email": f"l{i}@x.com"}}}
+        for i in range(10)
+    ]
+    ingest(live, settings=settings, store=store)
     assert deliverer.fill_backfill(config) == 0
     deliverer.assemble()  # the live batch is cut; the lane: 4 slots - 1 reserved - 1 live, + 2 waiting ahead
     made = [bid for _, bid, _, _ in dispatched.take()]
     assert len([b for b in made if not b.startswith(BACKFILL_STEM)]) == 1
     assert len([b for b in made if b.startswith(BACKFILL_STEM)]) == 2 + BACKFILL_AHEAD
     assert deliverer.fill_backfill(config) == 0  # no room until one of them ends
-    # a partial live batch not yet due (flush 30 s) does not hold the lane back
-    ingest([{"type": "track", "event": "Live", "userId": "z", "context": {"traits": {"email": "z@x.com"}}}],
-           settings=settings, store=store)  # fmt: skip
+    # a partial live batch not yet due (flush 30 s) does not hold the lane back: a lane batch's send ends
+    # and the lane's next is cut at once (no tick), the live record left waiting
+    ingest(
+        [{**live[0], "userId": "z", "context": {"traits": {"email": "z@x.com"}}}],
+        settings=settings,
+        store=store,
+    )
+    report = run_message(deliverer, ("default", next(b for b in made if b.startswith(BACKFILL_STEM)), 0.0, 1))
+    assert report.result.value == "delivered"
+    again = [bid for _, bid, _, _ in dispatched.take()]
+    assert len(again) == 1 and again[0].startswith(BACKFILL_STEM)
     assert store.depth("default")["pending"] == 1
 
 
-def test_cancel_removes_what_the_import_queued(redis_url: str, store: Store, emulator: Emulator,
-                                              tmp_path: Any) -> None:  # fmt: skip
+def test_cancel_removes_what_the_import_queued(
+    redis_url: str, store: Store, emulator: Emulator, tmp_path: Any
+) -> None:
     settings = emulator_settings(redis_url, emulator.url, CLEVERTAP_BATCH_SIZE="100")
     dispatched = Dispatched()
     deliverer = Deliverer(settings, store, dispatched)
@@ -209,8 +262,9 @@ def test_cancel_removes_what_the_import_queued(redis_url: str, store: Store, emu
                                                       CsvSpec("event", "Charged")), 0)  # fmt: skip
 
 
-def test_ready_records_and_events_go_through_the_lane(redis_url: str, store: Store, emulator: Emulator,
-                                                     tmp_path: Any) -> None:  # fmt: skip
+def test_ready_records_and_events_go_through_the_lane(
+    redis_url: str, store: Store, emulator: Emulator, tmp_path: Any
+) -> None:
     settings = emulator_settings(redis_url, emulator.url)
     config = settings.integration("default")
     records = [{"type": "event", "identity": f"r{i}", "ts": 1_700_000_000 + i, "evtName": "Old Order",

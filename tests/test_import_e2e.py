@@ -35,21 +35,43 @@ def _csv(path: Path, rows: int) -> None:
         f.write("bad@x.com,yesterday,O-bad,1\n")  # line ROWS + 2: a ts that is no time
 
 
-def test_import_killed_and_run_again_delivers_every_row_once(redis_url: str, store: Store,
-                                                            tmp_path: Path) -> None:  # fmt: skip
+def test_import_killed_and_run_again_delivers_every_row_once(
+    redis_url: str, store: Store, tmp_path: Path
+) -> None:
     env = environment(
-        redis_url, process=True, CLEVERTAP_ACCOUNT_ID=ACC, CLEVERTAP_PASSCODE=PASS, CLEVERTAP_FLUSH_INTERVAL="0.2",
-        CLEVERTAP_BATCH_SIZE="500", CLEVERTAP_MAX_CONCURRENCY="4", CLEVERTAP_IMPORT_WINDOW="5000",
-    )  # fmt: skip
+        redis_url,
+        process=True,
+        CLEVERTAP_ACCOUNT_ID=ACC,
+        CLEVERTAP_PASSCODE=PASS,
+        CLEVERTAP_FLUSH_INTERVAL="0.2",
+        CLEVERTAP_BATCH_SIZE="500",
+        CLEVERTAP_MAX_CONCURRENCY="4",
+        CLEVERTAP_IMPORT_WINDOW="5000",
+    )
     stack = start_stack(tmp_path, base_env=env, emulator_flags=("--latency-ms", "100"))
     try:
-        assert stack.emulator is not None
+        emulator = stack.emulator
+        assert emulator is not None
         path = tmp_path / "orders.csv"
         _csv(path, ROWS)
-        args = [sys.executable, "-m", "pipeline", "import", str(path), "--type", "event", "--event", "Charged"]
-        first = subprocess.Popen(args, env=stack.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        args = [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "import",
+            str(path),
+            "--type",
+            "event",
+            "--event",
+            "Charged",
+        ]
+        first = subprocess.Popen(
+            args, env=stack.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         # killed at a random point once it has queued something (the window holds it back meanwhile)
-        assert wait_for(lambda: any(i.number("queued") for i in store.imports("default")), 60, 0.05), stack.logs()
+        assert wait_for(lambda: any(i.number("queued") for i in store.imports("default")), 60, 0.05), (
+            stack.logs()
+        )
         time.sleep(random.uniform(0.0, 1.5))
         os.kill(first.pid, signal.SIGKILL)
         first.communicate(timeout=10)  # reaped, its pipes closed
@@ -58,16 +80,17 @@ def test_import_killed_and_run_again_delivers_every_row_once(redis_url: str, sto
         # a live trickle for the same account meanwhile: each event is delivered while the import still runs
         live = [{"type": "track", "event": "Live Ping", "userId": f"live{i}", "messageId": f"live-{i}",
                  "context": {"traits": {"email": f"live{i}@x.com"}}} for i in range(5)]  # fmt: skip
-        again = subprocess.Popen(args + ["--json"], env=stack.env, cwd=ROOT, stdout=subprocess.PIPE,
+        again = subprocess.Popen([*args, "--json"], env=stack.env, cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)  # fmt: skip
         ingest(live, settings=stack.settings, store=store)
 
         def live_delivered() -> bool:
-            return len([r for r in emulator_records(stack.emulator.url, ACC) if r["evtName"] == "Live Ping"]) == 5
+            return len([r for r in emulator_records(emulator.url, ACC) if r["evtName"] == "Live Ping"]) == 5
 
         assert wait_for(live_delivered, 60, 0.1, stack.group), stack.logs()
-        status = store.import_info("default", info.id)
-        assert status is not None and status.state in ("running", "read"), status.fields  # not after the import
+        status = store.import_info("default", info.id)  # the trickle was delivered while the import ran
+        assert status is not None
+        assert status.state in ("running", "read"), status.fields
         out, errs = again.communicate(timeout=300)
         assert again.returncode == 0, errs.decode()
         assert f"resuming after row {info.number('rows'):,}".encode() in errs
@@ -79,8 +102,11 @@ def test_import_killed_and_run_again_delivers_every_row_once(redis_url: str, sto
             i = store.import_info("default", info.id)
             return i is not None and i.state == "done"
 
-        assert wait_for(delivered, 240, 0.5, stack.group), (store.import_info("default", info.id), stack.logs())
-        charged = [r["identity"] for r in emulator_records(stack.emulator.url, ACC) if r["evtName"] == "Charged"]
+        assert wait_for(delivered, 240, 0.5, stack.group), (
+            store.import_info("default", info.id),
+            stack.logs(),
+        )
+        charged = [r["identity"] for r in emulator_records(emulator.url, ACC) if r["evtName"] == "Charged"]
         assert len(charged) == ROWS and len(set(charged)) == ROWS
         shown = run_cli("import", "status", "--json", env=stack.env)
         row: Any = orjson.loads(shown.stdout)[0]
