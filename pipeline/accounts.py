@@ -27,9 +27,11 @@ class AccountCalls:
 
         def account_key(self, account: str, name: str) -> str: ...
 
-    def acquire_token(self, account: str, limit: int, lease_s: float, token: str) -> tuple[bool, int]:
+    def acquire_token(
+        self, account: str, limit: int, lease_s: float, token: str, reserve: int = 0
+    ) -> tuple[bool, int]:
         keys = [self.account_key(account, n) for n in ("tokens", "stats", "limit")]
-        res = cast(list[int], self._run("acquire", keys, [limit, int(lease_s * 1000), token]))
+        res = cast(list[int], self._run("acquire", keys, [limit, int(lease_s * 1000), token, reserve]))
         return bool(res[0]), int(res[1])
 
     def release_token(self, account: str, token: str, limit: int = C.MAX_CONCURRENCY) -> bool:

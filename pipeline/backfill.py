@@ -98,6 +98,7 @@ class BackfillCalls:
         counters: dict[str, int],
         window: int,
         forgotten_gen: str,
+        position: int | None = None,
     ) -> tuple[int, int]:
         """Queue a chunk (rows ``rows[0]`` up to ``rows[1]`` of the file) with its checkpoint in one step:
         (PushOutcome, records in the window, or the rows another importer is at)."""
@@ -113,14 +114,25 @@ class BackfillCalls:
             orjson.dumps({k: v for k, v in counters.items() if v}),
             window,
             forgotten_gen,
+            "" if position is None else position,
         ]
         res = cast(list[Any], self._run("import_push", keys, args))
         outcome = int(res[0])
         if outcome == PushOutcome.QUEUED and records:
             self.mark_ready(integration)
         if outcome == PushOutcome.STOPPED:
+            self.__dict__["_stopped_state"] = _s(res[1])
             return outcome, 0
         return outcome, int(res[1]) if len(res) > 1 else 0
+
+    def lane_batch_stopped(self, integration: str, bid: str) -> bool:
+        """Whether a lane's batch belongs to an import cancelled (or started again) since it was cut: it is
+        dropped, not sent."""
+        import_id, run = self.r.hmget(self.key(integration, f"meta:{bid}"), "import", "run")
+        if import_id is None:
+            return False
+        state, current = self.r.hmget(self.key(integration, f"import:{_s(import_id)}"), "state", "run")
+        return state is None or _s(state) == CANCELLED or _s(current or b"") != _s(run or b"1")
 
     def end_import(self, integration: str, import_id: str, rows: int) -> str:
         """The file is read to its end at ``rows``: the state after ('read', or 'done' already)."""

@@ -62,7 +62,7 @@ DISPATCH_AHEAD = 2
 #: while an import is sending finds one free at once (assemble_backfill.lua).
 BACKFILL_RESERVE = 1
 #: Batches the lane cuts past the slots it may use: each waits on a token (never a reserved one), so a slot
-#: the lane frees is taken at once (assemble_backfill.lua, Deliverer._token_limit).
+#: the lane frees is taken at once (assemble_backfill.lua; the reserve in acquire.lua).
 BACKFILL_AHEAD = 2
 #: The backfill lane's batch ids start so (a split's halves too): a send of one cuts the next at once.
 BACKFILL_STEM = "imp-"
@@ -294,21 +294,13 @@ class Deliverer:
         effective = self.store.effective_limit(config.account_id, config.max_concurrency)
         return max(1, math.floor(min(effective, config.max_concurrency) / sharing))
 
-    @staticmethod
-    def _token_limit(config: IntegrationConfig, batch_id: str) -> int:
-        """The in-flight limit a send takes its token under: the lane's batches never take the slots kept
-        for live ones (BACKFILL_RESERVE), so a live batch finds one free even beside the lane's waiters."""
-        if batch_id.startswith(BACKFILL_STEM) and config.max_concurrency > BACKFILL_RESERVE:
-            return config.max_concurrency - BACKFILL_RESERVE
-        return config.max_concurrency
-
     def fill_backfill(self, config: IntegrationConfig) -> int:
         """Cut and dispatch batches from the integration's import lanes, only while live traffic has none
         due and leaves slots free; returns how many."""
         slots = self.backfill_slots(config)
-        reserve = BACKFILL_RESERVE if slots > BACKFILL_RESERVE else 0
-        # BACKFILL_AHEAD more than the slots: they wait on a token (under _token_limit), so a slot the lane
-        # frees is taken at once instead of after a round trip through the broker.
+        reserve = BACKFILL_RESERVE
+        # BACKFILL_AHEAD more than the slots: they wait on a token (never the reserved one), so a slot the
+        # lane frees is taken at once instead of after a round trip through the broker.
         ids = self.store.assemble_backfill(
             config.name, config.batch_size, config.flush_interval, BACKFILL_STEM + new_id(),
             slots + BACKFILL_AHEAD, reserve, ASSEMBLE_STEP,
@@ -374,14 +366,26 @@ class Deliverer:
             return SendReport(name, batch_id, SendResult.NOT_DUE, delay_s=delay)
         if lease.status is not LeaseStatus.OK:
             return SendReport(name, batch_id, _SKIPPED[lease.status])
+        if batch_id.startswith(BACKFILL_STEM) and self.store.lane_batch_stopped(name, batch_id):
+            # its import was cancelled while this batch waited or backed off: dropped, never sent
+            self.store.finish(name, batch_id, owner, 0, [], {"import_batches_dropped": 1})
+            return SendReport(name, batch_id, _SKIPPED[LeaseStatus.GONE], detail="its import was cancelled")
         started = time.perf_counter()
         lease_ends = time.monotonic() + self.batch_lease_s
         token: str | None = None
         try:
+            # The lane's batches never take the slot kept for live ones (BACKFILL_RESERVE), under the
+            # account's limit as it is now (the adaptive one too), so a live batch finds it free.
+            # (An account limited to one request at a time has no slot to spare: the lane shares it.)
+            lane = batch_id.startswith(BACKFILL_STEM) and config.max_concurrency > BACKFILL_RESERVE
+            reserve = BACKFILL_RESERVE if lane else 0
             token = self.limiter.acquire(
-                config.account_id, self._token_limit(config, batch_id), self.settings.token_lease,
+                config.account_id,
+                config.max_concurrency,
+                self.settings.token_lease,
                 self.token_wait_s,
-            )  # fmt: skip
+                reserve,
+            )
             if token is None:
                 delay = self.rng.uniform(0.1, 0.5)
                 gen = self.store.unlease(name, batch_id, owner, delay)

@@ -256,7 +256,18 @@ def entry_names(entry: Any, norms: set[str]) -> bool:
     """Whether a dead letter is about one of them: its record's identifying fields (stage api) or its
     event's (stage mapping)."""
     e = _dict(entry)
-    return any_of(record_values(e.get("record")), norms) or any_of(event_values(e.get("event")), norms)
+    return (
+        any_of(record_values(e.get("record")), norms)
+        or any_of(event_values(e.get("event")), norms)
+        or any_of(row_values(e.get("row")), norms)
+    )
+
+
+def row_values(row: Any) -> list[str]:
+    """The values of a row an import refused (a CSV row by header, or a ready record) that say who it is
+    about: its identity, email and objectId, as a record's."""
+    r = _dict(row)
+    return [*record_values(r), *(v for k in ("identity", "email", "objectId") if (v := _text(r.get(k))))]
 
 
 def anonymous_ids_beside(event: Any, norms: set[str]) -> list[str]:

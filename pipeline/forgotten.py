@@ -297,8 +297,11 @@ class DeleteSlots:
         self.names = [store.account_key(account, n) for n in ("deletes", "deletes:stats", "deletes:limit")]
         self.wake = store.account_key(account, "deletes:wake")
 
-    def acquire(self, account: str, limit: int, lease_s: float, token: str) -> tuple[bool, int]:
-        res = cast(list[int], self.store._run("acquire", self.names, [limit, int(lease_s * 1000), token]))
+    def acquire(
+        self, account: str, limit: int, lease_s: float, token: str, reserve: int = 0
+    ) -> tuple[bool, int]:
+        args = [limit, int(lease_s * 1000), token, reserve]
+        res = cast(list[int], self.store._run("acquire", self.names, args))
         return bool(res[0]), int(res[1])
 
     def release(self, account: str, token: str, limit: int) -> bool:

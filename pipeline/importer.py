@@ -2,8 +2,8 @@
 Segment-style events) and queued in the integration's backfill lane (:mod:`pipeline.backfill`), a chunk at a
 time, each chunk with its checkpoint in one atomic step.
 
-- **Resume, exactly once.** An import's id is derived from the integration, the file (its size and a digest
-  of its first and last MiB) and the options that shape its records, so the same command run again finds
+- **Resume, exactly once.** An import's id is derived from the integration, the file (its size and a
+  SHA-256 of all of it) and the options that shape its records, so the same command run again finds
   it and skips the rows its checkpoint says are queued. A chunk is written only if the checkpoint is still
   where this run read from: a second importer of the same file, or a chunk resent after a lost answer,
   never queues a row twice.
@@ -31,7 +31,7 @@ from pipeline.backfill import PushOutcome
 from pipeline.config import IntegrationConfig
 from pipeline.deadletters import dead_letter
 from pipeline.errors import PipelineError
-from pipeline.forget import record_values, suppressed
+from pipeline.forget import event_values, record_values, row_values, suppressed
 from pipeline.imports import A_YEAR_S, CsvMapper, CsvSpec, RowError, check_record, read_csv
 from pipeline.ingest import FORGOTTEN, Ingestor, read_events
 from pipeline.mapping import FILTERED, HELD, MAPPED
@@ -41,8 +41,8 @@ from pipeline.store import Store, new_id
 CHUNK = 1000
 #: How often a run whose window is full looks again (delivery frees room a batch at a time).
 WINDOW_POLL_S = 0.2
-#: The file's parts digested for its identity: the first and the last MiB, and its size.
-FINGERPRINT_BYTES = 1 << 20
+#: Read at a time to digest a file for its identity.
+FINGERPRINT_BLOCK = 1 << 20
 #: Formats: Segment-style events mapped by the preset, ready CleverTap records, CSV rows.
 FORMATS = ("events", "records", "csv")
 
@@ -53,14 +53,14 @@ class ImportFailed(PipelineError):
 
 
 def fingerprint(path: str) -> str:
-    """The file's identity for resuming: its size and a SHA-256 of its first and last MiB."""
-    size = os.path.getsize(path)
-    h = hashlib.sha256(str(size).encode())
+    """The file's identity for resuming: its size and a SHA-256 of all of it (a file changed anywhere, even
+    to the same size, is another import: a resume never continues at row N of different rows)."""
+    h = hashlib.sha256()
+    size = 0
     with open(path, "rb") as f:
-        h.update(f.read(FINGERPRINT_BYTES))
-        if size > FINGERPRINT_BYTES:
-            f.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
-            h.update(f.read())
+        while block := f.read(FINGERPRINT_BLOCK):
+            h.update(block)
+            size += len(block)
     return f"{size}:{h.hexdigest()[:32]}"
 
 
@@ -127,6 +127,10 @@ class Source:
         out = _Mapped()
 
         def refuse(line: int, row: Any, errors: list[RowError], event: bool = False) -> None:
+            values = event_values(row) if event else row_values(row)
+            if forgotten and suppressed(values, forgotten, now_ms):
+                out.filtered += 1  # a forgotten user's row: not kept, not even as a dead letter
+                return
             reasons = [f"{e.column}: {e.reason}" if e.column else e.reason for e in errors]
             fields: dict[str, Any] = {"reasons": reasons, "line": line, "import": iid}
             fields["event" if event else "row"] = row
@@ -223,7 +227,6 @@ class Importer:
         name = self.config.name
         progress = Progress(rows=start_rows, skipped=start_rows)
         items: Iterable[tuple[int, Any]] = itertools.islice(source.items(), start_rows, None)
-        last_pos = position() if position else 0
         for chunk in _chunks(iter(items), self.chunk):
             mapped: _Mapped | None = None
             refresh = False
@@ -232,11 +235,11 @@ class Importer:
                 gen, forgotten = self.store.forgotten_view(name, refresh=refresh)
                 mapped = source.map(chunk, forgotten, name, self.id)
                 pos = position() if position else 0
-                counters = {"filtered": mapped.filtered, "old": mapped.old, "bytes": max(0, pos - last_pos)}
+                counters = {"filtered": mapped.filtered, "old": mapped.old}
                 while True:
                     outcome, n = self.store.push_import(
                         name, self.id, (progress.rows, progress.rows + len(chunk)), mapped.records,
-                        mapped.letters, counters, self.window, gen,
+                        mapped.letters, counters, self.window, gen, pos if position else None,
                     )  # fmt: skip
                     if outcome != PushOutcome.FULL:
                         break
@@ -251,7 +254,13 @@ class Importer:
                 raise ImportFailed(f"{name}: the suppression list kept changing; run the import again")
             assert mapped is not None
             if outcome == PushOutcome.STOPPED:
-                raise ImportFailed(f"import {self.id} was cancelled: nothing more is queued")
+                state = self.store.__dict__.get("_stopped_state", "")
+                if state == "cancelled":
+                    raise ImportFailed(f"import {self.id} was cancelled: nothing more is queued")
+                raise ImportFailed(
+                    f"import {self.id} is {state or 'gone'}: another run finished reading it (or it was "
+                    "removed); `import status` shows it"
+                )
             if outcome == PushOutcome.MOVED:
                 raise ImportFailed(
                     f"import {self.id}: another run of this import moved its checkpoint to row {n}; only one "
@@ -264,7 +273,7 @@ class Importer:
                 progress.filtered += mapped.filtered
                 progress.old += mapped.old
                 progress.errors.extend(mapped.errors)
-            progress.bytes_read, last_pos = pos, pos
+            progress.bytes_read = pos
             progress.waited_s += waited
             if on_chunk is not None:
                 on_chunk(progress)

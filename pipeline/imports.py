@@ -40,8 +40,11 @@ _FLOAT = re.compile(r"-?(0|[1-9][0-9]*)\.[0-9]+([eE][-+]?[0-9]+)?")
 _TRUE, _FALSE = {"true", "yes", "1"}, {"false", "no", "0"}
 #: The key a row gets when it has more cells than the header (no header can be named so).
 _EXTRA = "\0extra"
+#: The key a row gets when it cannot be read (bytes that are not UTF-8, a cell past the csv module's limit).
+_UNREADABLE = "\0unreadable"
 #: An epoch above this is in milliseconds (in seconds it would be after the year 5138).
 _MS_FROM = 10**11
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,9 @@ def _json_object(text: str, source: str) -> dict[str, Any]:
 def read_csv(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, str]]]:
     """(line the row starts on, the row by header) for every row: a BOM, quoted newlines and blank lines
     handled. A header repeated, or a row with more cells than the header, is an InputError naming it."""
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    # Bytes that are not UTF-8 decode to surrogates (not an error that would stop every row after it): the
+    # row holding them is refused, named by its own line.
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     try:
         yield from _rows(csv.reader(text))
     finally:
@@ -127,9 +132,14 @@ def _rows(reader: Any) -> Iterator[tuple[int, dict[str, str]]]:
             cells = next(reader)
         except StopIteration:
             return
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise InputError(f"line {start}: not CSV: {exc}") from None
+        except csv.Error as exc:  # this row only: the reader goes on with the next line
+            line, start = start, reader.line_num + 1
+            yield line, {_UNREADABLE: f"not CSV: {exc}"}
+            continue
         line, start = start, reader.line_num + 1
+        if any(_SURROGATE.search(c) for c in cells):
+            yield line, {_UNREADABLE: "not UTF-8 text (save the file as UTF-8)"}
+            continue
         if not cells or all(not c.strip() for c in cells):
             continue  # a blank line (a trailing one, say)
         if len(cells) > len(names):
@@ -153,6 +163,8 @@ class CsvMapper:
         """The record a row makes, or None and every reason it cannot be sent."""
         if _EXTRA in row:
             return None, [RowError(line, None, f"{row[_EXTRA]} more cells than the header has columns")]
+        if _UNREADABLE in row:
+            return None, [RowError(line, None, row[_UNREADABLE])]
         errors: list[RowError] = []
         renamed: dict[str, tuple[str, str]] = {}  # key -> (column, value)
         for column, value in row.items():

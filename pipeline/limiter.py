@@ -18,9 +18,12 @@ from pipeline.store import Store
 
 
 class TokenBackend(Protocol):
-    def acquire(self, account: str, limit: int, lease_s: float, token: str) -> tuple[bool, int]:
-        """Atomically: drop expired leases; if fewer than ``limit`` remain, add ``token`` expiring in
-        ``lease_s`` and return ``(True, in flight)``, else ``(False, ms until the earliest lease ends)``."""
+    def acquire(
+        self, account: str, limit: int, lease_s: float, token: str, reserve: int = 0
+    ) -> tuple[bool, int]:
+        """Atomically: drop expired leases; if fewer than ``limit`` (less ``reserve``, slots kept for other
+        callers) remain, add ``token`` expiring in ``lease_s`` and return ``(True, in flight)``, else
+        ``(False, ms until the earliest lease ends)``."""
         ...
 
     def release(self, account: str, token: str, limit: int) -> bool:
@@ -36,8 +39,10 @@ class RedisTokens:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def acquire(self, account: str, limit: int, lease_s: float, token: str) -> tuple[bool, int]:
-        return self.store.acquire_token(account, limit, lease_s, token)
+    def acquire(
+        self, account: str, limit: int, lease_s: float, token: str, reserve: int = 0
+    ) -> tuple[bool, int]:
+        return self.store.acquire_token(account, limit, lease_s, token, reserve)
 
     def release(self, account: str, token: str, limit: int) -> bool:
         return self.store.release_token(account, token, limit)
@@ -53,12 +58,16 @@ class MemoryTokens:
         self.released = threading.Condition(self.lock)
         self.leases: dict[str, dict[str, float]] = {}
 
-    def acquire(self, account: str, limit: int, lease_s: float, token: str) -> tuple[bool, int]:
+    def acquire(
+        self, account: str, limit: int, lease_s: float, token: str, reserve: int = 0
+    ) -> tuple[bool, int]:
         with self.lock:
             now = self.clock()
             held = {t: exp for t, exp in self.leases.get(account, {}).items() if exp > now}
             self.leases[account] = held
-            if len(held) >= limit:
+            if len(held) >= limit - reserve:
+                if not held:
+                    return False, 100
                 return False, int((min(held.values()) - now) * 1000)
             held[token] = now + lease_s
             return True, len(held)
@@ -83,7 +92,9 @@ class Limiter:
     def __init__(self, backend: TokenBackend) -> None:
         self.backend = backend
 
-    def acquire(self, account: str, limit: int, lease_s: float, wait_s: float = 0.5) -> str | None:
+    def acquire(
+        self, account: str, limit: int, lease_s: float, wait_s: float = 0.5, reserve: int = 0
+    ) -> str | None:
         """A token held for ``account`` (its id, to :meth:`release`), or None after ``wait_s`` without one:
         the caller then gives its work back with a short countdown instead of blocking a worker. Waiting
         blocks on the backend's release signal, so waiters cost nothing while slots are busy. A token never
@@ -91,7 +102,7 @@ class Limiter:
         token = secrets.token_hex(8)
         deadline = time.monotonic() + wait_s
         while True:
-            acquired, _ = self.backend.acquire(account, limit, lease_s, token)
+            acquired, _ = self.backend.acquire(account, limit, lease_s, token, reserve)
             remaining = deadline - time.monotonic()
             if acquired:
                 return token

@@ -108,9 +108,9 @@ def _replay_page(
     for e in page:
         if e.get("stage") != "mapping":
             continue
-        if "event" in e:
+        if "event" in e and "import" not in e:
             mapping.append(e)
-        else:  # a CSV row or a ready record an import refused: fix the file and import it again
+        else:  # a row an import refused: fix the file and import it again (the lane, not the live queue)
             result.unreplayable.append(e["id"])
     if mapping:
         res = ingestor.ingest_chunk(
@@ -157,7 +157,7 @@ def plan(store: Store, where: Filter, ids: Sequence[str] | None = None) -> Repla
     else:
         found = iter_dead_letters(store, where)
     for e in found:
-        if e.get("stage") == "mapping" and "event" in e:
+        if e.get("stage") == "mapping" and "event" in e and "import" not in e:
             out.would_remap_events += 1
         elif e.get("stage") == "mapping" or e.get("record") is None:
             out.unreplayable.append(e["id"])

@@ -290,3 +290,93 @@ def test_ready_records_and_events_go_through_the_lane(
     assert sorted(r["identity"] for r in got if r["evtName"] == "Old Order") == [f"r{i}" for i in range(5)]
     viewed = [r for r in got if r["evtName"] == "Viewed"]
     assert len(viewed) == 3 and viewed[0]["ts"] == 1714521600
+
+
+def test_a_window_no_bigger_than_a_batch_still_drains(
+    redis_url: str, store: Store, emulator: Emulator, tmp_path: Any
+) -> None:
+    """A refused row leaves the lane a record short of a batch: the lane cuts it partial, or the importer
+    would wait for room for ever."""
+    settings = emulator_settings(redis_url, emulator.url, CLEVERTAP_BATCH_SIZE="1000")
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    config = settings.integration("default")
+    waits = [0]
+
+    def deliver_some(_: float) -> None:
+        waits[0] += 1
+        assert waits[0] < 50, store.import_info("default", iid)
+        deliverer.assemble()
+        drain(deliverer, dispatched, rounds=3)
+
+    path = tmp_path / "o.csv"
+    path.write_bytes(_orders(3000, bad_every=1000))
+    iid, _, _ = begin(store, config, str(path), {"format": "csv", "type": "event", "event": "Charged"})
+    with open(path, "rb") as stream:
+        Importer(store, config, iid, 1000, sleep=deliver_some).run(
+            Source(stream, "csv", config, store, CsvSpec("event", "Charged", {}, {"amount": "Float"})), 0
+        )
+    deliverer.assemble()
+    drain(deliverer, dispatched, rounds=50)
+    assert waits[0] > 0 and len(emulator_records(emulator.url, ACC)) == 2997
+
+
+def test_the_lane_never_takes_the_slot_kept_for_live_even_when_throttled(store: Store) -> None:
+    store.r.hset(store.account_key("ACC-T", "limit"), "effective", 2)  # another client shares the account
+    assert store.acquire_token("ACC-T", 15, 10, "lane-1", reserve=1)[0]
+    assert not store.acquire_token("ACC-T", 15, 10, "lane-2", reserve=1)[0]
+    assert store.acquire_token("ACC-T", 15, 10, "live-1")[0]
+
+
+def test_a_cancelled_import_run_again_keeps_its_counts_apart(
+    redis_url: str, store: Store, emulator: Emulator, tmp_path: Any
+) -> None:
+    settings = emulator_settings(redis_url, emulator.url, CLEVERTAP_BATCH_SIZE="100")
+    dispatched = Dispatched()
+    deliverer = Deliverer(settings, store, dispatched)
+    iid, _ = _run(store, settings, _orders(300), CsvSpec("event", "Charged"), str(tmp_path / "o.csv"))
+    deliverer.fill_backfill(settings.integration("default"))
+    first = next(bid for _, bid, _, _ in dispatched)
+    store.r.set(store.key("default", f"lease:{first}"), "someone-sending")  # one batch is being sent
+    assert store.cancel_import("default", iid) == (200, 2, 1)
+    store.r.delete(store.key("default", f"lease:{first}"))
+    iid2, progress = _run(store, settings, _orders(300), CsvSpec("event", "Charged"), str(tmp_path / "o.csv"))
+    assert iid2 == iid and progress.queued == 300
+    drain(deliverer, dispatched)  # the old run's batch: dropped, not sent, not counted in the new run
+    info = store.import_info("default", iid)
+    assert info is not None and info.number("settled") == 0 and info.number("queued") == 300
+    assert emulator_records(emulator.url, ACC) == []
+    deliverer.assemble()
+    drain(deliverer, dispatched)
+    ids = [r["identity"] for r in emulator_records(emulator.url, ACC)]
+    assert len(ids) == 300 == len(set(ids))
+    assert store.import_info("default", iid).state == DONE  # type: ignore[union-attr]
+
+
+def test_forget_reaches_the_lanes_and_the_rows_an_import_refused(
+    redis_url: str, store: Store, emulator: Emulator, tmp_path: Any
+) -> None:
+    from pipeline.forget import Forgetter, Who
+
+    settings = emulator_settings(redis_url, emulator.url)
+    iid, _ = _run(
+        store,
+        settings,
+        _orders(20, bad_every=10),
+        CsvSpec("event", "Charged", {}, {"amount": "Float"}),
+        str(tmp_path / "o.csv"),
+    )
+    assert any(d["row"]["email"] == "u9@x.com" for d in dead_letters(store))  # line 11: refused
+    forgetter = Forgetter(settings, store)
+    rid = forgetter.ask(Who(identities=("u3@x.com", "u9@x.com")))
+    forgetter.run(rid)
+    lane = store.r.lrange(store.key("default", f"import:{iid}:records"), 0, -1)
+    assert (
+        len(lane) == 18 and sum(1 for r in lane if r == b"") == 1 and not any(b"u3@x.com" in r for r in lane)
+    )
+    assert not any(d.get("row", {}).get("email") == "u9@x.com" for d in dead_letters(store))
+    Deliverer(settings, store, (dispatched := Dispatched())).assemble()
+    drain(Deliverer(settings, store, dispatched), dispatched)
+    got = [r["identity"] for r in emulator_records(emulator.url, ACC)]
+    assert len(got) == 17 and "u3@x.com" not in got
+    assert store.import_info("default", iid).state == DONE  # type: ignore[union-attr]

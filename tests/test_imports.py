@@ -175,3 +175,16 @@ def test_a_dry_run_counts_everything_and_warns_of_the_dashboards_year() -> None:
     summary = summarise(ready_records(io.BytesIO(lines)), now)
     assert summary.as_dict() == {"rows": 3, "records": 1, "refused": 2, "older_than_a_year": 0}
     assert [e.line for e in summary.errors] == [3, 4] and "not JSON" in summary.errors[0].reason
+
+
+def test_a_row_that_is_not_utf8_is_named_by_its_own_line_and_the_rest_go_on() -> None:
+    good = "".join(f"a{i}@x.com,{1700000000 + i},{i}\n" for i in range(3000)).encode()
+    data = b"email,ts,x\n" + good + b"bad@x.com,1700000000,\xff\xfe\nz@x.com,1700000001,ok\n"
+    mapper, errors, records = CsvMapper(CsvSpec("event", "E")), [], 0
+    for line, row in read_csv(io.BytesIO(data)):
+        record, problems = mapper.record(line, row)
+        records += record is not None
+        errors += problems
+    assert records == 3001 and [str(e) for e in errors] == [
+        "line 3002: not UTF-8 text (save the file as UTF-8)"
+    ]

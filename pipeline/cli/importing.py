@@ -37,7 +37,7 @@ def _read(path: str, what: str) -> str:
     "imports, `import cancel ID` stops one and removes what it had queued.",
     arg("file", help="CSV or JSON lines file, - for standard input (no resume); or status / cancel"),
     arg("import_id", nargs="?", default=None, help="an import's id (with status or cancel)"),
-    integration_arg("integration to import for"),
+    integration_arg("integration to import for (default: default; status, cancel: every one)", default=None),
     arg("--records", action="store_true", help="JSON lines of ready CleverTap records, sent as they are"),
     arg("--csv", action="store_true", help="a CSV with a header row (the default for a .csv file)"),
     arg("--type", choices=("event", "profile"), default=None, help="CSV: records of this type"),
@@ -188,14 +188,16 @@ def _finish(store: Any, name: str, iid: str, progress: Progress, args: argparse.
             print(f"workers deliver the rest as live traffic leaves room: `import status {iid}`")
     _old_warning(progress.old)
     refused = info.number("refused") if info else progress.refused
+    if args.wait and (info is None or info.state == CANCELLED):
+        err(f"import {iid} was cancelled before it was delivered")
+        return EXIT_FAILED
     return EXIT_FAILED if args.strict and refused else EXIT_OK
 
 
 def _status(args: argparse.Namespace) -> int:
     ctx = context(args)
-    names = [args.integration] if args.integration != "default" or args.import_id else ctx.names
     found: list[ImportInfo] = []
-    for name in names if not args.import_id else ctx.names:
+    for name in ctx.names:  # every integration unless --integration names one
         wanted = args.import_id or ""
         found.extend(i for i in ctx.store.imports(name) if i.id.startswith(wanted))
     if args.import_id and not found:
@@ -238,19 +240,24 @@ def _cancel(args: argparse.Namespace) -> int:
     if not args.import_id:
         raise InputError("import cancel takes an import's id (`import status` lists them)")
     ctx = context(args)
-    for name in ctx.names:
-        for info in ctx.store.imports(name):
-            if info.id == args.import_id or (len(args.import_id) >= 6 and info.id.startswith(args.import_id)):
-                if info.state in (CANCELLED, DONE):
-                    err(f"import {info.id} has ended ({info.state}): nothing to cancel")
-                    return EXIT_FAILED
-                res = ctx.store.cancel_import(name, info.id)
-                if res is None:
-                    err(f"import {info.id} has ended: nothing to cancel")
-                    return EXIT_FAILED
-                removed, batches, sending = res
-                print(f"import {info.id} cancelled: {removed:,} records removed ({batches} batches); "
-                      f"{sending} batches being sent finish")  # fmt: skip
-                return EXIT_OK
-    err(f"no import {args.import_id!r}")
-    return EXIT_FAILED
+    matches = [
+        (name, info)
+        for name in ctx.names
+        for info in ctx.store.imports(name)
+        if info.id == args.import_id or (len(args.import_id) >= 6 and info.id.startswith(args.import_id))
+    ]
+    if not matches:
+        err(f"no import {args.import_id!r}")
+        return EXIT_FAILED
+    if len(matches) > 1:
+        err(f"{args.import_id!r} names {len(matches)} imports: give more of the id")
+        return EXIT_FAILED
+    name, info = matches[0]
+    res = ctx.store.cancel_import(name, info.id) if info.state not in (CANCELLED, DONE) else None
+    if res is None:
+        err(f"import {info.id} has ended ({info.state}): nothing to cancel")
+        return EXIT_FAILED
+    removed, batches, sending = res
+    print(f"import {info.id} cancelled: {removed:,} records removed ({batches} batches); {sending} batches "
+          "being sent finish")  # fmt: skip
+    return EXIT_OK

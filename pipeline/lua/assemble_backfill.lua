@@ -32,9 +32,14 @@ for _, id in ipairs(redis.call('ZRANGE', imports, 0, -1)) do
   local imp = base .. 'import:' .. id
   local state = redis.call('HGET', imp, 'state')
   local records_key = imp .. ':records'
+  -- A partial batch goes once the file is read, or once the importer's next chunk no longer fits in the
+  -- window (it waits for room that only this batch can free).
+  local f = redis.call('HMGET', imp, 'queued', 'settled', 'window', 'chunk', 'run')
+  local starved = tonumber(f[3] or '0') > 0
+    and tonumber(f[1] or '0') - tonumber(f[2] or '0') + tonumber(f[4] or '0') > tonumber(f[3])
   while #made < room and (state == 'running' or state == 'read') do
     local len = redis.call('LLEN', records_key)
-    if len == 0 or (len < size and state ~= 'read') then break end
+    if len == 0 or (len < size and state ~= 'read' and not starved) then break end
     local records = redis.call('LRANGE', records_key, 0, size - 1)
     redis.call('LTRIM', records_key, #records, -1)
     redis.call('HINCRBY', imp, 'cut', #records)
@@ -47,7 +52,7 @@ for _, id in ipairs(redis.call('ZRANGE', imports, 0, -1)) do
       local bid = stem .. '-' .. (#made + 1)
       redis.call('SET', base .. 'batch:' .. bid, table.concat(kept, '\n'))
       redis.call('HSET', base .. 'meta:' .. bid, 'created', now, 'size', #kept, 'attempts', 0,
-                 'failures', 0, 'throttles', 0, 'gen', 1, 'import', id, 'isize', #kept)
+                 'failures', 0, 'throttles', 0, 'gen', 1, 'import', id, 'isize', #kept, 'run', f[5] or '1')
       redis.call('ZADD', open, now, bid)
       redis.call('SADD', backfill, bid)
       made[#made + 1] = bid

@@ -11,7 +11,10 @@ local state = redis.call('HGET', imp, 'state')
 if state and state ~= 'cancelled' then
   return {state, redis.call('HGET', imp, 'rows') or '0'}
 end
+-- a cancelled import started again is a new run: its batches still being sent settle into the old one
+local run = tonumber(redis.call('HGET', imp, 'run') or '0') + 1
 redis.call('DEL', imp, imp .. ':records')
+redis.call('HSET', imp, 'run', run)
 for k, v in pairs(fields) do redis.call('HSET', imp, k, v) end
 redis.call('HSET', imp, 'state', 'running', 'started', now, 'updated', now, 'rows', 0, 'queued', 0,
            'settled', 0, 'cut', 0, 'delivered', 0, 'dead', 0, 'refused', 0, 'filtered', 0, 'old', 0)

@@ -12,6 +12,7 @@ local from, to, blob, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local letters = cjson.decode(ARGV[5])   -- [[dead letter id, entry], ...]
 local counters = cjson.decode(ARGV[6])  -- {field: increment} for the import and the integration's stats
 local window = tonumber(ARGV[7])
+local position = ARGV[9]                -- bytes of the file read after this chunk ('' from standard input)
 
 --! include now
 
@@ -24,6 +25,8 @@ if rows == to then return {0} end
 if rows ~= from then return {-4, rows} end
 if (redis.call('GET', forgotten_gen) or '0') ~= ARGV[8] then return {-2} end
 local held = tonumber(redis.call('HGET', imp, 'queued')) - tonumber(redis.call('HGET', imp, 'settled'))
+-- the lane cuts a partial batch once a chunk this size no longer fits (assemble_backfill.lua)
+redis.call('HSET', imp, 'window', window, 'chunk', count)
 if count > 0 and held + count > window then return {-1, held} end
 local records, buf, pos = imp .. ':records', {}, 1
 local find, sub = string.find, string.sub
@@ -37,6 +40,7 @@ if #buf > 0 then redis.call('RPUSH', records, unpack(buf)) end
 for _, letter in ipairs(letters) do add_dead(letter[1], letter[2], now) end
 redis.call('HINCRBY', imp, 'queued', count)
 redis.call('HSET', imp, 'rows', to, 'updated', now)
+if position ~= '' then redis.call('HSET', imp, 'bytes', position) end
 redis.call('HINCRBY', stats, 'imported', count)
 if #letters > 0 then
   redis.call('HINCRBY', imp, 'refused', #letters)

@@ -29,7 +29,7 @@ for record in string.gmatch(body, '[^\n]+') do records[#records + 1] = record en
 local half = math.floor(#records / 2)
 local created = redis.call('HGET', meta, 'created') or now
 -- A backfill batch's halves stay the lane's (import:open), sharing the room it held (isize).
-local import, isize = unpack(redis.call('HMGET', meta, 'import', 'isize'))
+local import, isize, run = unpack(redis.call('HMGET', meta, 'import', 'isize', 'run'))
 local made = {}
 for part, range in ipairs({{1, half}, {half + 1, #records}}) do
   -- a half can be empty: the batch was rewritten down to one record (a forget) while it was sent
@@ -41,7 +41,7 @@ for part, range in ipairs({{1, half}, {half + 1, #records}}) do
     redis.call('ZADD', open, now, child)
     if import then
       local share = part == 1 and (range[2] - range[1] + 1) or (tonumber(isize or #records) - half)
-      redis.call('HSET', base .. 'meta:' .. child, 'import', import, 'isize', share)
+      redis.call('HSET', base .. 'meta:' .. child, 'import', import, 'isize', share, 'run', run or '1')
       redis.call('SADD', base .. 'import:open', child)
     end
     made[#made + 1] = child

@@ -4,11 +4,12 @@
 -- rewrote it meanwhile frees the same room), the import counts what was delivered and dead-lettered, and
 -- an import whose file is read and whose every record settled is done.
 local function settle(delivered_n, dead_n)
-  local m = redis.call('HMGET', meta, 'import', 'isize')
+  local m = redis.call('HMGET', meta, 'import', 'isize', 'run')
   if not m[1] then return end
   redis.call('SREM', base .. 'import:open', bid)
   local imp = base .. 'import:' .. m[1]
-  if redis.call('EXISTS', imp) == 0 then return end
+  -- gone, or started again since (a cancelled import run anew): this batch is not the new run's
+  if (redis.call('HGET', imp, 'run') or '') ~= (m[3] or '1') then return end
   local settled = redis.call('HINCRBY', imp, 'settled', tonumber(m[2] or '0'))
   if delivered_n > 0 then redis.call('HINCRBY', imp, 'delivered', delivered_n) end
   if dead_n > 0 then redis.call('HINCRBY', imp, 'dead', dead_n) end
