@@ -97,9 +97,9 @@ class RedisCollector(Collector):
             "Forgetting users: later events filtered, and copies removed from each place",
             labels=["integration", "what"],
         )
-        imported = CounterMetricFamily(
+        imported = GaugeMetricFamily(  # a gauge: an import leaves the last 100 kept, and its counts with it
             "clevertap_import_records",
-            "Historical imports: records queued in the backfill lane, and what became of them",
+            "Imports kept (the last 100): records queued in the backfill lane, and what became of them",
             labels=["integration", "what"],
         )
         backfill = GaugeMetricFamily(

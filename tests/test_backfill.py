@@ -90,7 +90,7 @@ def test_csv_orders_arrive_as_exact_charged_records(
     registry = CollectorRegistry()
     registry.register(RedisCollector(settings, store))
     exposition = generate_latest(registry).decode()
-    assert 'clevertap_import_records_total{integration="default",what="queued"} 2498.0' in exposition
+    assert 'clevertap_import_records{integration="default",what="queued"} 2498.0' in exposition
     assert 'clevertap_backfill_records{integration="default"} 2498.0' in exposition
     deliverer.assemble()
     drain(deliverer, dispatched, rounds=100)
