@@ -366,10 +366,19 @@ class Deliverer:
             return SendReport(name, batch_id, SendResult.NOT_DUE, delay_s=delay)
         if lease.status is not LeaseStatus.OK:
             return SendReport(name, batch_id, _SKIPPED[lease.status])
-        if batch_id.startswith(BACKFILL_STEM) and self.store.lane_batch_stopped(name, batch_id):
-            # its import was cancelled while this batch waited or backed off: dropped, never sent
-            self.store.finish(name, batch_id, owner, 0, [], {"import_batches_dropped": 1})
-            return SendReport(name, batch_id, _SKIPPED[LeaseStatus.GONE], detail="its import was cancelled")
+        if batch_id.startswith(BACKFILL_STEM):
+            try:
+                stopped = self.store.lane_batch_stopped(name, batch_id)
+                if stopped:  # its import was cancelled while this batch waited or backed off: never sent
+                    self.store.finish(name, batch_id, owner, 0, [], {"import_batches_dropped": 1})
+            except OUTAGE_ERRORS as exc:
+                return self._give_back(
+                    config, batch_id, owner, None, time.monotonic() + self.batch_lease_s, exc
+                )
+            if stopped:
+                return SendReport(
+                    name, batch_id, _SKIPPED[LeaseStatus.GONE], detail="its import was cancelled"
+                )
         started = time.perf_counter()
         lease_ends = time.monotonic() + self.batch_lease_s
         token: str | None = None

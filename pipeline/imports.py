@@ -120,6 +120,8 @@ def _rows(reader: Any) -> Iterator[tuple[int, dict[str, str]]]:
         raise InputError("the file is empty: a CSV starts with its header row") from None
     except (csv.Error, UnicodeDecodeError) as exc:
         raise InputError(f"line 1: not a CSV header row: {exc}") from None
+    if any(_SURROGATE.search(h) for h in header):
+        raise InputError("line 1: the header row is not UTF-8 text (save the file as UTF-8)")
     names = [h.strip() for h in header]
     repeated = sorted({h for h in names if names.count(h) > 1})
     if repeated:

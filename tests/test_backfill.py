@@ -326,6 +326,9 @@ def test_the_lane_never_takes_the_slot_kept_for_live_even_when_throttled(store: 
     assert store.acquire_token("ACC-T", 15, 10, "lane-1", reserve=1)[0]
     assert not store.acquire_token("ACC-T", 15, 10, "lane-2", reserve=1)[0]
     assert store.acquire_token("ACC-T", 15, 10, "live-1")[0]
+    # throttled down to one request at a time: no slot to keep beside it, the lane shares the one there is
+    store.r.hset(store.account_key("ACC-U", "limit"), "effective", 1.7)
+    assert store.acquire_token("ACC-U", 15, 10, "lane-3", reserve=1)[0]
 
 
 def test_a_cancelled_import_run_again_keeps_its_counts_apart(

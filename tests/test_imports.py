@@ -188,3 +188,6 @@ def test_a_row_that_is_not_utf8_is_named_by_its_own_line_and_the_rest_go_on() ->
     assert records == 3001 and [str(e) for e in errors] == [
         "line 3002: not UTF-8 text (save the file as UTF-8)"
     ]
+
+    with pytest.raises(InputError, match="line 1: the header row is not UTF-8"):
+        list(read_csv(io.BytesIO("Pr\u00e9nom,email\nA,a@x.com\n".encode("latin-1"))))

@@ -10,7 +10,9 @@ local reserve = tonumber(ARGV[4] or '0')
 --! include now
 
 local effective = tonumber(redis.call('HGET', limits, 'effective') or configured)
-local limit = math.max(1, math.min(configured, math.floor(effective))) - reserve
+local limit = math.max(1, math.min(configured, math.floor(effective)))
+-- a reserve only while the limit leaves a slot beside it: at 1 the caller shares the one there is
+if limit > reserve then limit = limit - reserve end
 redis.call('ZREMRANGEBYSCORE', tokens, '-inf', now)
 local n = redis.call('ZCARD', tokens)
 -- The same token again is this very call sent twice (a client's retry after a lost answer): still held.

@@ -12,7 +12,7 @@ if state and state ~= 'cancelled' then
   return {state, redis.call('HGET', imp, 'rows') or '0'}
 end
 -- a cancelled import started again is a new run: its batches still being sent settle into the old one
-local run = tonumber(redis.call('HGET', imp, 'run') or '0') + 1
+local run = tonumber(redis.call('HGET', imp, 'run') or (state and '1' or '0')) + 1
 redis.call('DEL', imp, imp .. ':records')
 redis.call('HSET', imp, 'run', run)
 for k, v in pairs(fields) do redis.call('HSET', imp, k, v) end

@@ -9,7 +9,7 @@ local function settle(delivered_n, dead_n)
   redis.call('SREM', base .. 'import:open', bid)
   local imp = base .. 'import:' .. m[1]
   -- gone, or started again since (a cancelled import run anew): this batch is not the new run's
-  if (redis.call('HGET', imp, 'run') or '') ~= (m[3] or '1') then return end
+  if (redis.call('HGET', imp, 'run') or '1') ~= (m[3] or '1') then return end
   local settled = redis.call('HINCRBY', imp, 'settled', tonumber(m[2] or '0'))
   if delivered_n > 0 then redis.call('HINCRBY', imp, 'delivered', delivered_n) end
   if dead_n > 0 then redis.call('HINCRBY', imp, 'dead', dead_n) end
