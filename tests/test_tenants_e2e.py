@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.local.tenants import BIG, SHARED, run_tenants
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long]  # about 2.5 minutes: make test-long
 
 
 def test_many_accounts_are_served_in_turn(tmp_path: Path) -> None:
