@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -113,24 +114,47 @@ def _uploader(api_url: str, seconds: float, in_flight: int = 3, size: int = 1000
     return done[0] / (time.monotonic() - t0)
 
 
+def _stack(work: Path, flush_s: float, flags: tuple[str, ...]) -> tuple[Any, Any, Any, Store]:
+    """The emulator (``flags``), an embedded Redis, one gevent worker and beat for ACC: (stack, settings,
+    the default integration, a store)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_") and k != "REDIS_URL"}
+    env.update({"CLEVERTAP_ACCOUNT_ID": ACC, "CLEVERTAP_PASSCODE": PASS, "CLEVERTAP_BATCH_SIZE": "1000",
+                "CLEVERTAP_FLUSH_INTERVAL": str(flush_s), "CLEVERTAP_DEDUP_WINDOW": "0"})  # fmt: skip
+    stack = start_stack(work, base_env=env, emulator_flags=flags, workers=0, beat=False)
+    try:
+        settings = stack.settings
+        store = Store.from_url(stack.redis_url, settings.key_prefix)
+        stack.add_worker(200, "gevent")
+        stack.start_beat()
+    except BaseException:
+        stack.stop()
+        raise
+    time.sleep(3)  # the worker starts
+    return stack, settings, settings.integration("default"), store
+
+
+def _import_and_wait(
+    stack: Any, store: Store, config: Any, window: int, path: Path, every_s: float
+) -> Iterator[Any]:
+    """Import ``path``, then yield the import's state every ``every_s`` until it is done."""
+    iid, _, start = begin(store, config, str(path), SHAPE)
+    with open(path, "rb") as stream:
+        Importer(store, config, iid, window).run(Source(stream, "csv", config, store, SPEC), start)
+    while (info := store.import_info("default", iid)) is not None and info.state != "done":
+        stack.check()
+        yield info
+        time.sleep(every_s)
+
+
 def delivery(rows: int, latency_ms: int, work: Path, trickle_per_s: float = 10.0) -> dict[str, Any]:
     """An import's delivered rows/s at a ``latency_ms`` API beside a live trickle for the same account,
     the trickle's latency, and a 3-in-flight uploader in the same sitting."""
     path = work / "delivery.csv"
     write_csv(path, rows)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_") and k != "REDIS_URL"}
-    env.update({"CLEVERTAP_ACCOUNT_ID": ACC, "CLEVERTAP_PASSCODE": PASS, "CLEVERTAP_FLUSH_INTERVAL": "1",
-                "CLEVERTAP_BATCH_SIZE": "1000", "CLEVERTAP_DEDUP_WINDOW": "0"})  # fmt: skip
     flags = ("--latency-ms", str(latency_ms), "--jitter-ms", str(latency_ms // 10))
-    stack = start_stack(work / "stack", base_env=env, emulator_flags=flags, workers=0, beat=False)
+    stack, settings, config, store = _stack(work / "stack", 1.0, flags)
     try:
         assert stack.emulator is not None
-        settings = stack.settings
-        config = settings.integration("default")
-        store = Store.from_url(stack.redis_url, settings.key_prefix)
-        stack.add_worker(200, "gevent")
-        stack.start_beat()
-        time.sleep(3)
         stop = threading.Event()
         ingestor = Ingestor(store, config)
 
@@ -148,18 +172,11 @@ def delivery(rows: int, latency_ms: int, work: Path, trickle_per_s: float = 10.0
         thread.start()
         time.sleep(5)  # the trickle alone first: its own latency
         t0 = time.time()
-        iid, _, start = begin(store, config, str(path), SHAPE)
-        with open(path, "rb") as stream:
-            Importer(store, config, iid, settings.import_window).run(
-                Source(stream, "csv", config, store, SPEC), start
-            )
-        marks: list[
-            tuple[float, int]
-        ] = []  # (when, delivered so far): the steady rate, without ramp and tail
-        while (info := store.import_info("default", iid)) is not None and info.state != "done":
-            stack.check()
-            marks.append((time.time(), info.number("delivered")))
-            time.sleep(0.2)
+        # (when, delivered so far): the steady rate, without the ramp and the tail
+        marks = [
+            (time.time(), info.number("delivered"))
+            for info in _import_and_wait(stack, store, config, settings.import_window, path, 0.2)
+        ]
         import_s = time.time() - t0
         middle = [(t, n) for t, n in marks if rows * 0.2 <= n <= rows * 0.8]
         steady = (middle[-1][1] - middle[0][1]) / (middle[-1][0] - middle[0][0]) if len(middle) > 1 else 0.0
@@ -198,20 +215,9 @@ def memory(rows: int, work: Path) -> dict[str, Any]:
     """Redis's peak used_memory above its start while ``rows`` rows are imported to a fast emulator."""
     path = work / "memory.csv"
     write_csv(path, rows)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEVERTAP_") and k != "REDIS_URL"}
-    env.update({"CLEVERTAP_ACCOUNT_ID": ACC, "CLEVERTAP_PASSCODE": PASS, "CLEVERTAP_FLUSH_INTERVAL": "0.2",
-                "CLEVERTAP_BATCH_SIZE": "1000", "CLEVERTAP_DEDUP_WINDOW": "0"})  # fmt: skip
-    stack = start_stack(
-        work / "mem", base_env=env, emulator_flags=("--latency-ms", "0"), workers=0, beat=False
-    )
+    stack, settings, config, store = _stack(work / "mem", 0.2, ("--latency-ms", "0"))
     peak, samples = [0], [True]
     try:
-        settings = stack.settings
-        config = settings.integration("default")
-        store = Store.from_url(stack.redis_url, settings.key_prefix)
-        stack.add_worker(200, "gevent")
-        stack.start_beat()
-        time.sleep(3)
         base = int(store.r.info("memory")["used_memory"])
         store.r.config_set("maxmemory-policy", "noeviction")
 
@@ -223,18 +229,13 @@ def memory(rows: int, work: Path) -> dict[str, Any]:
         thread = threading.Thread(target=sample, daemon=True)
         thread.start()
         t0 = time.time()
-        iid, _, start = begin(store, config, str(path), SHAPE)
-        with open(path, "rb") as stream:
-            Importer(store, config, iid, settings.import_window).run(
-                Source(stream, "csv", config, store, SPEC), start
-            )
-        while (info := store.import_info("default", iid)) is not None and info.state != "done":
-            stack.check()
-            time.sleep(0.5)
+        for _ in _import_and_wait(stack, store, config, settings.import_window, path, 0.5):
+            pass
+        info = store.imports("default")[0]  # the one import of this run, done
         seconds = time.time() - t0
         samples[0] = False
         thread.join()
-        delivered = info.number("delivered") if info else 0
+        delivered = info.number("delivered")
     finally:
         stack.stop()
     above = round((peak[0] - base) / 2**20, 1)
