@@ -52,6 +52,8 @@ MAX_REQUESTS = 256
 #: Of which one client address may have this many (its bodies arriving slowly hold only its own share).
 MAX_REQUESTS_PER_CLIENT = 16
 RETRY_AFTER_BUSY_S = 1
+#: Longest an enqueue waits for the requests still being read to join it (GroupCommit).
+GATHER_S = 0.001
 
 log = logging.getLogger("pipeline.collector")
 
@@ -157,7 +159,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         prepared = collector.prepare(path, headers, bytes(body), client)
         if isinstance(prepared, Answer):
             return _respond(prepared)
-        return _respond(prepared.answered(await commits.submit(collector, prepared)))
+        return _respond(prepared.answered(await commits.submit(collector, prepared, in_flight[0])))
 
     async def preflight(request: Request) -> Response:
         """A browser's CORS preflight: allowed when any integration with a write key allows the origin (the
@@ -246,18 +248,31 @@ class GroupCommit:
     def __init__(self) -> None:
         self.waiting: list[tuple[Collector, Prepared, asyncio.Future[Answer]]] = []
         self.scheduled = False
+        self.timer: asyncio.TimerHandle | None = None
 
-    def submit(self, collector: Collector, prepared: Prepared) -> asyncio.Future[Answer]:
+    def submit(self, collector: Collector, prepared: Prepared, in_flight: int = 1) -> asyncio.Future[Answer]:
+        """Queue ``prepared`` with the others waiting. ``in_flight``: the requests this process is handling
+        (this one included); while some are still being read or prepared, the enqueue waits for them, at
+        most GATHER_S, so they share its round trip."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Answer] = loop.create_future()
         self.waiting.append((collector, prepared, done))
-        if not self.scheduled:
-            self.scheduled = True
-            loop.call_soon(self._flush)  # after every request that is ready in this turn
+        if len(self.waiting) >= in_flight:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if not self.scheduled:
+                self.scheduled = True
+                loop.call_soon(self._flush)  # after every request that is ready in this turn
+        elif not self.scheduled and self.timer is None:
+            self.timer = loop.call_later(GATHER_S, self._flush)
         return done
 
     def _flush(self) -> None:
         self.scheduled = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         waiting, self.waiting = self.waiting, []
         groups: dict[tuple[int, str], list[tuple[Collector, Prepared, asyncio.Future[Answer]]]] = {}
         for item in waiting:
