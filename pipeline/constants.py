@@ -7,7 +7,14 @@ from __future__ import annotations
 
 #: Regions CleverTap provisions accounts in. The region becomes part of a host name, so nothing
 #: outside this tuple is ever interpolated into a URL.
-REGIONS: tuple[str, ...] = ("us1", "in1", "eu1", "sg1", "aps3", "mec1")
+REGIONS: tuple[str, ...] = ("us1", "in1", "eu1", "sg1", "aps3", "mec1", "sk1")
+
+#: Push token types CleverTap's Upload Device Tokens takes (tokenData.type); chrome ones carry their keys.
+TOKEN_TYPES: tuple[str, ...] = ("fcm", "gcm", "apns", "wns", "mpns", "chrome")
+#: Where a token record's objectId may come from (CleverTap requires one on each).
+TOKEN_OBJECT_ID_SOURCES: tuple[str, ...] = ("anonymousId", "userId", "context.device.id")
+#: Token records in one upload request: CleverTap takes at most 100 (1,000 for events and profiles).
+MAX_TOKEN_BATCH = 100
 
 #: ``POST /1/upload`` accepts at most 1,000 records per request.
 MAX_BATCH_SIZE = 1000

@@ -45,7 +45,7 @@ def test_passcode_never_appears_in_repr_str_or_public_dict() -> None:
 
 def test_region_error_names_the_variable_and_the_allowed_values() -> None:
     errs = errors_of(environment(CLEVERTAP_REGION="eu2"))
-    assert errs == {"CLEVERTAP_REGION": "must be one of us1, in1, eu1, sg1, aps3, mec1"}
+    assert errs == {"CLEVERTAP_REGION": "must be one of us1, in1, eu1, sg1, aps3, mec1, sk1"}
 
 
 def test_every_error_is_reported_at_once() -> None:
@@ -142,7 +142,7 @@ def test_toml_errors_carry_key_paths(tmp_path: pytest.TempPathFactory) -> None:
         '[integrations.us]\naccount_id = "EU"\nregion = "us1"\npasscode = "p"\nmax_concurrency = 5\n'
     )
     errs = errors_of({"CLEVERTAP_PIPELINE_CONFIG": str(path)})
-    assert errs["integrations.eu.region"] == "must be one of us1, in1, eu1, sg1, aps3, mec1"
+    assert errs["integrations.eu.region"] == "must be one of us1, in1, eu1, sg1, aps3, mec1, sk1"
     assert errs["integrations.eu.bogus"] == "unknown key"
 
 
@@ -177,8 +177,15 @@ def test_check_config_prints_masked_settings_or_errors_with_exit_2() -> None:
     assert PASSCODE.encode() not in ok.stdout + ok.stderr
     bad = run_cli("check-config", env=environment(process=True, CLEVERTAP_REGION="xx1"))
     assert bad.returncode == 2
-    assert b"CLEVERTAP_REGION: must be one of us1, in1, eu1, sg1, aps3, mec1" in bad.stderr
+    assert b"CLEVERTAP_REGION: must be one of us1, in1, eu1, sg1, aps3, mec1, sk1" in bad.stderr
     assert PASSCODE.encode() not in bad.stdout + bad.stderr
+
+
+def test_check_config_takes_the_south_korea_region() -> None:
+    ok = run_cli("check-config", env=environment(process=True, CLEVERTAP_REGION="sk1"))
+    assert ok.returncode == 0, ok.stderr
+    assert b'"region": "sk1"' in ok.stdout
+    assert b"https://sk1.api.clevertap.com" in ok.stdout or b"sk1.api.clevertap.com" in ok.stdout
 
 
 def test_a_passcode_that_cannot_be_an_http_header_is_rejected() -> None:

@@ -101,7 +101,7 @@ def test_an_integration_is_saved_encrypted_checked_by_the_schema_and_served_live
     token = logged_in(client)
     bad = client.post("/integrations/new", data={"csrf": token, **form(region="eu2", batch_size="5000")})
     assert bad.status_code == 400
-    assert re.search(r'id="error-region">must be one of us1, in1, eu1, sg1, aps3, mec1<', bad.text)
+    assert re.search(r'id="error-region">must be one of us1, in1, eu1, sg1, aps3, mec1, sk1<', bad.text)
     assert re.search(r'id="error-batch_size">must be between 1 and 1000<', bad.text)
     assert "shop-passcode-1" not in bad.text  # never sent back, not even after an error
     good = client.post("/integrations/new", data={"csrf": token, **form()})

@@ -129,7 +129,7 @@ def test_the_console_in_chromium(stack: tuple[Stack, str], browser: Any, tmp_pat
     fill("api_url", started.emulator.url if started.emulator else "")
     browser.find_element(By.ID, "save").click()
     error = browser.find_element(By.ID, "error-region")
-    assert "must be one of us1, in1, eu1, sg1, aps3, mec1" in error.text
+    assert "must be one of us1, in1, eu1, sg1, aps3, mec1, sk1" in error.text
     assert SHOP_PASS not in browser.page_source  # the passcode is never sent back
     shot("integration-form-error")
     fill("region", "eu1")

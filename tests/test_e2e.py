@@ -197,5 +197,5 @@ def test_a_worker_with_invalid_settings_refuses_to_start_and_says_why(redis_url:
     out = subprocess.run(worker_command("bad"), env=env, capture_output=True, timeout=60, check=False)
     assert out.returncode == 2
     text = (out.stdout + out.stderr).decode()
-    assert "configuration error: CLEVERTAP_REGION: must be one of us1, in1, eu1, sg1, aps3, mec1" in text
+    assert "configuration error: CLEVERTAP_REGION: must be one of us1, in1, eu1, sg1, aps3, mec1, sk1" in text
     assert PASS not in text
