@@ -185,6 +185,36 @@ class IntegrationConfig:
     browser_rate_burst: int = setting(
         fields.Integer(load_default=C.DEFAULT_BROWSER_RATE_BURST, validate=formats.between(1, 100_000))
     )
+    # Which events are sent, by the name they arrive with (before renaming: a track's event, "page" or
+    # "screen"): at most one of the two lists; an event outside it is filtered, with the reason. Identifies
+    # are never filtered by them.
+    events_allow: tuple[str, ...] = setting(
+        fields.List(fields.String(validate=validate.Length(min=1, max=512)), load_default=()),
+        from_env=_comma_list,
+        convert=tuple,
+    )
+    events_deny: tuple[str, ...] = setting(
+        fields.List(fields.String(validate=validate.Length(min=1, max=512)), load_default=()),
+        from_env=_comma_list,
+        convert=tuple,
+    )
+    # Push tokens (context.device.token): the type when a call does not say it (None: from the device's
+    # type or OS, android -> fcm, ios -> apns), and where a token record's objectId comes from.
+    device_token_type: str | None = setting(
+        fields.String(
+            load_default=None,
+            allow_none=True,
+            validate=validate.OneOf(C.TOKEN_TYPES, error="must be one of " + ", ".join(C.TOKEN_TYPES)),
+        )
+    )
+    token_object_id: str = setting(
+        fields.String(
+            load_default="anonymousId",
+            validate=validate.OneOf(
+                C.TOKEN_OBJECT_ID_SOURCES, error="must be one of " + ", ".join(C.TOKEN_OBJECT_ID_SOURCES)
+            ),
+        )
+    )
     max_event_properties: int = setting(
         fields.Integer(load_default=C.DEFAULT_MAX_EVENT_PROPERTIES, validate=formats.between(1, 1024))
     )
@@ -421,6 +451,11 @@ class IntegrationSchema(_schema_from(IntegrationConfig, "IntegrationFields")):  
             raise ValidationError("give at most one of write_key or write_key_env", "write_key")
         if data.get("preset", "default") not in available_presets():
             raise ValidationError("must be one of " + ", ".join(available_presets()), "preset")
+        if data.get("events_allow") and data.get("events_deny"):
+            raise ValidationError(
+                "give at most one of events_allow or events_deny (an allow list already denies the rest)",
+                "events_deny",
+            )
 
 
 class SettingsSchema(_schema_from(Settings, "SettingsFields")):  # type: ignore[misc]

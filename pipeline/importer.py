@@ -81,6 +81,7 @@ class Progress:
     refused: int = 0
     filtered: int = 0
     old: int = 0
+    tokens: int = 0  # push tokens left out (an import sends no token records)
     bytes_read: int = 0
     skipped: int = 0  # rows a resumed run did not read again (already queued)
     waited_s: float = 0.0  # time spent waiting for the window to free room
@@ -94,6 +95,7 @@ class _Mapped:
     errors: list[RowError] = field(default_factory=list)
     filtered: int = 0
     old: int = 0
+    tokens: int = 0
 
 
 class Source:
@@ -170,6 +172,11 @@ class Source:
             for line, raw, result, encoded in self.ingestor._map_chunk(items, known, now_s, forgotten):
                 if result.status == MAPPED:
                     for record, body in zip(result.records, encoded, strict=True):
+                        if record.get("type") == "token":
+                            # a push token from history is likely stale, and the lane cuts batches of up
+                            # to 1,000 (CleverTap takes 100 tokens a request): live traffic sends tokens
+                            out.tokens += 1
+                            continue
                         ts = record.get("ts")
                         if isinstance(ts, int) and ts < now_s - A_YEAR_S:
                             out.old += 1
@@ -272,6 +279,7 @@ class Importer:
                 progress.refused += len(mapped.letters)
                 progress.filtered += mapped.filtered
                 progress.old += mapped.old
+                progress.tokens += mapped.tokens
                 progress.errors.extend(mapped.errors)
             progress.bytes_read = pos
             progress.waited_s += waited

@@ -23,8 +23,19 @@ from pipeline.deadletters import mapping_dead_letter
 from pipeline.errors import InputError, QueueFull, where
 from pipeline.events import Event, validate_event
 from pipeline.forget import event_values, is_placeholder, record_values, suppressed
-from pipeline.mapping import DUPLICATE, FILTERED, HELD, MAPPED, REJECTED, Mapper, MapResult, MapStatus
+from pipeline.mapping import (
+    DUPLICATE,
+    FILTERED,
+    HELD,
+    MAPPED,
+    REJECTED,
+    Mapper,
+    MapResult,
+    MapStatus,
+    is_listed_out,
+)
 from pipeline.store import Hold, StaleForgotten, Store, new_id
+from pipeline.tokens import NO_RECORD as NO_TOKEN_RECORD
 
 #: Events per Redis round trip: big enough to amortise the round trip, small enough that one script
 #: call stays well under a millisecond or two of Redis time.
@@ -216,7 +227,7 @@ class Ingestor:
         identities: list[tuple[str, str]] = []
         dead: list[tuple[str, bytes, str]] = []
         drops: list[str] = []
-        filtered = rejected = forgotten_n = 0
+        filtered = rejected = forgotten_n = listed_n = tokens_left = 0
         # A visitor's held events go first, in the order they came, under the identity now known; one that
         # no longer maps becomes a mapping dead letter (with its reasons), as it would have on arrival.
         for visitor, result, raw, encoded in released:
@@ -239,6 +250,7 @@ class Ingestor:
                 group_index.append(index)
                 group_claims.append("")
                 group_notes.append((result.dropped, result.warnings))
+                tokens_left += any(w.endswith(NO_TOKEN_RECORD) for w in result.warnings)
             elif (
                 result.status == HELD
                 and hold is not None
@@ -249,6 +261,7 @@ class Ingestor:
             elif result.status == FILTERED:
                 filtered += 1
                 forgotten_n += result.reasons == [FORGOTTEN]
+                listed_n += is_listed_out(result.reasons)
                 if replaced:
                     drops.append(replaced)
             else:
@@ -262,7 +275,12 @@ class Ingestor:
                     index, result.status, result.records, result.reasons, result.warnings
                 )
         # rejected_mapping is counted by the script, for the dead letters it actually adds
-        counters = {"filtered": filtered, "forgotten": forgotten_n}
+        counters = {
+            "filtered": filtered,
+            "forgotten": forgotten_n,
+            "events_listed_out": listed_n,
+            "tokens_left_out": tokens_left,
+        }
         if hold is not None:
             hold.group_claims = group_claims
             hold.claims = claims

@@ -18,6 +18,8 @@ key                                   type    holds
                                               twice (1 min)
 ``P:{I}:seen``                        zset    messageId -> ms first accepted (de-duplication window)
 ``P:{I}:ids``                         hash    userId -> email, remembered from identify calls
+``P:{I}:tokens:seen``                 zset    SHA-1 of a push token record -> ms it was queued (not queued
+                                              again within the de-duplication window; no token in clear)
 ``P:{I}:ids:seen``                    zset    userId -> ms of its last identify (entries expire after
                                               identity_retention)
 ``P:{I}:batch:<bid>``                 string  the records of one assembled batch, in send order, joined by

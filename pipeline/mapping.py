@@ -17,6 +17,7 @@ from pipeline import constants as C
 from pipeline.config import IntegrationConfig
 from pipeline.events import NOT_FOR_CLEVERTAP, Event
 from pipeline.profile import RESERVED
+from pipeline.tokens import push_token
 
 
 class MapStatus(enum.StrEnum):
@@ -45,6 +46,15 @@ MAX_WARNINGS = 20
 # so only longer strings need encoding to measure.
 _SAFE_CHARS = C.MAX_VALUE_BYTES // 4
 _NUMERIC = (int, float, bool)
+
+
+#: How the reasons events_allow / events_deny give begin and end (counted apart: events_listed_out).
+_LISTED = (" is not in events_allow", " is in events_deny")
+
+
+def is_listed_out(reasons: list[str]) -> bool:
+    """Whether ``reasons`` are an event list's (events_allow / events_deny)."""
+    return len(reasons) == 1 and reasons[0].startswith("event ") and reasons[0].endswith(_LISTED)
 
 
 class MapResult:
@@ -157,15 +167,31 @@ class Mapper:
             | NOT_PROPERTIES
         )
         self.drop_invalid = config.invalid_fields == "drop"
+        self.events_allow = frozenset(config.events_allow) if config.events_allow else None
+        self.events_deny = frozenset(config.events_deny)
 
     # ------------------------------------------------------------------------------------------ events
 
     def map(self, event: Event, known_email: str | None, now: int) -> MapResult:
+        result = self._map(event, known_email, now)
+        if result.status == MAPPED:
+            token, warning = push_token(event.raw, self.config.device_token_type, self.config.token_object_id)
+            if token is not None:  # queued after the call's own record (assemble.lua batches it apart)
+                result.records.append(token)
+            if warning is not None:  # the event still goes: only its token is left out
+                result.warnings = [*result.warnings, warning]
+        return result
+
+    def _map(self, event: Event, known_email: str | None, now: int) -> MapResult:
         if event.type in NOT_FOR_CLEVERTAP:
             return MapResult(FILTERED, reasons=[f"{event.type}: {NOT_SENT}"])
         integrations = event.raw.get("integrations")
         if isinstance(integrations, dict) and integrations and _turned_off(integrations):
             return MapResult(FILTERED, reasons=["integrations: CleverTap is turned off for this call"])
+        if event.type != "identify" and (self.events_allow is not None or self.events_deny):
+            listed = self._listed_out(event)
+            if listed is not None:
+                return MapResult(FILTERED, reasons=[listed])
         if self.required_consent:
             granted = event.consent
             if granted is None or not self.required_consent <= granted:
@@ -227,6 +253,16 @@ class Mapper:
             [{"type": "event", ident_key: ident, "ts": ts, "evtName": evt_name, "evtData": evt_data}],
             warnings=warnings,
         )
+
+    def _listed_out(self, event: Event) -> str | None:
+        """Why events_allow / events_deny filter the event (by the name it arrived with: a track's event,
+        "page" or "screen"), or None when it may go on."""
+        name = event.type if event.type in ("page", "screen") else (event.name or "")
+        if self.events_allow is not None and name not in self.events_allow:
+            return f"event {name[:200]!r} is not in events_allow"
+        if name in self.events_deny:
+            return f"event {name[:200]!r} is in events_deny"
+        return None
 
     # ------------------------------------------------------------------------------------- properties
 

@@ -110,8 +110,22 @@ class RedisCollector(Collector):
         running = GaugeMetricFamily(
             "clevertap_imports_running", "Imports reading their file or delivering", labels=["integration"]
         )
+        listed = CounterMetricFamily(
+            "clevertap_events_listed_out",
+            "Events filtered because events_allow or events_deny leaves them out (counted in filtered too)",
+            labels=["integration"],
+        )
+        tokens = CounterMetricFamily(
+            "clevertap_push_tokens",
+            "Push tokens (context.device.token): queued as token records, not sent again within the "
+            "de-duplication window, or left out (no objectId, or not a token CleverTap takes)",
+            labels=["integration", "what"],
+        )
         for name in sorted(self.settings.integrations):
             stats = self.store.stats(name)
+            listed.add_metric([name], stats.get("events_listed_out", 0))
+            for what in ("queued", "repeated", "left_out"):
+                tokens.add_metric([name, what], stats.get(f"tokens_{what}", 0))
             kept = self.store.imports(name)
             for what in ("queued", "delivered", "dead", "refused"):
                 imported.add_metric([name, what], sum(i.number(what) for i in kept))
@@ -137,7 +151,7 @@ class RedisCollector(Collector):
                 dead.add_metric([name, stage, code], n)
             auth.add_metric([name], 0 if self.store.auth_state(name) else 1)
         yield from (ingested, delivered, pending, oldest, dead_lettered, dead, auth, limited, anonymous)
-        yield from (forgotten, imported, backfill, running)
+        yield from (forgotten, imported, backfill, running, listed, tokens)
         yield from self._forget_requests()
         yield from self._accounts()
 

@@ -51,6 +51,7 @@ def integration_status(settings: Settings, store: Store, name: str) -> dict[str,
         "throttled": counters.get("retries_throttles", 0),
         "fields_dropped": counters.get("fields_dropped", 0),
         "forgotten": counters.get("forgotten", 0),  # events filtered: their user asked to be forgotten
+        "events_listed_out": counters.get("events_listed_out", 0),  # filtered by events_allow/events_deny
         "last_error": last_error,
         "queued_in_batches": store.queued_in_batches(name),
         # historical imports still reading or delivering (`import status` shows every one kept)

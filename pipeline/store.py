@@ -441,6 +441,7 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
         keys.append(self.key(integration, "anon:count"))
         keys.append(self.key(integration, f"call:{secrets.token_hex(8)}"))
         keys.append(self.key(integration, "forgotten:gen"))
+        keys.append(self.key(integration, "tokens:seen"))
         args.append(C.ENQUEUE_ANSWER_KEPT_MS)
         args.append(forgotten_gen)
         result = cast(list[int], self._then_ready("enqueue", keys, args, integration))
@@ -501,6 +502,7 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
         """Cut up to ``max_batches`` batches, keeping at most ``cap`` open (0: no cap); returns their ids."""
         keys = self.keys(integration, "pending", "arrivals", "flow", "open", "auth", "stats", "import:open")
         args = [batch_size, int(flush_s * 1000), max_batches, self.base(integration), new_id(), cap]
+        args.append(min(batch_size, C.MAX_TOKEN_BATCH))
         return [_s(b) for b in cast(list[bytes], self._run("assemble", keys, args))]
 
     def mark_unserved(self, integration: str) -> None:

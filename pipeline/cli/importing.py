@@ -187,6 +187,11 @@ def _finish(store: Any, name: str, iid: str, progress: Progress, args: argparse.
         if info is not None and info.state in ACTIVE:
             print(f"workers deliver the rest as live traffic leaves room: `import status {iid}`")
     _old_warning(progress.old)
+    if progress.tokens:
+        err(
+            f"note: {progress.tokens:,} push tokens (context.device.token) were left out: an import sends "
+            "events and profiles; tokens come with live traffic"
+        )
     refused = info.number("refused") if info else progress.refused
     if args.wait and (info is None or info.state == CANCELLED):
         err(f"import {iid} was cancelled before it was delivered")

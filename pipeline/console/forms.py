@@ -10,7 +10,7 @@ from pipeline.config import IntegrationConfig
 
 #: The fields of the integration form, as text.
 FIELDS = ("name", "account_id", "region", "preset", "consent_categories", "batch_size", "max_concurrency",
-          "api_url", "allowed_origins")  # fmt: skip
+          "api_url", "allowed_origins", "events_allow", "events_deny")  # fmt: skip
 
 
 def _lines(text: str) -> list[str]:
@@ -55,7 +55,7 @@ def blank_form() -> dict[str, Any]:
     return {
         "name": "", "account_id": "", "region": "", "preset": "default", "consent_categories": "",
         "batch_size": str(C.MAX_BATCH_SIZE), "max_concurrency": str(C.MAX_CONCURRENCY), "api_url": "",
-        "allowed_origins": "",
+        "allowed_origins": "", "events_allow": "", "events_deny": "",
     }  # fmt: skip
 
 
@@ -71,6 +71,8 @@ def form_of(config: IntegrationConfig) -> dict[str, Any]:
         "max_concurrency": str(config.max_concurrency),
         "api_url": config.api_url or "",
         "allowed_origins": ", ".join(config.allowed_origins),
+        "events_allow": "\n".join(config.events_allow),
+        "events_deny": "\n".join(config.events_deny),
     }
 
 
@@ -85,6 +87,9 @@ def spec_from(values: dict[str, str], old: dict[str, Any] | None) -> dict[str, A
         consent_categories=[c.strip() for c in values["consent_categories"].split(",") if c.strip()],
         api_url=values["api_url"].strip() or None,
         allowed_origins=[o.strip() for o in values.get("allowed_origins", "").split(",") if o.strip()],
+        # one event name a line (a name may hold a comma)
+        events_allow=_lines(values.get("events_allow", "")),
+        events_deny=_lines(values.get("events_deny", "")),
     )
     for key in ("batch_size", "max_concurrency"):
         text = values[key].strip()

@@ -115,8 +115,9 @@ async def integration_form(request: Request) -> Response:
     spec = spec_from(values, None if new else console.saved.spec(name))
     target = values["name"].strip()
     errors = console.saved.check(target, spec, passcode, console.settings(), new, write_key)
-    for path in [p for p in errors if p.startswith("allowed_origins.")]:  # one list: beside its one field
-        errors.setdefault("allowed_origins", errors.pop(path))
+    for field in ("allowed_origins", "events_allow", "events_deny"):  # one list: beside its one field
+        for path in [p for p in errors if p.startswith(field + ".")]:
+            errors.setdefault(field, errors.pop(path))
     if errors:
         return _show_form(request, values, new=new, readonly=False, errors=errors)
     console.saved.save(target, spec, passcode, write_key)

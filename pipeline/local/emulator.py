@@ -193,6 +193,8 @@ def check_record(rec: Any, faults: Faults) -> tuple[int, str] | None:
     if type(rec) is not dict:
         return _fail(524, "Record type is incorrect", "Record is neither event nor profile")
     rtype = rec.get("type")
+    if rtype == "token":
+        return _check_token(rec)
     if rtype not in _RECORD_TYPES:
         return _fail(524, "Record type is incorrect", "Record is neither event nor profile")
     ident = rec.get("identity") or rec.get("objectId") or rec.get("FBID") or rec.get("GPID")
@@ -233,6 +235,33 @@ def check_record(rec: Any, faults: Faults) -> tuple[int, str] | None:
 
 
 _NO_DATA: dict[str, Any] = {}
+_TOKEN_TYPES = frozenset(("fcm", "gcm", "apns", "wns", "mpns", "chrome"))
+
+
+def _check_token(rec: dict[str, Any]) -> tuple[int, str] | None:
+    """Upload Device Tokens' checks, codes 530-535 (docs/clevertap-api.md), read from CleverTap's
+    documentation apart from the pipeline's mapping (pipeline/tokens.py)."""
+    object_id = rec.get("objectId")
+    if not object_id or type(object_id) is not str:
+        return _fail(530, "Invalid objectId", "objectId is mandatory for a token record")
+    data = rec.get("tokenData")
+    if type(data) is not dict:
+        return _fail(531, "Invalid token data", "tokenData must be an object")
+    if not data.get("id") or type(data.get("id")) is not str:
+        return _fail(532, "Token id missing", "tokenData.id is mandatory")
+    kind = data.get("type")
+    if not kind:
+        return _fail(533, "Token type missing", "tokenData.type is mandatory")
+    if kind not in _TOKEN_TYPES:
+        return _fail(
+            534, "Token type not valid", "tokenData.type must be fcm, gcm, apns, wns, mpns or chrome"
+        )
+    keys = data.get("keys")
+    if kind == "chrome" and not (
+        type(keys) is dict and type(keys.get("p256dh")) is str and type(keys.get("auth")) is str
+    ):
+        return _fail(535, "Invalid data", "a chrome token needs keys.p256dh and keys.auth")
+    return None
 
 
 def _profile_command(value: dict[str, Any]) -> bool:
@@ -368,6 +397,13 @@ class EmulatorState:
                     )
                 self.record_file.flush()
 
+    def count_tokens(self, n: int, mixed: bool) -> None:
+        with self.lock:
+            self.counters["token_requests"] += 1
+            self.counters["token_mixed_requests"] += mixed
+            self.counters["token_records"] += n
+            self.counters["max_tokens_per_request"] = max(self.counters["max_tokens_per_request"], n)
+
     def stored_records(self, account: str | None) -> list[bytes]:
         with self.lock:
             chunks = [c for a, cs in self.records.items() if account in (None, a) for c in cs]
@@ -382,6 +418,11 @@ class EmulatorState:
                 "records_rejected": self.counters["records_rejected"],
                 "concurrency_429": self.counters["concurrency_429"],
                 "max_records_per_request": self.counters["max_records_per_request"],
+                # requests holding push token records, those records, and the most in one request
+                "token_requests": self.counters["token_requests"],
+                "token_records": self.counters["token_records"],
+                "max_tokens_per_request": self.counters["max_tokens_per_request"],
+                "token_mixed_requests": self.counters["token_mixed_requests"],  # tokens beside other records
                 "injected": {k: self.counters[k] for k in ("throttled", "errors", "cut", "outage")},
                 "in_flight": dict(self.in_flight),
                 "peak_in_flight": dict(self.peak),
@@ -562,6 +603,12 @@ class Handler(BaseHTTPRequestHandler):
         if len(records) > C.MAX_BATCH_SIZE:
             error = f"Malformed request: at most {C.MAX_BATCH_SIZE} records"
             return 400, {"status": "fail", "error": error, "code": 400}, {}
+        tokens = sum(1 for r in records if isinstance(r, dict) and r.get("type") == "token")
+        if tokens > C.MAX_TOKEN_BATCH:  # what the real API answers past 100 is not documented
+            error = f"Malformed request: at most {C.MAX_TOKEN_BATCH} token records a request"
+            return 400, {"status": "fail", "error": error, "code": 400}, {}
+        if tokens:
+            state.count_tokens(tokens, mixed=tokens < len(records))
         accepted: list[Any] = []
         unprocessed: list[dict[str, Any]] = []
         faults = state.faults.for_account(account)

@@ -4,12 +4,15 @@
 -- A partial batch goes only once the oldest record still waiting has waited flush_ms: arrivals holds
 -- "records pushed in all so far:ms" marks, flow counts records pushed and cut, so the arrival time of the
 -- oldest record left after a cut is known exactly (to 10 ms). Nothing moves while the integration fails
--- authentication. Each new batch's dispatch generation is 1 (see lease.lua). Returns the new batch ids.
+-- authentication. Each new batch's dispatch generation is 1 (see lease.lua). Push token records are cut
+-- into batches of their own (a cut of 1,000 records may so make a few batches more than max_batches).
+-- Returns the new batch ids.
 local pending, arrivals, flow, open, auth, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local backfill = KEYS[7]              -- the backfill lane's batches (assemble_backfill.lua): not live ones
 local size, flush_ms, max_batches = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local base, stem = ARGV[4], ARGV[5]   -- the integration's key base 'P:{I}:', a unique batch id stem
 local cap = tonumber(ARGV[6])         -- at most this many batches open (sent soon), 0: no cap
+local token_size = tonumber(ARGV[7] or '100')  -- push token records a batch: CleverTap takes 100 a request
 
 --! include now
 
@@ -35,6 +38,15 @@ if waiting > 0 and redis.call('LLEN', arrivals) == 0 then  -- records queued by 
 end
 local oldest = oldest_waiting()
 local made = {}
+local TOKEN = '{"type":"token"'
+local function new_batch(records, first, last)
+  local bid = stem .. '-' .. (#made + 1)
+  redis.call('SET', base .. 'batch:' .. bid, table.concat(records, '\n', first, last))
+  redis.call('HSET', base .. 'meta:' .. bid, 'created', now, 'size', last - first + 1, 'attempts', 0,
+             'failures', 0, 'throttles', 0, 'gen', 1)
+  redis.call('ZADD', open, now, bid)
+  made[#made + 1] = bid
+end
 -- Records looked at in all, tombstones included (forget_pending.lua): a run of forgotten records makes no
 -- batch, and must not make one call long either.
 local looked = 0
@@ -46,17 +58,19 @@ while #made < max_batches and looked < max_batches * size do
   redis.call('LTRIM', pending, #records, -1)
   redis.call('HINCRBY', flow, 'cut', #records)
   looked = looked + #records
-  local live = {}   -- '' is a forgotten record's tombstone (forget_pending.lua): cut, never sent
+  -- '' is a forgotten record's tombstone (forget_pending.lua): cut, never sent. Push token records
+  -- (mapping writes their type first) go in batches of their own, of at most token_size.
+  local live, tokens = {}, {}
   for _, record in ipairs(records) do
-    if record ~= '' then live[#live + 1] = record end
+    if string.sub(record, 1, #TOKEN) == TOKEN then
+      tokens[#tokens + 1] = record
+    elseif record ~= '' then
+      live[#live + 1] = record
+    end
   end
-  if #live > 0 then
-    local bid = stem .. '-' .. (#made + 1)
-    redis.call('SET', base .. 'batch:' .. bid, table.concat(live, '\n'))
-    redis.call('HSET', base .. 'meta:' .. bid, 'created', now, 'size', #live, 'attempts', 0,
-               'failures', 0, 'throttles', 0, 'gen', 1)
-    redis.call('ZADD', open, now, bid)
-    made[#made + 1] = bid
+  if #live > 0 then new_batch(live, 1, #live) end
+  for first = 1, #tokens, token_size do
+    new_batch(tokens, first, math.min(#tokens, first + token_size - 1))
   end
   oldest = oldest_waiting()
 end

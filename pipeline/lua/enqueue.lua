@@ -21,6 +21,7 @@ local pending, arrivals, flow, seen, ids, dead, dead_idx, stats, progress, ids_s
 local anon_idx, anon_count = KEYS[12], KEYS[13]
 local call = KEYS[14]                       -- this call's id: its answer, kept a while
 local forgotten_gen = KEYS[15]              -- the suppression list's generation (forget_suppress.lua)
+local tokens_seen = KEYS[16]                -- push token records queued within the window, by SHA-1
 local window_ms = tonumber(ARGV[1])
 local message_ids = cjson.decode(ARGV[2])   -- one per event, '' when it has none
 local counts = cjson.decode(ARGV[3])        -- records per event
@@ -59,8 +60,9 @@ if high_water > 0 and redis.call('LLEN', pending) >= high_water then return {-1}
 -- The de-duplication set holds the window and no more; with the window at 0 it holds nothing.
 if window_ms > 0 then
   redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - window_ms)
+  redis.call('ZREMRANGEBYSCORE', tokens_seen, '-inf', now - window_ms)
 else
-  redis.call('DEL', seen)
+  redis.call('DEL', seen, tokens_seen)
 end
 -- Records go to pending in RPUSHes of at most PUSH_STEP: unpack() puts every element on Lua's C stack,
 -- which holds about 8,000 (LUAI_MAXCSTACK), and a chunk of events can map to more records than that.
@@ -78,6 +80,23 @@ for _, c in ipairs(claims) do
 end
 local pos, find, sub = 1, string.find, string.sub
 local buf, pushed, accepted, dups, skipped = {}, 0, 0, {}, 0
+-- A push token record (mapping writes its type first) already queued within the window is not queued
+-- again: apps send the same token with every identify.
+local TOKEN = '{"type":"token"'
+local tokens_queued, tokens_repeated = 0, 0
+local function fresh(record)
+  if sub(record, 1, #TOKEN) ~= TOKEN then return true end
+  if window_ms > 0 then
+    local digest = redis.sha1hex(record)
+    if redis.call('ZSCORE', tokens_seen, digest) then
+      tokens_repeated = tokens_repeated + 1
+      return false
+    end
+    redis.call('ZADD', tokens_seen, now, digest)
+  end
+  tokens_queued = tokens_queued + 1
+  return true
+end
 local function flush()
   if #buf > 0 then
     redis.call('RPUSH', pending, unpack(buf))
@@ -101,8 +120,11 @@ for g = 1, #counts do
   for _ = 1, n do
     local e = find(blob, '\n', pos, true)
     if take then
-      buf[#buf + 1] = sub(blob, pos, (e or 0) - 1)
-      if #buf >= PUSH_STEP then flush() end
+      local record = sub(blob, pos, (e or 0) - 1)
+      if fresh(record) then
+        buf[#buf + 1] = record
+        if #buf >= PUSH_STEP then flush() end
+      end
     end
     pos = (e or #blob) + 1
   end
@@ -134,6 +156,8 @@ for field, n in pairs(counters) do redis.call('HINCRBY', stats, field, n) end
 redis.call('HINCRBY', stats, 'accepted', accepted)
 redis.call('HINCRBY', stats, 'duplicate', #dups)
 redis.call('HINCRBY', stats, 'records_queued', pushed)
+if tokens_queued > 0 then redis.call('HINCRBY', stats, 'tokens_queued', tokens_queued) end
+if tokens_repeated > 0 then redis.call('HINCRBY', stats, 'tokens_repeated', tokens_repeated) end
 local held_now, held, full = tonumber(redis.call('GET', anon_count) or '0'), 0, 0
 for _, h in ipairs(holds) do
   local list = base .. 'anon:' .. h[1]
