@@ -38,11 +38,21 @@ class AccountCalls:
         keys = [self.account_key(account, "tokens"), self.account_key(account, "wake")]
         return bool(self._run("release", keys, [token, limit]))
 
-    def adapt_limit(self, account: str, configured: int, throttled: bool, cooldown_s: float = 2.0) -> float:
-        """AIMD on the account's effective limit (adapt.lua): down 15 % on a 429, back up otherwise (fast to
-        just below the last cut, slowly past it)."""
-        args = ["down" if throttled else "up", configured, int(cooldown_s * 1000)]
+    def adapt_limit(
+        self, account: str, configured: int, throttled: bool, cooldown_s: float = 2.0, in_flight: int = 0
+    ) -> float:
+        """The account's effective limit after an answer (adapt.lua): on a 429 to a request sent as the
+        ``in_flight``-th in flight, straight down to one less (15 % down when that is not known), unless a
+        request this pipeline cut may still be counted there; back up otherwise (fast to just below the
+        last refusal, then slowly probing, more slowly after each probe refused)."""
+        args = ["down" if throttled else "up", configured, int(cooldown_s * 1000), in_flight]
         return float(_s(self._run("adapt", [self.account_key(account, "limit")], args)))
+
+    def note_cut_request(self, account: str, configured: int, still_counted_s: float) -> None:
+        """A request the client cut (it timed out) may be counted in flight at CleverTap for up to
+        ``still_counted_s`` more: a 429 until then is not taken for another client."""
+        args = ["cut", configured, 0, max(0, int(still_counted_s * 1000))]
+        self._run("adapt", [self.account_key(account, "limit")], args)
 
     def record_request(self, account: str, status: str, seconds: float) -> None:
         """Count one request to CleverTap by answer and time it, for the metrics exporter (a plain pipeline,

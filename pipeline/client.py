@@ -157,7 +157,10 @@ class UploadClient:
             self._end(box)
             elapsed = time.perf_counter() - started
             if box.get("fired"):
-                return Attempt(None, error=f"deadline of {self.deadline_s:g} s exceeded", elapsed_s=elapsed)
+                error = f"deadline of {self.deadline_s:g} s exceeded"
+                return Attempt(None, error=error, elapsed_s=elapsed, cut=True)
+            if isinstance(exc, requests.exceptions.ReadTimeout):
+                return Attempt(None, error=type(exc).__name__, elapsed_s=elapsed, cut=True)
             if isinstance(exc, requests.exceptions.ProxyError) and " 407 " in str(exc):
                 # An HTTPS proxy wanting credentials answers the CONNECT, so no response reaches us: say
                 # it as the 407 it is (held, like a 401), not as a network failure to retry for hours.

@@ -222,6 +222,7 @@ class _Sent:
     attempt_no: int  # 1 for the first send of the batch
     attempt: Attempt
     history: BatchHistory  # the batch's, as its lease found it
+    in_flight: int = 0  # this pipeline's requests to the account in flight with this one, when it went
 
     def debugger_entry(self, result: SendResult, reason: str) -> Debug:
         """The event debugger's entry for this attempt (None when the integration keeps none)."""
@@ -382,19 +383,21 @@ class Deliverer:
         started = time.perf_counter()
         lease_ends = time.monotonic() + self.batch_lease_s
         token: str | None = None
+        in_flight, token_ends = 0, 0.0
         try:
             # The lane's batches never take the slot kept for live ones (BACKFILL_RESERVE), under the
             # account's limit as it is now (the adaptive one too), so a live batch finds it free.
             # (An account limited to one request at a time has no slot to spare: the lane shares it.)
             lane = batch_id.startswith(BACKFILL_STEM) and config.max_concurrency > BACKFILL_RESERVE
             reserve = BACKFILL_RESERVE if lane else 0
-            token = self.limiter.acquire(
+            token, in_flight = self.limiter.acquire_counted(
                 config.account_id,
                 config.max_concurrency,
                 self.settings.token_lease,
                 self.token_wait_s,
                 reserve,
             )
+            token_ends = time.monotonic() + self.settings.token_lease
             if token is None:
                 delay = self.rng.uniform(0.1, 0.5)
                 gen = self.store.unlease(name, batch_id, owner, delay)
@@ -416,13 +419,24 @@ class Deliverer:
             log.error("batch %s [%s]: unexpected %s while sending", batch_id, name, where(exc))
             attempt = Attempt(None, error=f"internal error: {type(exc).__name__}")
         assert lease.history is not None  # an OK lease carries the batch's history
-        sent = _Sent(config, batch_id, owner, records, lease.history.attempts + 1, attempt, lease.history)
+        sent = _Sent(
+            config, batch_id, owner, records, lease.history.attempts + 1, attempt, lease.history, in_flight
+        )
         # CleverTap has answered (or the request failed): record what that comes to before anything else,
         # through a store outage, for as long as the batch's lease lasts. A batch whose answer is not
         # recorded is sent again when its lease ends, and CleverTap has no idempotency key.
         report = self._record(sent, lease_ends)
-        # Then give the token back; one that cannot be released ends with its lease.
-        self._quietly(lambda: self.limiter.release(config.account_id, token, config.max_concurrency))
+        if attempt.cut:
+            # Cut by this client (it timed out), the request may still be in flight at CleverTap until
+            # its next write fails or its work is done: its token is kept until its lease ends, and a
+            # 429 until then is not taken for another client.
+            still = token_ends - time.monotonic()
+            self._quietly(
+                lambda: self.store.note_cut_request(config.account_id, config.max_concurrency, still)
+            )
+        else:
+            # Then give the token back; one that cannot be released ends with its lease.
+            self._quietly(lambda: self.limiter.release(config.account_id, token, config.max_concurrency))
         if batch_id.startswith(BACKFILL_STEM):
             # Its slot is free: cut what is due now, not at the next tick: live batches first (a partial
             # one due holds the lane back until it is cut), then the lane's next.
@@ -545,7 +559,9 @@ class Deliverer:
 
         if c.kind is Kind.THROTTLED:
             before = self.store.effective_limit(config.account_id, config.max_concurrency)
-            after = self.store.adapt_limit(config.account_id, config.max_concurrency, throttled=True)
+            after = self.store.adapt_limit(
+                config.account_id, config.max_concurrency, throttled=True, in_flight=sent.in_flight
+            )
             if int(after) < int(before):
                 log.warning(
                     "account %s: a 429 within this pipeline's own limit (another client uses the account): "

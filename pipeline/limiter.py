@@ -99,15 +99,22 @@ class Limiter:
         the caller then gives its work back with a short countdown instead of blocking a worker. Waiting
         blocks on the backend's release signal, so waiters cost nothing while slots are busy. A token never
         released ends with its lease."""
+        return self.acquire_counted(account, limit, lease_s, wait_s, reserve)[0]
+
+    def acquire_counted(
+        self, account: str, limit: int, lease_s: float, wait_s: float = 0.5, reserve: int = 0
+    ) -> tuple[str | None, int]:
+        """:meth:`acquire`, with how many tokens of the account were held with this one (0 without one):
+        a 429 on its request says the account had fewer slots than that for this pipeline."""
         token = secrets.token_hex(8)
         deadline = time.monotonic() + wait_s
         while True:
-            acquired, _ = self.backend.acquire(account, limit, lease_s, token, reserve)
+            acquired, n = self.backend.acquire(account, limit, lease_s, token, reserve)
             remaining = deadline - time.monotonic()
             if acquired:
-                return token
+                return token, n
             if remaining <= 0:
-                return None
+                return None, 0
             self.backend.wait(account, min(remaining, RECHECK_S))
 
     def release(self, account: str, token: str, limit: int) -> bool:

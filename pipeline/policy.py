@@ -61,6 +61,9 @@ class Attempt:
     headers: Mapping[str, str] | None = None
     error: str | None = None
     elapsed_s: float = 0.0
+    # the client cut the request after sending it (a read timeout, or the whole-request deadline): the
+    # server may still count it in flight
+    cut: bool = False
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,52 @@ def test_batches_backing_off_do_not_stop_the_rest(redis_url: str, store: Store) 
         store.r.zadd(store.key("default", "open"), {b: 10**13 for b in store.open_batches("default")})
         d.assemble()
     assert len(store.open_batches("default")) == 4 * 30  # and no more: the backlog waits as records
+
+
+def test_a_429_says_how_many_slots_are_missing_and_failed_probes_slow_the_next(store: Store) -> None:
+    # the 11th request in flight was refused: another client holds 5 of the 15 slots
+    assert store.adapt_limit("A", 15, throttled=True, in_flight=11) == 10
+    assert store.adapt_limit("A", 15, throttled=True, in_flight=13) == 10  # never back up on a 429
+    ups = 0
+    while store.effective_limit("A", 15) < 11:  # at once at the level that worked: probing, slowly
+        store.adapt_limit("A", 15, throttled=False)
+        ups += 1
+    assert 70 < ups < 90
+    assert store.adapt_limit("A", 15, throttled=True, in_flight=11) == 10  # the probe refused
+    again = 0
+    while store.effective_limit("A", 15) < 11:  # refused once at 11: the next probe comes half as often
+        store.adapt_limit("A", 15, throttled=False)
+        again += 1
+    assert 1.8 * ups < again < 2.2 * ups
+    # the other client left: the limit climbs past the level refused and probes at the first pace again
+    while store.effective_limit("A", 15) < 12:
+        store.adapt_limit("A", 15, throttled=False)
+    assert store.r.hget(store.account_key("A", "limit"), "probes") == b"0"
+
+
+def test_a_429_while_a_cut_request_may_still_be_counted_leaves_the_limit_alone(store: Store) -> None:
+    store.note_cut_request("A", 15, 1.0)
+    assert store.adapt_limit("A", 15, throttled=True, in_flight=4) == 15
+    assert store.adapt_limit("A", 15, throttled=True) == 15
+    time.sleep(1.05)
+    assert store.adapt_limit("A", 15, throttled=True, in_flight=4) == 3
+
+
+def test_a_request_cut_by_the_client_keeps_its_token_until_its_lease_ends(
+    redis_url: str, store: Store
+) -> None:
+    # CleverTap answers in 1.5 s; the client gives up after 0.5: the request may still be counted there
+    with Emulator({ACC: PASS}, Faults(latency_ms=1500)) as emu:
+        settings = emulator_settings(
+            redis_url, emu.url, CLEVERTAP_READ_TIMEOUT="0.5", CLEVERTAP_CONNECT_TIMEOUT="0.5",
+            CLEVERTAP_TOKEN_LEASE="3", CLEVERTAP_BATCH_SIZE="3",
+        )  # fmt: skip
+        d = Deliverer(settings, store, Dispatched())
+        Ingestor(store, settings.integration("default")).ingest(events(3))
+        d.assemble()
+        (message,) = d.dispatch.take()  # type: ignore[attr-defined]
+        assert run_message(d, message).result == "retry"
+        assert store.tokens_in_flight(ACC) == 1  # kept: its lease has about 2.5 s to go
+        assert store.adapt_limit(ACC, 15, throttled=True, in_flight=2) == 15  # not another client
+        time.sleep(2.7)
+        assert store.tokens_in_flight(ACC) == 0

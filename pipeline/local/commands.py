@@ -306,6 +306,23 @@ def bench_collect(args: argparse.Namespace) -> int:
 
 
 @verb(
+    "bench-share",
+    "Measure delivery to an account another client shares: the emulator keeps --held of its 15 slots for "
+    "the other; a real worker and beat deliver. Prints the 429s over the run and after its first 30 s, and "
+    "the throughput against what the other client leaves.",
+    arg("--held", type=int, default=5, help="slots the other client holds"),
+    arg("--seconds", type=float, default=95.0, help="about how long the run lasts (sets the records queued)"),
+    arg("--latency-ms", type=int, default=1000, help="emulator latency per upload"),
+    arg("--batch-size", type=int, default=100, help="records a request"),
+    REDIS_URL_ARG,
+)
+def bench_share(args: argparse.Namespace) -> int:
+    from pipeline.local.bench_share import bench_share as run
+
+    return run(args)
+
+
+@verb(
     "bench-cluster",
     "Measure the store on one Redis and on Redis Clusters of 1 and 3 primaries (started here): ingest "
     "events/s and delivered records/s with three integrations, and what redis_wait_replicas = 1 costs.",
