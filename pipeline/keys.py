@@ -18,8 +18,10 @@ key                                   type    holds
                                               twice (1 min)
 ``P:{I}:seen``                        zset    messageId -> ms first accepted (de-duplication window)
 ``P:{I}:ids``                         hash    userId -> email, remembered from identify calls
-``P:{I}:tokens:seen``                 zset    SHA-1 of a push token record -> ms it was queued (not queued
-                                              again within the de-duplication window; no token in clear)
+``P:{I}:tokens:seen``                 zset    SHA-1 of a device's push token (type, id) -> ms last queued
+                                              (not again within the dedup window; no token in clear)
+``P:{I}:tokens:sent``                 hash    the same SHA-1 -> SHA-1 of the token record last queued (another
+                                              objectId or keys: queued again)
 ``P:{I}:ids:seen``                    zset    userId -> ms of its last identify (entries expire after
                                               identity_retention)
 ``P:{I}:batch:<bid>``                 string  the records of one assembled batch, in send order, joined by

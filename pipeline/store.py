@@ -442,6 +442,7 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
         keys.append(self.key(integration, f"call:{secrets.token_hex(8)}"))
         keys.append(self.key(integration, "forgotten:gen"))
         keys.append(self.key(integration, "tokens:seen"))
+        keys.append(self.key(integration, "tokens:sent"))
         args.append(C.ENQUEUE_ANSWER_KEPT_MS)
         args.append(forgotten_gen)
         result = cast(list[int], self._then_ready("enqueue", keys, args, integration))

@@ -2,7 +2,7 @@
 
 Apps that send their events through a Segment or RudderStack SDK, not CleverTap's own, reach their users
 with push only if CleverTap knows the device token. A call carrying one yields, beside its event or
-profile record, ``{"type": "token", "tokenData": {"id": ..., "type": ...}, "objectId": ...}``:
+profile record, ``{"type": "token", "objectId": ..., "tokenData": {"id": ..., "type": ...}}``:
 
 * the type is the call's ``integrations.CleverTap.deviceTokenType``, else the integration's
   ``device_token_type``, else what the device says (``context.device.type`` or ``context.os.name``:
@@ -13,13 +13,12 @@ profile record, ``{"type": "token", "tokenData": {"id": ..., "type": ...}, "obje
   its token.
 
 Pure: no Redis, no clock. CleverTap takes at most 100 token records a request (``assemble.lua`` cuts them
-into batches of their own), and the enqueue does not queue a token it saw within the de-duplication window
-(:func:`token_key`).
+into batches of their own, telling them by how their JSON begins: ``{"type":"token"``), and the enqueue
+does not queue a device's token again within the de-duplication window unless its objectId changed.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,8 +28,6 @@ from pipeline import constants as C
 TYPE_BY_OS = {"android": "fcm", "ios": "apns", "ipados": "apns", "tvos": "apns", "watchos": "apns"}
 #: Longest token id taken (an FCM token is about 160 characters, a web push endpoint a few hundred).
 MAX_TOKEN_CHARS = 4096
-#: How a token record's JSON text begins (mapping writes ``type`` first): how assemble.lua tells them apart.
-TOKEN_PREFIX = b'{"type":"token"'
 NO_RECORD = "no token record sent"
 
 
@@ -105,19 +102,9 @@ def push_token(
     data: dict[str, Any] = {"id": token_id, "type": kind}
     if keys is not None and kind == "chrome":
         data["keys"] = keys
-    return {"type": "token", "tokenData": data, "objectId": object_id}, None
-
-
-def token_key(record: Mapping[str, Any]) -> str:
-    """What makes a token the same one again (its objectId, type and id), as a digest: the enqueue keeps
-    these, not the tokens, for the de-duplication window."""
-    data = record["tokenData"]
-    text = "\0".join((str(record["objectId"]), str(data["type"]), str(data["id"])))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-def is_token_record(encoded: bytes) -> bool:
-    return encoded.startswith(TOKEN_PREFIX)
+    # objectId before tokenData: forget's scripts read a record's top-level fields up to its first nested
+    # object (lib/names.lua), so a forgotten objectId is found in pending records and batches
+    return {"type": "token", "objectId": object_id, "tokenData": data}, None
 
 
 def _call_override(integrations: Any) -> str | None:

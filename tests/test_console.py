@@ -401,19 +401,18 @@ def test_the_form_takes_the_page_origins_allowed_to_post(client: TestClient, liv
 
 def test_the_form_takes_the_event_lists_one_name_a_line(client: TestClient, live: LiveSettings) -> None:
     token = logged_in(client)
-    both = client.post(
-        "/integrations/new", data={"csrf": token, **form(events_allow="A", events_deny="B")}
-    )
+    both = client.post("/integrations/new", data={"csrf": token, **form(events_allow="A", events_deny="B")})
     assert both.status_code == 400
     assert re.search(r'id="error-events_deny">give at most one of events_allow or events_deny', both.text)
     good = client.post(
         "/integrations/new",
-        data={"csrf": token, **form(events_allow="Order Completed\r\n  page \n\nSale, Big")},
+        data={"csrf": token, **form(events_allow="Order Completed\r\n  page \n\nSale, Big\n#launch")},
     )
     assert good.status_code == 303
-    assert live.current().integration("shop").events_allow == ("Order Completed", "page", "Sale, Big")
+    allow = live.current().integration("shop").events_allow
+    assert allow == ("Order Completed", "page", "Sale, Big", "#launch")
     edit = client.get("/integrations/shop/edit").text
-    assert ">Order Completed\npage\nSale, Big</textarea>" in edit
+    assert ">Order Completed\npage\nSale, Big\n#launch</textarea>" in edit
 
 
 def test_the_forget_page_asks_only_once_confirmed_and_never_shows_who(

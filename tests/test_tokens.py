@@ -231,3 +231,57 @@ def test_tokens_left_out_are_counted(redis_url: str, store: Store) -> None:
     assert result.accepted == 1 and [r["type"] for r in pending(store)] == ["profile"]
     assert int(store.stats("default")["tokens_left_out"]) == 1
     assert any("needs an objectId" in " ".join(w.reasons) for w in result.warnings)
+
+
+def test_forgetting_a_user_takes_their_token_records_from_pending_and_from_batches(
+    redis_url: str, store: Store
+) -> None:
+    from pipeline.delivery import Deliverer
+    from pipeline.forget import Forgetter, State, Who
+    from tests.helpers import Dispatched
+
+    settings = load_settings(
+        environment(
+            redis_url,
+            CLEVERTAP_TOKEN_OBJECT_ID="userId",
+            CLEVERTAP_BATCH_SIZE="4",
+            CLEVERTAP_FLUSH_INTERVAL="60",
+        )
+    )
+    ingest(identifies(2), settings=settings, store=store)  # cut: one batch of 2 profiles, one of 2 tokens
+    Deliverer(settings, store, Dispatched()).assemble()
+    ingest(identifies(2, token_run="-b", start=0)[:1], settings=settings, store=store)  # u0 again, pending
+    ingest([{**identifies(1, start=0)[0], "messageId": "x", "context": {"device": {"token": "fcm-0b",
+            "type": "android"}}}], settings=settings, store=store)  # fmt: skip
+    assert any(r["type"] == "token" and r["objectId"] == "u0" for r in pending(store))
+    forgetter = Forgetter(settings, store)
+    rid = forgetter.ask(Who(user_ids=("u0",)))
+    assert forgetter.run(rid, delete=False) == State.DELETING
+    left = [
+        orjson.loads(r)
+        for k in store.r.keys(store.key("default", "batch:*"))
+        for r in store.r.get(k).split(b"\n")
+        if r
+    ]
+    left += [
+        orjson.loads(r) for r in store.r.lrange(store.key("default", "pending"), 0, -1) if r
+    ]  # '': forgotten
+    assert not [r for r in left if r.get("objectId") == "u0"], left
+    assert [r["objectId"] for r in left if r["type"] == "token"] == ["u1"]
+
+
+def test_a_device_token_moving_to_another_user_is_sent_again_within_the_window(
+    redis_url: str, store: Store
+) -> None:
+    settings = load_settings(environment(redis_url, CLEVERTAP_TOKEN_OBJECT_ID="userId"))
+    device = {"token": "shared-tablet", "type": "ios"}
+
+    def on(user: str, n: int) -> dict[str, Any]:
+        traits = {"email": f"{user}@x.io"}
+        return {"type": "identify", "userId": user, "messageId": f"dev-{n}", "traits": traits,
+                "context": {"device": device}}  # fmt: skip
+
+    ingest([on("a", 1), on("a", 2), on("b", 3), on("a", 4)], settings=settings, store=store)
+    owners = [r["objectId"] for r in pending(store) if r["type"] == "token"]
+    assert owners == ["a", "b", "a"]  # the same owner again: not sent; another owner: sent
+    assert int(store.stats("default")["tokens_repeated"]) == 1

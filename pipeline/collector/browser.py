@@ -9,6 +9,7 @@ correction, which Segment documents for every call that carries ``sentAt``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import time
@@ -97,7 +98,7 @@ def client_address(peer: str | None, forwarded_for: str, trusted: Sequence[str])
     ``X-Forwarded-For`` that is not itself a trusted proxy (a client can write the header's start)."""
     if not peer:
         return "unknown"
-    networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
+    networks = _networks(tuple(trusted))
     if not networks or not forwarded_for or not _within(peer, networks):
         return _bucket(peer)
     for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
@@ -106,6 +107,12 @@ def client_address(peer: str | None, forwarded_for: str, trusted: Sequence[str])
     return _bucket(peer)
 
 
+@functools.lru_cache(maxsize=64)
+def _networks(trusted: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+
+@functools.lru_cache(maxsize=4096)  # a page's visitors post again and again: parsed once each
 def _bucket(address: str) -> str:
     """What the rate limit counts as one client: an IPv4 address, or an IPv6 /64 (one subscriber's
     network: a client there has billions of addresses)."""
@@ -120,7 +127,7 @@ def _bucket(address: str) -> str:
 
 def from_trusted_proxy(peer: str, trusted: Sequence[str]) -> bool:
     """Whether the socket's peer is one of ``trusted_proxies`` (whose forwarded headers are believed)."""
-    return bool(peer) and _within(peer, [ipaddress.ip_network(t, strict=False) for t in trusted])
+    return bool(peer) and _within(peer, _networks(tuple(trusted)))
 
 
 def _within(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:

@@ -17,6 +17,11 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
+def _names(text: str) -> list[str]:
+    """One name a line, blank lines skipped: no comments (an event may be named '#launch')."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def parse_event_renames(text: str) -> tuple[dict[str, str], list[str]]:
     """``Signal name = CleverTap name`` lines."""
     out, errors = {}, []
@@ -87,9 +92,9 @@ def spec_from(values: dict[str, str], old: dict[str, Any] | None) -> dict[str, A
         consent_categories=[c.strip() for c in values["consent_categories"].split(",") if c.strip()],
         api_url=values["api_url"].strip() or None,
         allowed_origins=[o.strip() for o in values.get("allowed_origins", "").split(",") if o.strip()],
-        # one event name a line (a name may hold a comma)
-        events_allow=_lines(values.get("events_allow", "")),
-        events_deny=_lines(values.get("events_deny", "")),
+        # one event name a line (a name may hold a comma, or begin with '#')
+        events_allow=_names(values.get("events_allow", "")),
+        events_deny=_names(values.get("events_deny", "")),
     )
     for key in ("batch_size", "max_concurrency"):
         text = values[key].strip()

@@ -21,7 +21,8 @@ local pending, arrivals, flow, seen, ids, dead, dead_idx, stats, progress, ids_s
 local anon_idx, anon_count = KEYS[12], KEYS[13]
 local call = KEYS[14]                       -- this call's id: its answer, kept a while
 local forgotten_gen = KEYS[15]              -- the suppression list's generation (forget_suppress.lua)
-local tokens_seen = KEYS[16]                -- push token records queued within the window, by SHA-1
+local tokens_seen = KEYS[16]                -- devices' push tokens queued within the window: SHA-1 -> ms
+local tokens_sent = KEYS[17]                -- the same SHA-1 -> SHA-1 of the token record last queued
 local window_ms = tonumber(ARGV[1])
 local message_ids = cjson.decode(ARGV[2])   -- one per event, '' when it has none
 local counts = cjson.decode(ARGV[3])        -- records per event
@@ -60,9 +61,13 @@ if high_water > 0 and redis.call('LLEN', pending) >= high_water then return {-1}
 -- The de-duplication set holds the window and no more; with the window at 0 it holds nothing.
 if window_ms > 0 then
   redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - window_ms)
-  redis.call('ZREMRANGEBYSCORE', tokens_seen, '-inf', now - window_ms)
+  local old = redis.call('ZRANGEBYSCORE', tokens_seen, '-inf', now - window_ms, 'LIMIT', 0, 500)
+  if #old > 0 then
+    redis.call('ZREM', tokens_seen, unpack(old))
+    redis.call('HDEL', tokens_sent, unpack(old))
+  end
 else
-  redis.call('DEL', seen, tokens_seen)
+  redis.call('DEL', seen, tokens_seen, tokens_sent)
 end
 -- Records go to pending in RPUSHes of at most PUSH_STEP: unpack() puts every element on Lua's C stack,
 -- which holds about 8,000 (LUAI_MAXCSTACK), and a chunk of events can map to more records than that.
@@ -80,19 +85,26 @@ for _, c in ipairs(claims) do
 end
 local pos, find, sub = 1, string.find, string.sub
 local buf, pushed, accepted, dups, skipped = {}, 0, 0, {}, 0
--- A push token record (mapping writes its type first) already queued within the window is not queued
--- again: apps send the same token with every identify.
+-- A push token record (mapping writes its type first): a device's token (its type and id) queued within the
+-- window is not queued again while its record is the same (apps send the token with every identify); one
+-- that moved to another objectId (another user on the device) or changed keys is queued again.
 local TOKEN = '{"type":"token"'
 local tokens_queued, tokens_repeated = 0, 0
 local function fresh(record)
   if sub(record, 1, #TOKEN) ~= TOKEN then return true end
   if window_ms > 0 then
-    local digest = redis.sha1hex(record)
-    if redis.call('ZSCORE', tokens_seen, digest) then
-      tokens_repeated = tokens_repeated + 1
-      return false
+    local ok, rec = pcall(cjson.decode, record)
+    local data = ok and type(rec) == 'table' and rec.tokenData or nil
+    if type(data) == 'table' then
+      local device = redis.sha1hex(tostring(data.type) .. '\0' .. tostring(data.id))
+      local sent = redis.sha1hex(record)
+      if redis.call('ZSCORE', tokens_seen, device) and redis.call('HGET', tokens_sent, device) == sent then
+        tokens_repeated = tokens_repeated + 1
+        return false
+      end
+      redis.call('ZADD', tokens_seen, now, device)
+      redis.call('HSET', tokens_sent, device, sent)
     end
-    redis.call('ZADD', tokens_seen, now, digest)
   end
   tokens_queued = tokens_queued + 1
   return true
