@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -76,7 +76,8 @@ def test_a_calls_device_token_maps_to_a_token_record(
 ) -> None:
     event, errors = validate_event(raw)
     assert event is not None, errors
-    result = Mapper(load_settings(environment(**extra)).integration("default")).map(event, None, NOW)
+    config = load_settings(environment(**cast(Any, extra))).integration("default")
+    result = Mapper(config).map(event, None, NOW)
     assert result.status == MAPPED  # the identify itself goes, whatever becomes of its token
     assert result.records[0]["type"] == "profile"
     tokens = [r for r in result.records if r["type"] == "token"]
@@ -257,12 +258,8 @@ def test_forgetting_a_user_takes_their_token_records_from_pending_and_from_batch
     forgetter = Forgetter(settings, store)
     rid = forgetter.ask(Who(user_ids=("u0",)))
     assert forgetter.run(rid, delete=False) == State.DELETING
-    left = [
-        orjson.loads(r)
-        for k in store.r.keys(store.key("default", "batch:*"))
-        for r in store.r.get(k).split(b"\n")
-        if r
-    ]
+    batches = [cast(bytes, store.r.get(k)) for k in store.r.keys(store.key("default", "batch:*"))]
+    left = [orjson.loads(r) for batch in batches for r in batch.split(b"\n") if r]
     left += [
         orjson.loads(r) for r in store.r.lrange(store.key("default", "pending"), 0, -1) if r
     ]  # '': forgotten
