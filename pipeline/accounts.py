@@ -48,10 +48,11 @@ class AccountCalls:
         args = ["down" if throttled else "up", configured, int(cooldown_s * 1000), in_flight]
         return float(_s(self._run("adapt", [self.account_key(account, "limit")], args)))
 
-    def note_cut_request(self, account: str, configured: int, still_counted_s: float) -> None:
-        """A request the client cut (it timed out) may be counted in flight at CleverTap for up to
-        ``still_counted_s`` more: a 429 until then is not taken for another client."""
-        args = ["cut", configured, 0, max(0, int(still_counted_s * 1000))]
+    def note_cut_request(self, account: str, configured: int) -> None:
+        """Count a request the client cut (it timed out). Its token is kept until its lease ends (CleverTap
+        may still count it in flight), so the 429s that follow already allow for it: the limit is left
+        alone here, and lowered by a 429 as ever."""
+        args = ["cut", configured, 0, 0]
         self._run("adapt", [self.account_key(account, "limit")], args)
 
     def record_request(self, account: str, status: str, seconds: float) -> None:

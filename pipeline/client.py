@@ -78,6 +78,7 @@ def _cut(box: dict[str, Any]) -> None:
             box["timer"] = again
             again.start()
             return
+        box["shut"] = True  # a socket: the request was (or was being) sent
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
 
@@ -157,8 +158,9 @@ class UploadClient:
             self._end(box)
             elapsed = time.perf_counter() - started
             if box.get("fired"):
+                # cut only if a socket was shut: one that never connected sent nothing CleverTap counts
                 error = f"deadline of {self.deadline_s:g} s exceeded"
-                return Attempt(None, error=error, elapsed_s=elapsed, cut=True)
+                return Attempt(None, error=error, elapsed_s=elapsed, cut=bool(box.get("shut")))
             if isinstance(exc, requests.exceptions.ReadTimeout):
                 return Attempt(None, error=type(exc).__name__, elapsed_s=elapsed, cut=True)
             if isinstance(exc, requests.exceptions.ProxyError) and " 407 " in str(exc):

@@ -383,7 +383,7 @@ class Deliverer:
         started = time.perf_counter()
         lease_ends = time.monotonic() + self.batch_lease_s
         token: str | None = None
-        in_flight, token_ends = 0, 0.0
+        in_flight = 0
         try:
             # The lane's batches never take the slot kept for live ones (BACKFILL_RESERVE), under the
             # account's limit as it is now (the adaptive one too), so a live batch finds it free.
@@ -397,7 +397,6 @@ class Deliverer:
                 self.token_wait_s,
                 reserve,
             )
-            token_ends = time.monotonic() + self.settings.token_lease
             if token is None:
                 delay = self.rng.uniform(0.1, 0.5)
                 gen = self.store.unlease(name, batch_id, owner, delay)
@@ -427,13 +426,10 @@ class Deliverer:
         # recorded is sent again when its lease ends, and CleverTap has no idempotency key.
         report = self._record(sent, lease_ends)
         if attempt.cut:
-            # Cut by this client (it timed out), the request may still be in flight at CleverTap until
-            # its next write fails or its work is done: its token is kept until its lease ends, and a
-            # 429 until then is not taken for another client.
-            still = token_ends - time.monotonic()
-            self._quietly(
-                lambda: self.store.note_cut_request(config.account_id, config.max_concurrency, still)
-            )
+            # Cut by this client after it was sent (it timed out), the request may still be in flight at
+            # CleverTap until its next write fails or its work is done: its token is kept until its lease
+            # ends, so the requests sent meanwhile count it (and draw no 429 for it).
+            self._quietly(lambda: self.store.note_cut_request(config.account_id, config.max_concurrency))
         else:
             # Then give the token back; one that cannot be released ends with its lease.
             self._quietly(lambda: self.limiter.release(config.account_id, token, config.max_concurrency))

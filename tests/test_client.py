@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import responses
 
-from pipeline.client import UploadClient, join_records
+from pipeline.client import UploadClient, _cut, join_records
 from pipeline.config import load_settings
 from tests.helpers import PASSCODE, environment
 
@@ -50,3 +52,27 @@ def test_network_errors_become_an_attempt_without_status_and_without_details() -
     responses.post(integ.upload_url, body=requests.ConnectTimeout("connect timed out to host"))
     attempt = UploadClient(1, 1).upload(integ, b'{"d":[]}')
     assert attempt.status is None and attempt.error == "ConnectTimeout"
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("error", "cut"), [("ReadTimeout", True), ("ConnectTimeout", False), ("ConnectionError", False)]
+)
+def test_only_a_request_that_was_sent_and_then_timed_out_counts_as_cut(error: str, cut: bool) -> None:
+    # cut: CleverTap may still be working on it, so its token is kept (pipeline.delivery)
+    import requests
+
+    integ = load_settings(environment()).integration("default")
+    responses.post(integ.upload_url, body=getattr(requests, error)("timed out"))
+    attempt = UploadClient(1, 1).upload(integ, b'{"d":[]}')
+    assert attempt.status is None and attempt.error == error and attempt.cut is cut
+
+
+def test_a_deadline_before_any_socket_shuts_nothing_and_is_not_a_cut() -> None:
+    box: dict[str, object] = {"lock": threading.Lock()}  # still resolving or connecting: no conn yet
+    _cut(box)
+    box["done"] = True
+    timer = box["timer"]
+    assert isinstance(timer, threading.Timer)
+    timer.cancel()
+    assert box.get("fired") and not box.get("shut")

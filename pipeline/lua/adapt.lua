@@ -4,13 +4,13 @@
 -- down: a 429 on a request sent as the n-th of this pipeline's in flight (ARGV[4]; 0 when unknown) says
 -- the account had fewer than n slots for it: the limit goes straight to n - 1 (never up), so it converges
 -- on the first refusals, not in 15 % steps. Without n: down 15 %, at most once per cooldown_ms (one
--- congestion, one cut). A 429 while a request this pipeline cut is still within its token's lease
--- ('cut_until', mode 'cut') is not taken as another client: CleverTap may still count the cut request.
+-- congestion, one cut). A request this pipeline cut (timed out) keeps its token until its lease ends,
+-- so it is still counted in n: a 429 then needs no excuse, and lowers the limit like any other.
 -- up: every other answer raises the limit: fast, by 1 / limit, back up to just below where the last
 -- refusal came (what worked then), then slowly, by 1 / (8 x limit x 2^probes), to probe whether the other
 -- client has left; each probe refused at that level again halves the pace (up to 16x slower), and a
 -- limit that climbs past it starts afresh. Never above the configured limit.
--- cut: a request cut by the client (timed out) may still be in flight at CleverTap for ARGV[4] ms more.
+-- cut: a request cut by the client (timed out); counted ('cut_requests'), the limit left as it is.
 -- Returns the effective limit, as text.
 local limits = KEYS[1]
 local mode, configured, cooldown_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -24,15 +24,10 @@ end
 
 local effective = math.min(configured, tonumber(redis.call('HGET', limits, 'effective') or configured))
 if mode == 'cut' then
-  local until_ms = now + n
-  if until_ms > tonumber(redis.call('HGET', limits, 'cut_until') or '0') then
-    redis.call('HSET', limits, 'cut_until', until_ms)
-    if redis.call('PTTL', limits) < 0 or redis.call('HEXISTS', limits, 'effective') == 0 then keep() end
-  end
+  redis.call('HINCRBY', limits, 'cut_requests', 1)
+  if redis.call('PTTL', limits) < 0 then keep() end
 elseif mode == 'down' then
-  if now < tonumber(redis.call('HGET', limits, 'cut_until') or '0') then
-    redis.call('HINCRBY', limits, 'ignored', 1)   -- our own cut request, still counted there
-  elseif n > 0 then
+  if n > 0 then
     local target = math.max(1, n - 1)
     if target < effective then
       -- refused again at (or past) the level refused before: a probe that failed, so probe more slowly
