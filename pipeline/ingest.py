@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 import redis
@@ -34,7 +34,7 @@ from pipeline.mapping import (
     MapStatus,
     is_listed_out,
 )
-from pipeline.store import Hold, StaleForgotten, Store, new_id
+from pipeline.store import Ask, HeldEvents, Hold, KnownEmails, StaleForgotten, Store, new_id
 from pipeline.tokens import NO_RECORD as NO_TOKEN_RECORD
 
 #: Events per Redis round trip: big enough to amortise the round trip, small enough that one script
@@ -174,8 +174,8 @@ class Ingestor:
         return items
 
     def _lookup(self, items: list[tuple[int, Any, Event | None, list[str]]]) -> dict[str, str]:
-        need = {e.user_id for _, _, e, _ in items if e is not None and e.user_id and not e.email}
-        return self.store.known_emails(self.config.name, sorted(need)) if need else {}
+        need = _needing_email(items)
+        return self.store.known_emails(self.config.name, need) if need else {}
 
     def ingest_chunk(
         self,
@@ -190,15 +190,39 @@ class Ingestor:
         enqueue refuses a view older than the list's, and the chunk is mapped again with the new one."""
         for attempt in range(STALE_TRIES):
             gen, forgotten = self.store.forgotten_view(self.config.name, refresh=attempt > 0)
+            steps = self._steps(chunk, lines, replaces, progress, gen, forgotten)
             try:
-                return self._ingest_chunk(chunk, lines, replaces, progress, gen, forgotten)
+                ask = next(steps)
+                while True:
+                    ask = steps.send(self.store.run(ask))
+            except StopIteration as done:
+                return cast(IngestResult, done.value)
             except StaleForgotten:
                 continue
         raise StaleForgotten(
             f"{self.config.name}: the suppression list kept changing during {STALE_TRIES} tries"
         )
 
-    def _ingest_chunk(
+    async def ingest_chunk_async(self, chunk: list[tuple[int, Any]], client: Any) -> IngestResult:
+        """:meth:`ingest_chunk` on an event loop: its round trips to Redis (the emails it needs, the held
+        events it releases, the enqueue) go through ``client``, a ``redis.asyncio`` client for the store's
+        Redis, so the loop serves other requests meanwhile. The same steps, keys and atomic enqueue."""
+        for attempt in range(STALE_TRIES):
+            gen, forgotten = self.store.forgotten_view(self.config.name, refresh=attempt > 0)
+            steps = self._steps(chunk, None, None, None, gen, forgotten)
+            try:
+                ask = next(steps)
+                while True:
+                    ask = steps.send(await self.store.run_async(client, ask))
+            except StopIteration as done:
+                return cast(IngestResult, done.value)
+            except StaleForgotten:
+                continue
+        raise StaleForgotten(
+            f"{self.config.name}: the suppression list kept changing during {STALE_TRIES} tries"
+        )
+
+    def _steps(
         self,
         chunk: list[tuple[int, Any]],
         lines: list[LineResult] | None,
@@ -206,14 +230,17 @@ class Ingestor:
         progress: tuple[str, int] | None,
         forgotten_gen: str,
         forgotten: dict[str, int],
-    ) -> IngestResult:
+    ) -> Generator[Ask, Any, IngestResult]:
+        """One chunk's ingest, which yields what it asks of Redis (each a round trip) and is sent the
+        answers: the same steps whether a blocking client answers or an asyncio one."""
         items = self._validated(chunk)
-        known = self._lookup(items)
+        need = _needing_email(items)
+        known: dict[str, str] = (yield KnownEmails(self.config.name, need)) if need else {}
         now = int(time.time())
         mapped = self._map_chunk(items, known, now, forgotten)
         hold = Hold(limit=self.config.anonymous_hold_max) if self.config.anonymous == "hold" else None
         released, claims, links = (
-            self._released(mapped, known, now, forgotten) if hold is not None else ([], [], {})
+            (yield from self._released(mapped, known, now, forgotten)) if hold is not None else ([], [], {})
         )
         for position, (index, raw, result, _) in enumerate(mapped):
             # held, but this very chunk says who the visitor is: mapped under that identity at once
@@ -287,7 +314,7 @@ class Ingestor:
             # held events filtered now (no consent, say) count as filtered
             counters["filtered"] += sum(1 for _, r, _, _ in released if r.status == FILTERED)
             counters["forgotten"] += sum(1 for _, r, _, _ in released if r.reasons == [FORGOTTEN])
-        pushed, skipped, dups = self.store.enqueue(
+        pushed, skipped, dups = yield self.store.enqueue_call(
             self.config.name,
             groups,
             identities,
@@ -343,10 +370,14 @@ class Ingestor:
         known: dict[str, str],
         now: int,
         forgotten: dict[str, int],
-    ) -> tuple[
-        list[tuple[str, MapResult, Any, list[bytes]]],
-        list[tuple[str, bytes, bytes, int]],
-        dict[str, dict[str, str]],
+    ) -> Generator[
+        Ask,
+        Any,
+        tuple[
+            list[tuple[str, MapResult, Any, list[bytes]]],
+            list[tuple[str, bytes, bytes, int]],
+            dict[str, dict[str, str]],
+        ],
     ]:
         """The held events of every visitor this chunk's mapped events say who is (an anonymousId beside
         an email or a userId), mapped under that identity with their own times, oldest first, each with
@@ -372,7 +403,8 @@ class Ingestor:
             return [], [], {}
         out = []
         claims = []
-        for visitor, entries in self.store.held_events(self.config.name, sorted(links)).items():
+        held: dict[str, list[bytes]] = yield HeldEvents(self.config.name, sorted(links))
+        for visitor, entries in held.items():
             who = links[visitor]
             events = [_claimed(event, who, held_at) for event, held_at in map(_unheld, entries)]
             items = self._validated(list(enumerate(events)))
@@ -442,6 +474,11 @@ class Ingestor:
                         continue
                     seen.add(mid)
                 yield LineResult(index, result.status, result.records, result.reasons, result.warnings)
+
+
+def _needing_email(items: list[tuple[int, Any, Event | None, list[str]]]) -> list[str]:
+    """The userIds of a chunk's events that come without an email: their remembered ones are looked up."""
+    return sorted({e.user_id for _, _, e, _ in items if e is not None and e.user_id and not e.email})
 
 
 def _visitor_of(raw: Any) -> str | None:

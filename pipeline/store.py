@@ -179,6 +179,40 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class KnownEmails:
+    """Ask: the emails remembered for these userIds (one HMGET)."""
+
+    integration: str
+    user_ids: list[str]
+
+
+@dataclass(frozen=True)
+class HeldEvents:
+    """Ask: the events held for these visitors, oldest first (one pipeline of LRANGEs)."""
+
+    integration: str
+    visitors: list[str]
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """Ask: one enqueue, made (:meth:`Store.enqueue_call`) and not yet sent: the script and SADD ready in one
+    round trip. :meth:`Store.enqueue_answer` reads what it came to."""
+
+    integration: str
+    keys: list[str]
+    args: list[Any]
+    high_water: int
+    hold: Hold | None
+
+
+#: What an ingest asks of Redis, one round trip each: answered by :meth:`Store.run` on this store's own
+#: (blocking) client, or by :meth:`Store.run_async` on an asyncio one (the collector's event loop), with the
+#: same keys, arguments and reading of the answer.
+Ask = KnownEmails | HeldEvents | Enqueue
+
+
+@dataclass(frozen=True)
 class SweepResult:
     open: int
     held: int
@@ -306,6 +340,61 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
             return answers[0]
         raise AssertionError("unreachable")
 
+    def run(self, ask: Ask) -> Any:
+        """Answer an ingest's ask on this store's own client."""
+        if isinstance(ask, KnownEmails):
+            return self.known_emails(ask.integration, ask.user_ids)
+        if isinstance(ask, HeldEvents):
+            return self.held_events(ask.integration, ask.visitors)
+        if self.cluster or self.wait_replicas:
+            return self.enqueue_answer(ask, self._then_ready("enqueue", ask.keys, ask.args, ask.integration))
+        return self.enqueue_answer(ask, self._run("enqueue", ask.keys, ask.args))
+
+    async def run_async(self, client: Any, ask: Ask) -> Any:
+        """Answer an ingest's ask on ``client``, a ``redis.asyncio`` client for this store's (single, not
+        cluster) Redis: the event loop serves other requests while Redis works. The same round trips as
+        :meth:`run`: the enqueue script (which marks the integration ready itself), WAIT after it on the
+        same connection with ``wait_replicas``; a NOSCRIPT loads the script and sends it again."""
+        if self.cluster:
+            raise TypeError("a cluster store answers with its own client (Store.run)")
+        if isinstance(ask, KnownEmails):
+            if not ask.user_ids:
+                return {}
+            return _emails(ask.user_ids, await client.hmget(self.key(ask.integration, "ids"), ask.user_ids))
+        if isinstance(ask, HeldEvents):
+            if not ask.visitors:
+                return {}
+            pipe = client.pipeline(transaction=False)
+            for visitor in ask.visitors:
+                pipe.lrange(self.key(ask.integration, f"anon:{visitor}"), 0, C.MAX_HELD_PER_VISITOR - 1)
+            return _held(ask.visitors, await pipe.execute())
+        found = self._scripts["enqueue"]
+        if not self.wait_replicas:  # the script marks the integration ready itself (enqueue_call)
+            try:
+                return self.enqueue_answer(
+                    ask, await client.evalsha(found.sha, len(ask.keys), *ask.keys, *ask.args)
+                )
+            except redis.exceptions.NoScriptError:  # Redis restarted or failed over: it did not run
+                await client.script_load(found.script)
+                return self.enqueue_answer(
+                    ask, await client.evalsha(found.sha, len(ask.keys), *ask.keys, *ask.args)
+                )
+        self._enough_replicas(self.r, "primary")  # read at most once a second
+        for attempt in (1, 2):
+            pipe = client.pipeline(transaction=False)
+            pipe.evalsha(found.sha, len(ask.keys), *ask.keys, *ask.args)
+            pipe.execute_command("WAIT", self.wait_replicas, C.WAIT_TIMEOUT_MS)
+            try:
+                answers = await pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                await client.script_load(found.script)
+                continue
+            _replicated(int(answers[1]), self.wait_replicas)
+            return self.enqueue_answer(ask, answers[0])
+        raise AssertionError("unreachable")
+
     def _on_own_node(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """On a cluster with ``wait_replicas``: the script and WAIT on one connection to the primary that
         holds the keys' slot (redis-py's cluster client would send WAIT elsewhere). After a MOVED or ASK (a
@@ -382,7 +471,7 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
         if not user_ids:
             return {}
         values = cast(list[bytes | None], self.r.hmget(self.key(integration, "ids"), list(user_ids)))
-        return {uid: v.decode() for uid, v in zip(user_ids, values, strict=True) if v is not None}
+        return _emails(user_ids, values)
 
     def seen_message_ids(self, integration: str, message_ids: Sequence[str], window_s: float) -> set[str]:
         """Read-only de-duplication check (for preview)."""
@@ -416,6 +505,28 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
         suppression list the groups were filtered with (:class:`StaleForgotten` when it moved).
         Returns (records pushed, groups skipped:
         already replayed, or held events another enqueue released first, duplicate group indexes)."""
+        call = self.enqueue_call(
+            integration, groups, identities, dead, counters, dedup_window_s, drops, progress,
+            identity_retention_s, high_water, hold, forgotten_gen,
+        )  # fmt: skip
+        return cast(tuple[int, int, list[int]], self.run(call))
+
+    def enqueue_call(
+        self,
+        integration: str,
+        groups: Sequence[tuple[str, Sequence[bytes], str]],
+        identities: Iterable[tuple[str, str]],
+        dead: Sequence[tuple[str, bytes, str]],
+        counters: dict[str, int],
+        dedup_window_s: float,
+        drops: Sequence[str] = (),
+        progress: tuple[str, int] | None = None,
+        identity_retention_s: float = 0,
+        high_water: int = 0,
+        hold: Hold | None = None,
+        forgotten_gen: str = "0",
+    ) -> Enqueue:
+        """:meth:`enqueue`'s call, made and not sent (for :meth:`run` or :meth:`run_async`)."""
         args: list[Any] = [
             int(dedup_window_s * 1000),
             orjson.dumps([mid for mid, _, _ in groups]),
@@ -445,7 +556,14 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
         keys.append(self.key(integration, "tokens:sent"))
         args.append(C.ENQUEUE_ANSWER_KEPT_MS)
         args.append(forgotten_gen)
-        result = cast(list[int], self._then_ready("enqueue", keys, args, integration))
+        if not self.cluster:  # the script marks the integration ready: one command, not a pipeline of two
+            keys.append(self.ready_key)
+            args.append(integration)
+        return Enqueue(integration, keys, args, high_water, hold)
+
+    def enqueue_answer(self, call: Enqueue, result: Any) -> tuple[int, int, list[int]]:
+        """What an enqueue's script answered comes to: :meth:`enqueue`'s return, or its exceptions."""
+        integration, high_water, hold = call.integration, call.high_water, call.hold
         if int(result[0]) == -2:
             raise StaleForgotten(integration)
         if int(result[0]) < 0:
@@ -465,9 +583,7 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
         pipe = self.r.pipeline(transaction=False)
         for visitor in visitors:
             pipe.lrange(self.key(integration, f"anon:{visitor}"), 0, C.MAX_HELD_PER_VISITOR - 1)
-        return {
-            v: list(cast(list[bytes], got)) for v, got in zip(visitors, pipe.execute(), strict=True) if got
-        }
+        return _held(visitors, pipe.execute())
 
     def chunks_done(self, integration: str, message_id: str) -> int:
         """How many chunks of an ingest message are queued already (0 for a message not seen)."""
@@ -842,3 +958,11 @@ def broker_is_a_cluster(url: str) -> bool:
         return False
     finally:
         client.close()
+
+
+def _emails(user_ids: Sequence[str], values: Sequence[bytes | None]) -> dict[str, str]:
+    return {uid: v.decode() for uid, v in zip(user_ids, values, strict=True) if v is not None}
+
+
+def _held(visitors: Sequence[str], got: Sequence[Any]) -> dict[str, list[bytes]]:
+    return {v: list(cast(list[bytes], entries)) for v, entries in zip(visitors, got, strict=True) if entries}

@@ -216,3 +216,89 @@ def test_requests_ready_together_are_queued_together_each_once(redis_url: str, s
     assert asyncio.run(burst()) == [200] * 40
     assert calls == 1  # one enqueue, one Redis round trip, for the forty
     assert sorted(r["objectId"] for r in pending(store)) == sorted(f"u{n}" for n in range(40))  # each once
+
+
+def test_an_enqueue_on_the_event_loop_lets_the_next_requests_gather_behind_it(
+    redis_url: str, store: Store
+) -> None:
+    import asyncio
+
+    import redis.asyncio
+
+    from pipeline.collector.app import GroupCommit
+    from pipeline.collector.core import Prepared
+
+    collector = Collector(settings_for(redis_url), store)
+    sizes: list[int] = []
+    queue = collector.queue_many_async
+
+    async def counted(integration: str, requests: list[Prepared], client: Any) -> Any:
+        sizes.append(len(requests))
+        return await queue(integration, requests, client)
+
+    collector.queue_many_async = counted  # type: ignore[method-assign]
+
+    def prepared(n: int) -> Prepared:
+        found = collector.prepare("/v1/track", {}, orjson.dumps({**track(n), "writeKey": KEY}))
+        assert isinstance(found, Prepared)
+        return found
+
+    async def burst() -> list[int]:
+        commits = GroupCommit()
+        commits.redis = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            first = commits.submit(collector, prepared(0))  # out at once: nothing else is in flight
+            await asyncio.sleep(0)
+            assert commits.running == 1
+            # these arrive while it waits on Redis: they go together, in the next enqueue
+            rest = [commits.submit(collector, prepared(n), in_flight=11) for n in range(1, 11)]
+            answers = await asyncio.gather(first, *rest)
+        finally:
+            await commits.redis.aclose()
+        return [a.status for a in answers]
+
+    assert asyncio.run(burst()) == [200] * 11
+    assert sizes == [1, 10]
+    assert sorted(r["objectId"] for r in pending(store)) == sorted(f"u{n}" for n in range(11))  # each once
+
+
+def test_an_enqueue_on_the_event_loop_answers_503_when_redis_is_away(redis_url: str, store: Store) -> None:
+    import asyncio
+
+    import redis.asyncio
+
+    from pipeline.collector.app import GroupCommit
+    from pipeline.collector.core import Prepared
+    from pipeline.local.redis_server import free_port
+
+    collector = Collector(settings_for(redis_url), store)
+    found = collector.prepare("/v1/track", {}, orjson.dumps({**track(1), "writeKey": KEY}))
+    assert isinstance(found, Prepared)
+
+    async def refused() -> Any:
+        commits = GroupCommit()
+        commits.redis = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing there
+        try:
+            return await commits.submit(collector, found)
+        finally:
+            await commits.redis.aclose()
+
+    answer = asyncio.run(refused())
+    assert (
+        answer.status == 503 and answer.headers["Retry-After"] == "5" and answer.body["code"] == "unavailable"
+    )
+    assert pending(store) == []
+
+
+def test_the_served_app_queues_through_its_asyncio_client(
+    redis_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def blocking(*_: Any) -> Any:
+        raise AssertionError("the blocking enqueue")  # answered 503 if it were taken
+
+    monkeypatch.setattr(Collector, "queue_many", blocking)
+    app = create_app(settings_for(redis_url), store)
+    with TestClient(app) as client:  # the app's lifespan opens the asyncio client
+        answer = client.post("/v1/t", content=orjson.dumps({**track(5), "writeKey": KEY}))
+        assert answer.status_code == 200
+    assert [r["objectId"] for r in pending(store)] == ["u5"]

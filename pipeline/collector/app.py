@@ -9,10 +9,13 @@ logs a header or a body: the write key and the events stay out of the logs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import redis.asyncio
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -55,6 +58,9 @@ MAX_REQUESTS_PER_CLIENT = 16
 RETRY_AFTER_BUSY_S = 1
 #: Longest an enqueue waits for the requests still being read to join it (GroupCommit).
 GATHER_S = 0.001
+#: Enqueues one worker process has waiting on Redis at once; the requests ready meanwhile wait for the next
+#: (so they share its round trip).
+MAX_COMMITS = 1
 
 log = logging.getLogger("pipeline.collector")
 
@@ -97,6 +103,22 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     in_flight = [0]
     by_client: dict[str, int] = {}
     commits = GroupCommit()
+    redis_url, on_cluster = settings.redis_url, settings.redis_cluster
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        """While the app serves: an asyncio client for the store's Redis, so the event loop reads and
+        prepares other requests while an enqueue waits on Redis (on a cluster, the blocking client)."""
+        if not on_cluster:
+            commits.redis = redis.asyncio.Redis.from_url(
+                redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+            )
+        try:
+            yield
+        finally:
+            client, commits.redis = commits.redis, None
+            if client is not None:
+                await client.aclose()
 
     def current() -> Collector:
         if live is not None:
@@ -226,6 +248,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         return _respond(Answer(200, {"ok": True}) if ok else Answer(503, {"ok": False}))
 
     app = Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/v1/projects/{key}/settings", segment_project_settings, methods=["GET"]),
             Route("/sourceConfig", rudderstack_config, methods=["GET"]),
@@ -233,7 +256,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             Route("/v1/{call}", calls, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/{path:path}", preflight, methods=["OPTIONS"]),  # the calls' and the SDKs' settings
-        ]
+        ],
     )
     app.router.redirect_slashes = False  # a redirect would be built from the Host header
     return app
@@ -242,15 +265,22 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 class GroupCommit:
     """Requests queued together: one atomic enqueue (one Redis round trip) for all of an integration's
     that are ready, up to CHUNK events at once. Each request is still queued whole or not at all, and
-    answered with what its enqueue came to. The enqueue runs on the event loop (a thread hand-off cost
-    more CPU than it saved, bench-collect); while requests this process is handling are still being read
-    or prepared, it waits for them, at most GATHER_S, so that one-event requests (a page's) share a round
-    trip instead of each paying its fixed cost. An idle collector sends each request at once."""
+    answered with what its enqueue came to. With ``redis`` (an asyncio client for the store's Redis, set
+    while the app serves) the enqueue awaits Redis and the loop goes on reading and preparing requests
+    meanwhile; at most MAX_COMMITS are out at once, and the requests ready meanwhile go together in the
+    next. Without it, the enqueue blocks the loop (a thread hand-off cost more CPU than it saved,
+    bench-collect). While requests this process is handling are still being read or prepared, a commit
+    waits for them, at most GATHER_S, so that one-event requests (a page's) share a round trip instead of
+    each paying its fixed cost. An idle collector sends each request at once."""
 
     def __init__(self) -> None:
         self.waiting: list[tuple[Collector, Prepared, asyncio.Future[Answer]]] = []
         self.scheduled = False
         self.timer: asyncio.TimerHandle | None = None
+        self.redis: Any = None
+        self.running = 0  # commits out at once
+        self.committing = 0  # the requests in them
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, collector: Collector, prepared: Prepared, in_flight: int = 1) -> asyncio.Future[Answer]:
         """Queue ``prepared`` with the others waiting. ``in_flight``: the requests this process is handling
@@ -259,7 +289,7 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Answer] = loop.create_future()
         self.waiting.append((collector, prepared, done))
-        if len(self.waiting) >= in_flight:
+        if len(self.waiting) + self.committing >= in_flight:
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None
@@ -275,6 +305,8 @@ class GroupCommit:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.redis is not None and self.running >= MAX_COMMITS:
+            return  # the next commit to end flushes what waits
         waiting, self.waiting = self.waiting, []
         groups: dict[tuple[int, str], list[tuple[Collector, Prepared, asyncio.Future[Answer]]]] = {}
         for item in waiting:
@@ -284,20 +316,50 @@ class GroupCommit:
             size = 0
             for item in items:
                 if batch and size + len(item[1].events) > CHUNK:
-                    self._commit(batch)
+                    self._start(batch)
                     batch, size = [], 0
                 batch.append(item)
                 size += len(item[1].events)
-            self._commit(batch)
+            self._start(batch)
+
+    def _start(self, batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]]) -> None:
+        if self.redis is None:
+            self._answer(batch, self._commit(batch))
+            return
+        self.running += 1
+        self.committing += len(batch)
+        task = asyncio.get_running_loop().create_task(self._commit_async(batch, self.redis))
+        self.tasks.add(task)  # held until done: the loop keeps only a weak reference to a task
+        task.add_done_callback(self.tasks.discard)
 
     @staticmethod
-    def _commit(batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]]) -> None:
+    def _commit(batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]]) -> Answer:
         collector, first, _ = batch[0]
         try:
-            answer = collector.queue_many(first.integration, [p for _, p, _ in batch])  # 503s, not raises
+            return collector.queue_many(first.integration, [p for _, p, _ in batch])  # 503s, not raises
         except Exception as exc:  # never leave a request waiting: a bug answers 503 (the SDK tries again)
             log.error("could not queue %d requests, answered 503: %s", len(batch), type(exc).__name__)
-            answer = UNAVAILABLE
+            return UNAVAILABLE
+
+    async def _commit_async(
+        self, batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]], client: Any
+    ) -> None:
+        collector, first, _ = batch[0]
+        answer = UNAVAILABLE  # also when cancelled (the app stopping): the SDK tries again
+        try:
+            answer = await collector.queue_many_async(first.integration, [p for _, p, _ in batch], client)
+        except Exception as exc:  # never leave a request waiting: a bug answers 503 (the SDK tries again)
+            log.error("could not queue %d requests, answered 503: %s", len(batch), type(exc).__name__)
+        finally:
+            self.running -= 1
+            self.committing -= len(batch)
+            self._answer(batch, answer)
+            if self.waiting and not self.scheduled:
+                self.scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    @staticmethod
+    def _answer(batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]], answer: Answer) -> None:
         for _, _, done in batch:
             if not done.done():
                 done.set_result(answer)

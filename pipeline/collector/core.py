@@ -197,6 +197,18 @@ class Collector:
         SDK's resend after a 503 still never queues anything twice. One Redis round trip for them all."""
         return self._queue(integration, [e for r in requests for e in r.events])
 
+    async def queue_many_async(self, integration: str, requests: list[Prepared], client: Any) -> Answer:
+        """:meth:`queue_many` on the event loop, its round trips through ``client`` (``redis.asyncio``, for
+        the store's Redis): the loop reads and prepares other requests while Redis works."""
+        if time.monotonic() < self.unavailable_until:
+            return UNAVAILABLE
+        events = [e for r in requests for e in r.events]
+        try:
+            await self.ingestors[integration].ingest_chunk_async(list(enumerate(events)), client)
+        except Exception as exc:
+            return self._refused(integration, exc)
+        return OK
+
     def _handle(
         self,
         path: str,
@@ -290,22 +302,27 @@ class Collector:
             return UNAVAILABLE
         try:
             self.ingestors[integration].ingest_chunk(list(enumerate(events)))
-        except QueueFull:
+        except Exception as exc:
+            return self._refused(integration, exc)
+        return OK
+
+    def _refused(self, integration: str, exc: Exception) -> Answer:
+        """The answer to a request whose enqueue raised ``exc`` (nothing of it was queued)."""
+        if isinstance(exc, QueueFull):
             return error_answer(
                 503, "queue_full", f"integration {integration!r} is over its high-water mark; try again",
                 **{"Retry-After": str(RETRY_AFTER_FULL_S)},
             )  # fmt: skip
-        except redis.RedisError as exc:  # unreachable, timed out, read-only after a failover, out of memory
+        if isinstance(exc, redis.RedisError):  # unreachable, timed out, read-only after a failover, full
             if isinstance(exc, TRANSIENT_REDIS_ERRORS):
                 self.unavailable_until = time.monotonic() + 1.0
             # Redis's own words only where they cannot quote what was sent (a script's error could)
             said = f": {str(exc)[:200]}" if isinstance(exc, _PLAIN_REDIS_ERRORS) else ""
             log.warning("integration %s: Redis failed, answered 503: %s%s", integration, where(exc), said)
             return UNAVAILABLE
-        except Exception as exc:  # a bug: the SDK keeps the events and tries again, and the log says why
-            log.error("integration %s: could not queue a request, answered 503: %s", integration, where(exc))
-            return UNAVAILABLE
-        return OK
+        # a bug: the SDK keeps the events and tries again, and the log says why
+        log.error("integration %s: could not queue a request, answered 503: %s", integration, where(exc))
+        return UNAVAILABLE
 
     def healthy(self) -> bool:
         """Redis takes a write (a ping alone passes on a read-only or full Redis)."""

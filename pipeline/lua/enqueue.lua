@@ -23,6 +23,7 @@ local call = KEYS[14]                       -- this call's id: its answer, kept 
 local forgotten_gen = KEYS[15]              -- the suppression list's generation (forget_suppress.lua)
 local tokens_seen = KEYS[16]                -- devices' push tokens queued within the window: SHA-1 -> ms
 local tokens_sent = KEYS[17]                -- the same SHA-1 -> SHA-1 of the token record last queued
+local ready = KEYS[18]                      -- on a single Redis: the set of integrations with records
 local window_ms = tonumber(ARGV[1])
 local message_ids = cjson.decode(ARGV[2])   -- one per event, '' when it has none
 local counts = cjson.decode(ARGV[3])        -- records per event
@@ -41,6 +42,9 @@ local group_claims = cjson.decode(ARGV[15]) -- per event: the visitor whose held
 local hold_max, per_visitor = tonumber(ARGV[16]), tonumber(ARGV[17])
 local base = ARGV[18]                       -- the integration's key base 'P:{I}:'; anon:<visitor> below it
 
+-- The integration is marked ready here on a single Redis (its own round trip on a cluster, where the set
+-- is in a slot of its own), whatever the call comes to, as a SADD beside it would.
+if ready then redis.call('SADD', ready, ARGV[21]) end
 local done = redis.call('GET', call)
 if done then return cjson.decode(done) end
 -- The caller filtered forgotten users' events with its view of the suppression list: an older view than
