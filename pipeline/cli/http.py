@@ -6,7 +6,9 @@ counts every open connection, idle or half-sent, against ``limit_concurrency``: 
 of their headers and stop lock everyone else out with 503s. Here:
 
 - a connection must finish each request's header block within HEADER_TIMEOUT_S of opening (or of its
-  previous response), else it is closed;
+  previous response), else it is closed; and its body within BODY_TIMEOUT_S of its headers, else it is
+  answered 408 and closed (one timer a request, in the protocol: an ``asyncio.timeout`` around the app's
+  read cost the collector about a twentieth of its CPU);
 - a header block (request line and headers) over MAX_HEADER_BYTES is answered 431 and the connection
   closed, before more of it is read: the bytes are counted as they arrive, an unfinished line too;
 - open connections are capped at MAX_OPEN_CONNECTIONS (past it a new one is closed at once), apart from
@@ -28,6 +30,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 #: Seconds a client has to send a request's whole header block.
 HEADER_TIMEOUT_S = 5.0
+#: Seconds a client has to send a request's body, from the end of its headers.
+BODY_TIMEOUT_S = 10.0
 #: The largest header block read (request line and every header): SDKs send well under 4 KB.
 MAX_HEADER_BYTES = 32 * 1024
 #: Open connections one process keeps at most (idle keep-alive ones included).
@@ -35,6 +39,10 @@ MAX_OPEN_CONNECTIONS = 4096
 
 log = logging.getLogger("pipeline.http")
 
+_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 39\r\nconnection: close\r\n\r\nthe request's body did not arrive in time"
+)
 _431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 33\r\nconnection: close\r\n\r\nthe request's headers are too big"
@@ -47,6 +55,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._body_deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._tail = b""  # the last bytes read of a header block, to find its end across two reads
         self._refused = False
@@ -61,6 +70,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._body_done()
         super().connection_lost(exc)
 
     def _arm(self) -> None:
@@ -77,6 +87,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _headers_too_slow(self) -> None:
         self._header_deadline = None
         if not self.transport.is_closing():
+            self.transport.close()
+
+    def _body_done(self) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
+
+    def _body_too_slow(self) -> None:
+        """The body stalled: a 408 unless the app has begun its answer, and the connection closed (the app,
+        waiting for the body, sees a disconnect and queues nothing)."""
+        self._body_deadline = None
+        if not self.transport.is_closing():
+            cycle = self.cycle
+            if cycle is None or not cycle.response_started:
+                self.transport.write(_408)
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -123,12 +148,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._disarm()
         super().on_headers_complete()
+        self._body_deadline = self.loop.call_later(BODY_TIMEOUT_S, self._body_too_slow)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._body_done()
         if not self._refused:
             super().on_message_complete()
 

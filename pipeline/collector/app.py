@@ -47,8 +47,6 @@ from pipeline.ingest import CHUNK
 from pipeline.saved import LiveSettings
 from pipeline.store import Store, client_for
 
-#: Seconds a request's body may take to arrive.
-BODY_TIMEOUT_S = 10
 #: Requests one worker process handles at once (reading a body of up to 500 KB, or queueing it); past it
 #: a 503 with Retry-After (the SDK tries again). Open connections, idle or half-sent, are capped apart
 #: (pipeline.cli.http): they no longer use up this limit.
@@ -165,17 +163,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if declared.isdigit() and int(declared) > limit:
             return _respond(error_answer(400, "too_large", f"the body may be at most {limit // 1024} KB"))
         body = bytearray()
-        try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):  # a client that stalls mid-body is let go
-                async for part in request.stream():
-                    body += part
-                    if len(body) > limit:  # stop reading: the rest is never buffered
-                        return _respond(
-                            error_answer(400, "too_large", f"the body may be at most {limit // 1024} KB")
-                        )
-        except TimeoutError:
-            message = f"the body did not arrive within {BODY_TIMEOUT_S} s"
-            return _respond(error_answer(408, "timeout", message, Connection="close"))
+        # a client that stalls mid-body is answered 408 and let go by the protocol (pipeline.cli.http)
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:  # stop reading: the rest is never buffered
+                return _respond(error_answer(400, "too_large", f"the body may be at most {limit // 1024} KB"))
         # On the event loop, not in a thread: handling is CPU work plus one Redis round trip per 500 events,
         # and the hop to a thread cost 40% more CPU per event (bench-collect). Reading bodies stays async,
         # so a slow client holds no one up; a process handles one batch at a time (--workers for cores).
