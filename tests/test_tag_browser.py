@@ -34,7 +34,6 @@ RUDDER_JS = (
 )
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.long,
     pytest.mark.skipif(
         not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
         reason="no Chromium: apt-get install chromium chromium-driver (make test does, as root on Debian)",
