@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     state = {"settings": settings, "collector": Collector(settings, store)}
     in_flight = [0]
     by_client: dict[str, int] = {}
-    commits = GroupCommit()
+    commits = GroupCommit(in_flight)
     redis_url, on_cluster = settings.redis_url, settings.redis_cluster
 
     @contextlib.asynccontextmanager
@@ -128,8 +128,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
     def client_of(request: Request, collector: Collector) -> str:
         peer = request.client.host if request.client else None
-        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))  # a proxy may add its own line
-        return client_address(peer, forwarded, collector.settings.trusted_proxies)
+        trusted = collector.settings.trusted_proxies
+        # read only behind trusted proxies (a proxy may add its own line); anyone can write it
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for")) if trusted else ""
+        return client_address(peer, forwarded, trusted)
 
     async def calls(request: Request) -> Response:
         client = client_of(request, current())
@@ -174,7 +176,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         prepared = collector.prepare(path, headers, bytes(body), client)
         if isinstance(prepared, Answer):
             return _respond(prepared)
-        return _respond(prepared.answered(await commits.submit(collector, prepared, in_flight[0])))
+        return _respond(prepared.answered(await commits.submit(collector, prepared)))
 
     async def preflight(request: Request) -> Response:
         """A browser's CORS preflight: allowed when any integration with a write key allows the origin (the
@@ -242,10 +244,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app = Starlette(
         lifespan=lifespan,
         routes=[
+            Route("/v1/{call}", calls, methods=["POST"]),  # first: nearly every request is one
             Route("/v1/projects/{key}/settings", segment_project_settings, methods=["GET"]),
             Route("/sourceConfig", rudderstack_config, methods=["GET"]),
             Route("/sourceConfig/", rudderstack_config, methods=["GET"]),
-            Route("/v1/{call}", calls, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/{path:path}", preflight, methods=["OPTIONS"]),  # the calls' and the SDKs' settings
         ],
@@ -265,7 +267,9 @@ class GroupCommit:
     waits for them, at most GATHER_S, so that one-event requests (a page's) share a round trip instead of
     each paying its fixed cost. An idle collector sends each request at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_flight: list[int] | None = None) -> None:
+        #: the requests this process is handling (the app's count, read when a commit ends)
+        self.in_flight = in_flight if in_flight is not None else [1]
         self.waiting: list[tuple[Collector, Prepared, asyncio.Future[Answer]]] = []
         self.scheduled = False
         self.timer: asyncio.TimerHandle | None = None
@@ -274,13 +278,20 @@ class GroupCommit:
         self.committing = 0  # the requests in them
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def submit(self, collector: Collector, prepared: Prepared, in_flight: int = 1) -> asyncio.Future[Answer]:
+    def submit(
+        self, collector: Collector, prepared: Prepared, in_flight: int | None = None
+    ) -> asyncio.Future[Answer]:
         """Queue ``prepared`` with the others waiting. ``in_flight``: the requests this process is handling
-        (this one included); while some are still being read or prepared, the enqueue waits for them, at
-        most GATHER_S, so they share its round trip."""
+        (this one included; default: the app's count); while some are still being read or prepared, the
+        enqueue waits for them, at most GATHER_S, so they share its round trip."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Answer] = loop.create_future()
         self.waiting.append((collector, prepared, done))
+        self._soon(loop, self.in_flight[0] if in_flight is None else in_flight)
+        return done
+
+    def _soon(self, loop: asyncio.AbstractEventLoop, in_flight: int) -> None:
+        """Flush in this turn when every request in flight is waiting or committing, else within GATHER_S."""
         if len(self.waiting) + self.committing >= in_flight:
             if self.timer is not None:
                 self.timer.cancel()
@@ -290,7 +301,6 @@ class GroupCommit:
                 loop.call_soon(self._flush)  # after every request that is ready in this turn
         elif not self.scheduled and self.timer is None:
             self.timer = loop.call_later(GATHER_S, self._flush)
-        return done
 
     def _flush(self) -> None:
         self.scheduled = False
@@ -346,9 +356,8 @@ class GroupCommit:
             self.running -= 1
             self.committing -= len(batch)
             self._answer(batch, answer)
-            if self.waiting and not self.scheduled:
-                self.scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+            if self.waiting:  # those still being read join them, within GATHER_S
+                self._soon(asyncio.get_running_loop(), self.in_flight[0] - len(batch))
 
     @staticmethod
     def _answer(batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]], answer: Answer) -> None:

@@ -189,7 +189,9 @@ def _epoch(value: Any) -> datetime | None:
 
 
 def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    return at.isoformat(timespec="milliseconds")[:-6] + "Z"  # without its "+00:00"
 
 
 # ------------------------------------------------------------------------------------ SDK settings
