@@ -188,7 +188,8 @@ def bench_collect(args: argparse.Namespace) -> int:
             if args.shape in ("batch", "both"):
                 failed += _batch_shape(args, env, store)
             if args.shape in ("browser", "both"):
-                failed += _browser_shape(args, env, store)
+                for connections in args.browser_connections:
+                    failed += _browser_shape(args, env, store, connections)
                 _hold_bytes(store, env)
         finally:
             store.r.close()
@@ -292,11 +293,12 @@ def _browser_bodies(run: int, count: int) -> list[bytes]:
 SLICES = 4
 
 
-def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store) -> int:
+def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store, connections: int) -> int:
     """One event a request, as a page sends: requests/s and events/s per collector core, p50/p99 at half
     that rate, and a bare Starlette endpoint's requests/s on the same uvicorn. Both processes are up for
     the whole run and their flat-out slices alternate (SLICES each), so the ratio of the run compares like
-    with like; an idle one costs nothing meanwhile."""
+    with like; an idle one costs nothing meanwhile. ``connections``: client threads, each a keep-alive
+    connection from the one address (at most MAX_REQUESTS_PER_CLIENT: past it, 503s)."""
     bare_command = [
         sys.executable, "-c", "import sys; from pipeline.cli.serving import serve; "
         "from pipeline.local.bare_app import app; serve(app, '127.0.0.1', int(sys.argv[1]), 'text')",
@@ -314,10 +316,10 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store) 
             wall = cpu = bare_wall = bare_cpu = 0.0
             for _ in range(SLICES):
                 cpu0 = _cpu_s(collector.pid)
-                wall += mine.flat_out(args.threads, args.seconds / SLICES)
+                wall += mine.flat_out(connections, args.seconds / SLICES)
                 cpu += _cpu_s(collector.pid) - cpu0
                 cpu0 = _cpu_s(bare_child.pid)
-                bare_wall += bare.flat_out(args.threads, args.seconds / SLICES)
+                bare_wall += bare.flat_out(connections, args.seconds / SLICES)
                 bare_cpu += _cpu_s(bare_child.pid) - cpu0
             rate, bare_rate = mine.requests / wall, bare.requests / bare_wall
             store.r.flushdb()
@@ -347,7 +349,7 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store) 
     med = statistics.median
     print(
         f"browser shape: one track call a request (/v1/t, text/plain, the write key in the body, an Origin), "
-        f"{args.threads} client threads, one collector process, {args.seconds:g} s flat out per run for "
+        f"{connections} connections, one collector process, {args.seconds:g} s flat out per run for "
         f"each server, in {SLICES} alternating slices"
     )
     print(f"median requests/s:        {med(rates):,.0f} (= events/s), {med(per_core):,.0f} per core of CPU")

@@ -295,7 +295,13 @@ verb(
     "same uvicorn) and the anonymous hold's Redis bytes per held event.",
     arg("--seconds", type=float, default=5.0, help="seconds per phase"),
     arg("--shape", choices=("batch", "browser", "both"), default="both", help="which request shape"),
-    arg("--threads", type=int, default=4, help="client threads (keep-alive connections)"),
+    arg("--threads", type=int, default=4, help="client threads (keep-alive connections) for the batch shape"),
+    arg(
+        "--browser-connections",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[4, 16],
+        help="the browser shape's client connections, comma separated: a run each (16: one address's most)",
+    ),
     arg("--runs", type=int, default=3, help="runs; medians are reported"),
     REDIS_URL_ARG,
 )
