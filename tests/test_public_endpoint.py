@@ -141,7 +141,9 @@ def test_a_big_batch_arriving_with_its_headers_in_one_read_is_not_taken_for_big_
     assert status.startswith(b"HTTP/1.1 200"), status  # it was a 431 when the body came in the same read
 
 
-def test_slow_bodies_from_one_client_do_not_lock_out_another_and_are_let_go(collector: tuple[int, Served]) -> None:
+def test_slow_bodies_from_one_client_do_not_lock_out_another_and_are_let_go(
+    collector: tuple[int, Served],
+) -> None:
     port, _ = collector
     slow = []
     for _ in range(40):  # complete headers, a body that never comes
