@@ -960,21 +960,30 @@ def broker_is_a_cluster(url: str) -> bool:
 async def _evalsha(client: Any, sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
     """EVALSHA on one of ``client``'s (``redis.asyncio``) pooled connections, packed by hiredis in one call:
     redis-py's ``execute_command`` (an encoding call per argument, its retry and observability wrappers)
-    was about a tenth of the collector's CPU on one-event requests (bench-collect). Not retried here: a
-    connection that fails or is cancelled mid-call is dropped and the error raised (the collector answers
-    503 and the SDK sends again; the call id makes a second run answer what the first did)."""
+    was about a tenth of the collector's CPU on one-event requests (bench-collect). A connection that fails
+    or is cancelled mid-call is dropped (a reply may still be on its way). A call that failed on the
+    connection (reset, timed out) is sent once more, the same bytes on a new connection, as redis-py's
+    own retry would: it may have run, and the script's call id makes a second run answer what the first
+    did, writing nothing."""
     pool = client.connection_pool
-    conn = await pool.get_connection()
-    try:
-        await conn.send_packed_command(hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)))
-        return await conn.read_response()
-    except redis.exceptions.ResponseError:
-        raise  # Redis answered (NOSCRIPT, a script's error): the connection is fine
-    except BaseException:
-        await conn.disconnect()  # an answer may still be on its way: never reuse the connection
-        raise
-    finally:
-        await pool.release(conn)
+    packed = hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
+    for attempt in (1, 2):
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed)
+            return await conn.read_response()
+        except redis.exceptions.ResponseError:
+            raise  # Redis answered (NOSCRIPT, a script's error): the connection is fine
+        except (redis.ConnectionError, redis.TimeoutError):
+            await conn.disconnect()
+            if attempt == 2:
+                raise
+        except BaseException:
+            await conn.disconnect()  # cancelled mid-call: an answer may still be on its way
+            raise
+        finally:
+            await pool.release(conn)
+    raise AssertionError("unreachable")
 
 
 def _emails(user_ids: Sequence[str], values: Sequence[bytes | None]) -> dict[str, str]:

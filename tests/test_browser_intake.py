@@ -302,3 +302,38 @@ def test_the_served_app_queues_through_its_asyncio_client(
         answer = client.post("/v1/t", content=orjson.dumps({**track(5), "writeKey": KEY}))
         assert answer.status_code == 200
     assert [r["objectId"] for r in pending(store)] == ["u5"]
+
+
+def test_a_commit_cancelled_before_it_runs_answers_503_and_the_next_goes_through(
+    redis_url: str, store: Store
+) -> None:
+    import asyncio
+
+    import redis.asyncio
+
+    from pipeline.collector.app import GroupCommit
+    from pipeline.collector.core import Prepared
+
+    collector = Collector(settings_for(redis_url), store)
+
+    def prepared(n: int) -> Prepared:
+        found = collector.prepare("/v1/track", {}, orjson.dumps({**track(n), "writeKey": KEY}))
+        assert isinstance(found, Prepared)
+        return found
+
+    async def cancelled_then_next() -> tuple[int, int]:
+        commits = GroupCommit()
+        commits.redis = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            first = commits.submit(collector, prepared(1))
+            await asyncio.sleep(0)  # the flush ran: its commit task exists, not yet started
+            (task,) = commits.tasks
+            task.cancel()
+            refused = await asyncio.wait_for(first, 5)  # answered, not left waiting
+            second = await asyncio.wait_for(commits.submit(collector, prepared(2)), 5)
+        finally:
+            await commits.redis.aclose()
+        return refused.status, second.status
+
+    assert asyncio.run(cancelled_then_next()) == (503, 200)
+    assert [r["objectId"] for r in pending(store)] == ["u2"]

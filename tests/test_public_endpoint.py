@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -241,3 +242,56 @@ def test_the_metrics_exporter_serves_concurrent_scrapes_and_lets_silent_clients_
         for sock in silent:
             sock.close()
         served.stop()
+
+
+def test_a_pipelined_request_waiting_its_turn_is_not_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its body's deadline starts when it is taken up (uvicorn reads nothing more while the one before it is
+    answered), so a slow first answer never turns into a 408 for the second."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from pipeline.cli import http as guarded
+
+    monkeypatch.setattr(guarded, "BODY_TIMEOUT_S", 0.5)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":  # answers without reading (a receive would resume uvicorn's reading)
+            await asyncio.sleep(1.5)  # three body deadlines
+        else:
+            while (await receive()).get("more_body"):
+                pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=guarded.GuardedHttpToolsProtocol, loop="uvloop",
+        lifespan="off", log_level="warning",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: server.started, 10, 0.05)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(
+            b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+            b"POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+        )
+        time.sleep(0.3)
+        sock.sendall(b"hello")  # the second's body, while the first is still being answered
+        answered = b""
+        while answered.count(b"HTTP/1.1 ") < 2:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answered += chunk
+        sock.close()
+        assert answered.count(b"HTTP/1.1 200") == 2 and b"408" not in answered, answered
+    finally:
+        server.should_exit = True
+        thread.join(10)

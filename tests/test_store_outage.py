@@ -191,3 +191,56 @@ def test_a_token_acquired_twice_is_one_token(store: Store) -> None:
     assert store.acquire_token("ACC-T", 1, 30, "t1")[0]
     assert not store.acquire_token("ACC-T", 1, 30, "t2")[0]
     assert store.r.zcard(store.account_key("ACC-T", "tokens")) == 1
+
+
+def test_an_async_enqueue_whose_answer_is_lost_is_sent_again_and_queued_once(
+    store: Store, redis_url: str
+) -> None:
+    """The connection drops after the script ran, before its answer is read: sent once more on a new
+    connection, the same call answers what the first did (events without a messageId too)."""
+    import asyncio
+
+    import redis
+    import redis.asyncio
+
+    from pipeline.ingest import Ingestor
+
+    ingestor = Ingestor(store, load_settings(environment(redis_url)).integration("default"))
+    no_ids = [{k: v for k, v in e.items() if k != "messageId"} for e in events(3)]
+
+    async def run() -> Any:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        pool = client.connection_pool
+        take, lost = pool.get_connection, []
+
+        async def dropping() -> Any:
+            conn = await take()
+            if not hasattr(conn, "sent_script"):
+                send, read = conn.send_packed_command, conn.read_response
+
+                async def sending(command: Any, *args: Any, **kwargs: Any) -> Any:
+                    packed = command if isinstance(command, bytes) else b"".join(command)
+                    conn.sent_script = b"EVALSHA" in packed[:20]
+                    return await send(command, *args, **kwargs)
+
+                async def reset(*args: Any, **kwargs: Any) -> Any:
+                    answer = await read(*args, **kwargs)
+                    if lost or not conn.sent_script:  # the enqueue's first answer only
+                        return answer
+                    lost.append(1)  # the script ran; its answer never arrives
+                    raise redis.ConnectionError("connection reset")
+
+                conn.sent_script = False
+                conn.send_packed_command = sending  # type: ignore[method-assign]
+                conn.read_response = reset  # type: ignore[method-assign]
+            return conn
+
+        pool.get_connection = dropping  # type: ignore[method-assign]
+        try:
+            return await ingestor.ingest_chunk_async(list(enumerate(no_ids)), client), lost
+        finally:
+            await client.aclose()
+
+    result, lost = asyncio.run(run())
+    assert lost == [1] and result.accepted == 3
+    assert store.depth("default")["pending"] == 3

@@ -6,9 +6,10 @@ counts every open connection, idle or half-sent, against ``limit_concurrency``: 
 of their headers and stop lock everyone else out with 503s. Here:
 
 - a connection must finish each request's header block within HEADER_TIMEOUT_S of opening (or of its
-  previous response), else it is closed; and its body within BODY_TIMEOUT_S of its headers, else it is
-  answered 408 and closed (one timer a request, in the protocol: an ``asyncio.timeout`` around the app's
-  read cost the collector about a twentieth of its CPU);
+  previous response), else it is closed; and its body within BODY_TIMEOUT_S of being taken up (at once, or
+  for a pipelined request once the one before it is answered), else it is answered 408 and closed (one
+  timer a request, in the protocol: an ``asyncio.timeout`` around the app's read cost the collector about
+  a twentieth of its CPU);
 - a header block (request line and headers) over MAX_HEADER_BYTES is answered 431 and the connection
   closed, before more of it is read: the bytes are counted as they arrive, an unfinished line too;
 - open connections are capped at MAX_OPEN_CONNECTIONS (past it a new one is closed at once), apart from
@@ -94,13 +95,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_deadline.cancel()
             self._body_deadline = None
 
-    def _body_too_slow(self) -> None:
-        """The body stalled: a 408 unless the app has begun its answer, and the connection closed (the app,
-        waiting for the body, sees a disconnect and queues nothing)."""
+    def _body_too_slow(self, cycle: Any) -> None:
+        """The body of ``cycle``'s request stalled: a 408 unless its answer has begun, and the connection
+        closed (the app, waiting for the body, sees a disconnect and queues nothing). Every request before
+        it on the connection was answered before it was taken up."""
         self._body_deadline = None
         if not self.transport.is_closing():
-            cycle = self.cycle
-            if cycle is None or not cycle.response_started:
+            if not cycle.response_started:
                 self.transport.write(_408)
             self.transport.close()
 
@@ -148,7 +149,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._disarm()
         super().on_headers_complete()
-        self._body_deadline = self.loop.call_later(BODY_TIMEOUT_S, self._body_too_slow)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # The body's deadline runs from when its request is taken up: a pipelined request waits, unread,
+        # for the one before it to be answered (uvicorn pauses reading meanwhile).
+        super()._start_asgi_task(cycle, app)
+        if cycle.more_body:  # not yet read whole (a request without a body already is)
+            self._body_done()
+            self._body_deadline = self.loop.call_later(BODY_TIMEOUT_S, self._body_too_slow, cycle)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

@@ -276,7 +276,7 @@ class GroupCommit:
         self.redis: Any = None
         self.running = 0  # commits out at once
         self.committing = 0  # the requests in them
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[Answer]] = set()
 
     def submit(
         self, collector: Collector, prepared: Prepared, in_flight: int | None = None
@@ -332,7 +332,8 @@ class GroupCommit:
         self.committing += len(batch)
         task = asyncio.get_running_loop().create_task(self._commit_async(batch, self.redis))
         self.tasks.add(task)  # held until done: the loop keeps only a weak reference to a task
-        task.add_done_callback(self.tasks.discard)
+        # Answered and counted when the task ends, however it ends (cancelled before it ran, too).
+        task.add_done_callback(lambda done: self._ended(batch, done))
 
     @staticmethod
     def _commit(batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]]) -> Answer:
@@ -343,21 +344,29 @@ class GroupCommit:
             log.error("could not queue %d requests, answered 503: %s", len(batch), type(exc).__name__)
             return UNAVAILABLE
 
+    @staticmethod
     async def _commit_async(
-        self, batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]], client: Any
-    ) -> None:
+        batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]], client: Any
+    ) -> Answer:
         collector, first, _ = batch[0]
-        answer = UNAVAILABLE  # also when cancelled (the app stopping): the SDK tries again
-        try:
-            answer = await collector.queue_many_async(first.integration, [p for _, p, _ in batch], client)
-        except Exception as exc:  # never leave a request waiting: a bug answers 503 (the SDK tries again)
-            log.error("could not queue %d requests, answered 503: %s", len(batch), type(exc).__name__)
-        finally:
-            self.running -= 1
-            self.committing -= len(batch)
-            self._answer(batch, answer)
-            if self.waiting:  # those still being read join them, within GATHER_S
-                self._soon(asyncio.get_running_loop(), self.in_flight[0] - len(batch))
+        return await collector.queue_many_async(first.integration, [p for _, p, _ in batch], client)
+
+    def _ended(
+        self, batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]], task: asyncio.Task[Answer]
+    ) -> None:
+        self.tasks.discard(task)
+        self.running -= 1
+        self.committing -= len(batch)
+        answer = UNAVAILABLE  # cancelled (the app stopping) or a bug: the SDK tries again
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is None:
+                answer = task.result()
+            else:  # never leave a request waiting
+                log.error("could not queue %d requests, answered 503: %s", len(batch), type(exc).__name__)
+        self._answer(batch, answer)
+        if self.waiting:  # those still being read join them, within GATHER_S
+            self._soon(asyncio.get_running_loop(), self.in_flight[0] - len(batch))
 
     @staticmethod
     def _answer(batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]], answer: Answer) -> None:

@@ -193,8 +193,8 @@ class Collector:
 
     def queue_many(self, integration: str, requests: list[Prepared]) -> Answer:
         """Queue several requests' events for one integration in one atomic enqueue (at most CHUNK events:
-        the caller groups them so): each request is queued whole, with the others or not at all, so an
-        SDK's resend after a 503 still never queues anything twice. One Redis round trip for them all."""
+        the caller groups them so): each request is queued whole, with the others or not at all. One Redis
+        round trip for them all."""
         return self._queue(integration, [e for r in requests for e in r.events])
 
     async def queue_many_async(self, integration: str, requests: list[Prepared], client: Any) -> Answer:
@@ -296,8 +296,9 @@ class Collector:
 
     def _queue(self, integration: str, events: list[Any]) -> Answer:
         """Queue every event of the request in one atomic enqueue (a request is 500 KB at most): a request
-        is queued whole or not at all, so the SDK's resend after a 503 never queues anything twice, with a
-        messageId or without."""
+        is queued whole or not at all. A 503 after Redis refused it left nothing queued; one after a timeout
+        may have been queued all the same, and the SDK's resend is then a duplicate by messageId (the SDKs
+        send one with every call), counted and not sent twice."""
         if time.monotonic() < self.unavailable_until:
             return UNAVAILABLE
         try:
