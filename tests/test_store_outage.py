@@ -210,11 +210,12 @@ def test_an_async_enqueue_whose_answer_is_lost_is_sent_again_and_queued_once(
 
     async def run() -> Any:
         client = redis.asyncio.Redis.from_url(redis_url)
-        pool = client.connection_pool
-        take, lost = pool.get_connection, []
+        pool: Any = client.connection_pool
+        take: Any = pool.get_connection
+        lost: list[int] = []
 
         async def dropping() -> Any:
-            conn = await take()
+            conn: Any = await take()
             if not hasattr(conn, "sent_script"):
                 send, read = conn.send_packed_command, conn.read_response
 
@@ -231,11 +232,11 @@ def test_an_async_enqueue_whose_answer_is_lost_is_sent_again_and_queued_once(
                     raise redis.ConnectionError("connection reset")
 
                 conn.sent_script = False
-                conn.send_packed_command = sending  # type: ignore[method-assign]
-                conn.read_response = reset  # type: ignore[method-assign]
+                conn.send_packed_command = sending
+                conn.read_response = reset
             return conn
 
-        pool.get_connection = dropping  # type: ignore[method-assign]
+        pool.get_connection = dropping
         try:
             return await ingestor.ingest_chunk_async(list(enumerate(no_ids)), client), lost
         finally:
