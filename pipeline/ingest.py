@@ -188,9 +188,7 @@ class Ingestor:
         the mapping dead letter it replaces; ``progress`` ``(message id, chunks done)`` is stored with it.
         Events naming a forgotten user are filtered with this process's view of the suppression list; the
         enqueue refuses a view older than the list's, and the chunk is mapped again with the new one."""
-        for attempt in range(STALE_TRIES):
-            gen, forgotten = self.store.forgotten_view(self.config.name, refresh=attempt > 0)
-            steps = self._steps(chunk, lines, replaces, progress, gen, forgotten)
+        for steps in self._tries(chunk, lines, replaces, progress):
             try:
                 ask = next(steps)
                 while True:
@@ -199,17 +197,13 @@ class Ingestor:
                 return cast(IngestResult, done.value)
             except StaleForgotten:
                 continue
-        raise StaleForgotten(
-            f"{self.config.name}: the suppression list kept changing during {STALE_TRIES} tries"
-        )
+        raise AssertionError("unreachable")
 
     async def ingest_chunk_async(self, chunk: list[tuple[int, Any]], client: Any) -> IngestResult:
         """:meth:`ingest_chunk` on an event loop: its round trips to Redis (the emails it needs, the held
         events it releases, the enqueue) go through ``client``, a ``redis.asyncio`` client for the store's
         Redis, so the loop serves other requests meanwhile. The same steps, keys and atomic enqueue."""
-        for attempt in range(STALE_TRIES):
-            gen, forgotten = self.store.forgotten_view(self.config.name, refresh=attempt > 0)
-            steps = self._steps(chunk, None, None, None, gen, forgotten)
+        for steps in self._tries(chunk, None, None, None):
             try:
                 ask = next(steps)
                 while True:
@@ -218,6 +212,20 @@ class Ingestor:
                 return cast(IngestResult, done.value)
             except StaleForgotten:
                 continue
+        raise AssertionError("unreachable")
+
+    def _tries(
+        self,
+        chunk: list[tuple[int, Any]],
+        lines: list[LineResult] | None,
+        replaces: Sequence[str] | None,
+        progress: tuple[str, int] | None,
+    ) -> Iterator[Generator[Ask, Any, IngestResult]]:
+        """The chunk's steps, mapped with this process's view of the suppression list, then (after each
+        StaleForgotten) with the list read again; StaleForgotten past STALE_TRIES."""
+        for attempt in range(STALE_TRIES):
+            gen, forgotten = self.store.forgotten_view(self.config.name, refresh=attempt > 0)
+            yield self._steps(chunk, lines, replaces, progress, gen, forgotten)
         raise StaleForgotten(
             f"{self.config.name}: the suppression list kept changing during {STALE_TRIES} tries"
         )

@@ -479,35 +479,6 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
         floor = now_s * 1000 - window_s * 1000
         return {m for m, s in zip(message_ids, scores, strict=True) if s is not None and s > floor}
 
-    def enqueue(
-        self,
-        integration: str,
-        groups: Sequence[tuple[str, Sequence[bytes], str]],
-        identities: Iterable[tuple[str, str]],
-        dead: Sequence[tuple[str, bytes, str]],
-        counters: dict[str, int],
-        dedup_window_s: float,
-        drops: Sequence[str] = (),
-        progress: tuple[str, int] | None = None,
-        identity_retention_s: float = 0,
-        high_water: int = 0,
-        hold: Hold | None = None,
-        forgotten_gen: str = "0",
-    ) -> tuple[int, int, list[int]]:
-        """Queue each group ``(messageId, records, dead letter it replaces)`` unless its messageId was seen in
-        the window (or the dead letter it replaces is gone: replayed already); store identities, mapping
-        dead letters ``(id, entry, dead letter it replaces)`` and counters, remove ``drops``, and record
-        ``progress`` ``(message id, chunks done)``, all in the same atomic step; with ``hold``, anonymous
-        events are held and held ones released in that step too. ``forgotten_gen``: the generation of the
-        suppression list the groups were filtered with (:class:`StaleForgotten` when it moved).
-        Returns (records pushed, groups skipped:
-        already replayed, or held events another enqueue released first, duplicate group indexes)."""
-        call = self.enqueue_call(
-            integration, groups, identities, dead, counters, dedup_window_s, drops, progress,
-            identity_retention_s, high_water, hold, forgotten_gen,
-        )  # fmt: skip
-        return cast(tuple[int, int, list[int]], self.run(call))
-
     def enqueue_call(
         self,
         integration: str,
@@ -523,7 +494,15 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
         hold: Hold | None = None,
         forgotten_gen: str = "0",
     ) -> Enqueue:
-        """:meth:`enqueue`'s call, made and not sent (for :meth:`run` or :meth:`run_async`)."""
+        """The enqueue, made and not yet sent (:meth:`run` or :meth:`run_async` sends it): queue each group
+        ``(messageId, records, dead letter it replaces)`` unless its messageId was seen in the window (or the
+        dead letter it replaces is gone: replayed already); store identities, mapping dead letters ``(id,
+        entry, dead letter it replaces)`` and counters, remove ``drops``, and record ``progress`` ``(message
+        id, chunks done)``, all in the same atomic step; with ``hold``, anonymous events are held and held
+        ones released in that step too. ``forgotten_gen``: the generation of the suppression list the
+        groups were filtered with (:class:`StaleForgotten` when it moved). Its answer
+        (:meth:`enqueue_answer`): (records pushed, groups skipped: already replayed, or held events another
+        enqueue released first, duplicate group indexes)."""
         args: list[Any] = [
             int(dedup_window_s * 1000),
             orjson.dumps([mid for mid, _, _ in groups]),
@@ -559,7 +538,7 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
         return Enqueue(integration, keys, args, high_water, hold)
 
     def enqueue_answer(self, call: Enqueue, result: Any) -> tuple[int, int, list[int]]:
-        """What an enqueue's script answered comes to: :meth:`enqueue`'s return, or its exceptions."""
+        """What an enqueue's script answered comes to (see :meth:`enqueue_call`), or its exceptions."""
         integration, high_water, hold = call.integration, call.high_water, call.hold
         if int(result[0]) == -2:
             raise StaleForgotten(integration)
