@@ -34,7 +34,7 @@ from pipeline.mapping import (
     MapStatus,
     is_listed_out,
 )
-from pipeline.store import Ask, HeldEvents, Hold, KnownEmails, StaleForgotten, Store, new_id
+from pipeline.store import Ask, FieldsDropped, HeldEvents, Hold, KnownEmails, StaleForgotten, Store, new_id
 from pipeline.tokens import NO_RECORD as NO_TOKEN_RECORD
 
 #: Events per Redis round trip: big enough to amortise the round trip, small enough that one script
@@ -362,7 +362,7 @@ class Ingestor:
                 res.warnings.append(Rejection(group_index[g], warnings))
         res.fields_dropped = sum(dropped_by_key.values())
         if dropped_by_key:
-            self.store.count_fields_dropped(self.config.name, dropped_by_key)
+            yield FieldsDropped(self.config.name, dropped_by_key)
         if lines is not None:
             for g in dups:
                 if group_index[g] < 0:  # a released held event: not a line of this input

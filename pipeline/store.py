@@ -196,9 +196,17 @@ class HeldEvents:
 
 
 @dataclass(frozen=True)
+class FieldsDropped:
+    """Ask: count the profile values left out of queued records, in all and by key (one pipeline)."""
+
+    integration: str
+    by_key: dict[str, int]
+
+
+@dataclass(frozen=True)
 class Enqueue:
-    """Ask: one enqueue, made (:meth:`Store.enqueue_call`) and not yet sent: the script and SADD ready in one
-    round trip. :meth:`Store.enqueue_answer` reads what it came to."""
+    """Ask: one enqueue, made (:meth:`Store.enqueue_call`) and not yet sent: one EVALSHA (on a cluster, the
+    ready set's SADD after it). :meth:`Store.enqueue_answer` reads what it came to."""
 
     integration: str
     keys: list[str]
@@ -210,7 +218,7 @@ class Enqueue:
 #: What an ingest asks of Redis, one round trip each: answered by :meth:`Store.run` on this store's own
 #: (blocking) client, or by :meth:`Store.run_async` on an asyncio one (the collector's event loop), with the
 #: same keys, arguments and reading of the answer.
-Ask = KnownEmails | HeldEvents | Enqueue
+Ask = KnownEmails | HeldEvents | FieldsDropped | Enqueue
 
 
 @dataclass(frozen=True)
@@ -347,6 +355,8 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
             return self.known_emails(ask.integration, ask.user_ids)
         if isinstance(ask, HeldEvents):
             return self.held_events(ask.integration, ask.visitors)
+        if isinstance(ask, FieldsDropped):
+            return self.count_fields_dropped(ask.integration, ask.by_key)
         if self.cluster or self.wait_replicas:
             return self.enqueue_answer(ask, self._then_ready("enqueue", ask.keys, ask.args, ask.integration))
         return self.enqueue_answer(ask, self._run("enqueue", ask.keys, ask.args))
@@ -369,6 +379,11 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
             for visitor in ask.visitors:
                 pipe.lrange(self.key(ask.integration, f"anon:{visitor}"), 0, C.MAX_HELD_PER_VISITOR - 1)
             return _held(ask.visitors, await pipe.execute())
+        if isinstance(ask, FieldsDropped):
+            pipe = client.pipeline(transaction=False)
+            for command in self._fields_dropped(ask.integration, ask.by_key):
+                pipe.hincrby(*command)
+            return await pipe.execute()
         found = self._scripts["enqueue"]
         if not self.wait_replicas:  # the script marks the integration ready itself (enqueue_call)
             try:
@@ -875,10 +890,15 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
     def count_fields_dropped(self, integration: str, by_key: dict[str, int]) -> None:
         """Profile values left out of queued records, in all and by key (``fields_dropped:<key>``)."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.hincrby(self.key(integration, "stats"), "fields_dropped", sum(by_key.values()))
-        for key, n in by_key.items():
-            pipe.hincrby(self.key(integration, "stats"), f"fields_dropped:{key}", n)
+        for command in self._fields_dropped(integration, by_key):
+            pipe.hincrby(*command)
         pipe.execute()
+
+    def _fields_dropped(self, integration: str, by_key: dict[str, int]) -> list[tuple[str, str, int]]:
+        stats = self.key(integration, "stats")
+        return [(stats, "fields_dropped", sum(by_key.values()))] + [
+            (stats, f"fields_dropped:{key}", n) for key, n in by_key.items()
+        ]
 
     def incr(self, integration: str, field: str, n: int = 1) -> None:
         self.r.hincrby(self.key(integration, "stats"), field, n)

@@ -337,3 +337,28 @@ def test_a_commit_cancelled_before_it_runs_answers_503_and_the_next_goes_through
 
     assert asyncio.run(cancelled_then_next()) == (503, 200)
     assert [r["objectId"] for r in pending(store)] == ["u2"]
+
+
+def test_values_left_out_are_counted_through_the_asyncio_client_too(redis_url: str, store: Store) -> None:
+    import asyncio
+
+    import redis.asyncio
+
+    from pipeline.collector.core import Prepared
+
+    collector = Collector(settings_for(redis_url), store)
+    identify = {"type": "identify", "userId": "u1", "messageId": "fd-1", "writeKey": KEY,
+                "traits": {"email": "u1@example.com", "phone": "5550100"}}  # fmt: skip
+    found = collector.prepare("/v1/identify", {}, orjson.dumps(identify))
+    assert isinstance(found, Prepared)
+
+    async def queue() -> Any:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            return await collector.queue_many_async("default", [found], client)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(queue()).status == 200
+    stats = store.stats("default")
+    assert stats["fields_dropped"] == 1 and stats["fields_dropped:Phone"] == 1

@@ -170,9 +170,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             body += part
             if len(body) > limit:  # stop reading: the rest is never buffered
                 return _respond(error_answer(400, "too_large", f"the body may be at most {limit // 1024} KB"))
-        # On the event loop, not in a thread: handling is CPU work plus one Redis round trip per 500 events,
-        # and the hop to a thread cost 40% more CPU per event (bench-collect). Reading bodies stays async,
-        # so a slow client holds no one up; a process handles one batch at a time (--workers for cores).
+        # On the event loop, not in a thread: preparing is CPU work, and the hop to a thread cost 40% more CPU
+        # per event (bench-collect); the enqueue awaits Redis (GroupCommit), so a slow client or a round
+        # trip holds no one up (--workers for cores).
         prepared = collector.prepare(path, headers, bytes(body), client)
         if isinstance(prepared, Answer):
             return _respond(prepared)

@@ -308,7 +308,8 @@ class Collector:
         return OK
 
     def _refused(self, integration: str, exc: Exception) -> Answer:
-        """The answer to a request whose enqueue raised ``exc`` (nothing of it was queued)."""
+        """The answer to a request whose enqueue raised ``exc``: nothing of it was queued, or, after a
+        timeout, perhaps all of it (never a part)."""
         if isinstance(exc, QueueFull):
             return error_answer(
                 503, "queue_full", f"integration {integration!r} is over its high-water mark; try again",
