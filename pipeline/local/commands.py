@@ -299,8 +299,8 @@ verb(
     arg(
         "--browser-connections",
         type=lambda text: [int(n) for n in text.split(",")],
-        default=[4, 16],
-        help="the browser shape's client connections, comma separated: a run each (16: one address's most)",
+        default=[4, 64],
+        help="the browser shape's client connections, comma separated: a run each (16 from each address)",
     ),
     arg("--runs", type=int, default=3, help="runs; medians are reported"),
     REDIS_URL_ARG,
