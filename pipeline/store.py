@@ -266,6 +266,8 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
         self.wait_replicas = wait_replicas
         self._replicas_seen: dict[str, tuple[float, int]] = {}  # primary -> (when read, replicas connected)
         self._registered: dict[str, Any] | None = None
+        #: an integration's enqueue keys that are the same in every call (Store.enqueue_call)
+        self._enqueue_keys: dict[str, tuple[list[str], list[str], list[str]]] = {}
 
     @property
     def _scripts(self) -> dict[str, Any]:
@@ -533,18 +535,22 @@ class Store(AccountCalls, ForgetCalls, BackfillCalls, KeyLayout):
             high_water,
             *(hold or Hold()).args(self.base(integration)),
         ]
-        keys = self.keys(
-            integration, "pending", "arrivals", "flow", "seen", "ids", "dead", "dead:idx", "stats"
-        )
-        keys.append(self.key(integration, f"ingest:{progress[0] if progress else ''}"))
-        keys.append(self.key(integration, "ids:seen"))
-        keys.append(self.key(integration, "dead:kinds"))
-        keys.append(self.key(integration, "anon:idx"))
-        keys.append(self.key(integration, "anon:count"))
-        keys.append(self.key(integration, f"call:{secrets.token_hex(8)}"))
-        keys.append(self.key(integration, "forgotten:gen"))
-        keys.append(self.key(integration, "tokens:seen"))
-        keys.append(self.key(integration, "tokens:sent"))
+        fixed = self._enqueue_keys.get(integration)
+        if fixed is None:  # the same for every call: made once (a collector sends thousands a second)
+            fixed = self._enqueue_keys[integration] = (
+                self.keys(
+                    integration, "pending", "arrivals", "flow", "seen", "ids", "dead", "dead:idx", "stats"
+                ),
+                self.keys(integration, "ids:seen", "dead:kinds", "anon:idx", "anon:count"),
+                self.keys(integration, "forgotten:gen", "tokens:seen", "tokens:sent"),
+            )
+        keys = [
+            *fixed[0],
+            self.key(integration, f"ingest:{progress[0] if progress else ''}"),
+            *fixed[1],
+            self.key(integration, f"call:{os.urandom(8).hex()}"),
+            *fixed[2],
+        ]
         args.append(C.ENQUEUE_ANSWER_KEPT_MS)
         args.append(forgotten_gen)
         if not self.cluster:  # the script marks the integration ready: one command, not a pipeline of two

@@ -6,6 +6,7 @@ call never sinking its batch."""
 from __future__ import annotations
 
 import base64
+import gc
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,7 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from pipeline.collector.app import create_app
+from pipeline.collector.app import GC_THRESHOLDS, app_factory, create_app
 from pipeline.collector.browser import RateLimit, client_address, corrected, origin_matches
 from pipeline.collector.core import Collector
 from pipeline.config import Settings, load_settings
@@ -362,3 +363,37 @@ def test_values_left_out_are_counted_through_the_asyncio_client_too(redis_url: s
     assert asyncio.run(queue()).status == 200
     stats = store.stats("default")
     assert stats["fields_dropped"] == 1 and stats["fields_dropped:Phone"] == 1
+
+
+def test_each_200_carries_the_cors_headers_of_its_own_origin(redis_url: str, store: Store) -> None:
+    # the 200 is encoded once per origin (the answer to nearly every request): never another origin's
+    with TestClient(create_app(settings_for(redis_url), store)) as client:
+        origins = [SHOP, "https://a.shop.test", SHOP, "https://b.shop.test", None, "https://a.shop.test"]
+        for n, origin in enumerate(origins):
+            headers = {"content-type": "text/plain", **({"origin": origin} if origin else {})}
+            answer = client.post(
+                "/v1/t", content=orjson.dumps({**track(n), "writeKey": KEY}), headers=headers
+            )
+            assert answer.status_code == 200 and answer.json() == {"success": True}
+            assert answer.headers.get("access-control-allow-origin") == origin
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            assert answer.headers["content-length"] == str(len(answer.content))
+    assert len(pending(store)) == len(origins)
+
+
+def test_a_served_collector_tunes_its_garbage_collector_and_a_test_app_does_not(
+    redis_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = gc.get_threshold()
+    try:
+        with TestClient(create_app(settings_for(redis_url), store)):
+            assert gc.get_threshold() == before  # an app in a larger process leaves it alone
+        with TestClient(create_app(settings_for(redis_url), store, tune_gc=True)):
+            assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    made: list[dict[str, Any]] = []
+    monkeypatch.setattr("pipeline.collector.app.create_app", lambda **kw: made.append(kw))
+    app_factory()  # what `collect` serves, in each worker process
+    assert made == [{"tune_gc": True}]

@@ -166,6 +166,8 @@ def corrected(event: dict[str, Any], received: datetime, batch_sent_at: Any = No
     out = dict(event)
     for key in _TIME_KEYS:
         value = out.get(key, batch_sent_at if key == "sentAt" else None)
+        if value is None:
+            continue
         at = _parse(value) or _epoch(value)
         if at is not None:
             try:

@@ -222,10 +222,8 @@ class Collector:
         if path not in ("/v1/batch", "/v1/import") and call not in CALLS:
             return error_answer(404, "not_found", f"no such endpoint: {path[:100]}")
         limit = limit_for(path)
-        what = "a batch" if limit == MAX_BATCH_BYTES else "a single call"
-        too_big = error_answer(400, "too_large", f"{what} may be at most {limit // 1024} KB")
         if len(body) > limit:
-            return too_big
+            return _too_big(limit)
         header_key = basic_user(headers.get("authorization", ""))
         if header_key is not None and self.integration_for(header_key) is None:
             return UNAUTHORIZED  # before any work on the body
@@ -234,7 +232,7 @@ class Collector:
             try:
                 body = gunzip(body, limit)
             except OverflowError:
-                return too_big
+                return _too_big(limit)
             except ValueError as exc:
                 return error_answer(400, "bad_encoding", str(exc))
         elif encoding not in ("", "identity"):
@@ -346,6 +344,11 @@ UNAUTHORIZED = error_answer(
 UNAVAILABLE = error_answer(
     503, "unavailable", "the queue is unavailable; try again", **{"Retry-After": str(RETRY_AFTER_REDIS_S)}
 )
+
+
+def _too_big(limit: int) -> Answer:
+    what = "a batch" if limit == MAX_BATCH_BYTES else "a single call"
+    return error_answer(400, "too_large", f"{what} may be at most {limit // 1024} KB")
 
 
 def _digest(key: str) -> bytes:
