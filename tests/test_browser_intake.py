@@ -397,3 +397,59 @@ def test_a_served_collector_tunes_its_garbage_collector_and_a_test_app_does_not(
     monkeypatch.setattr("pipeline.collector.app.create_app", lambda **kw: made.append(kw))
     app_factory()  # what `collect` serves, in each worker process
     assert made == [{"tune_gc": True}]
+
+
+def test_a_second_enqueue_goes_out_beside_the_first_only_for_enough_requests(
+    redis_url: str, store: Store
+) -> None:
+    import asyncio
+
+    from pipeline.collector.app import MAX_COMMITS, SECOND_COMMIT_AT, GroupCommit
+    from pipeline.collector.core import OK, Prepared
+
+    collector = Collector(settings_for(redis_url), store)
+    sizes: list[int] = []
+    release = asyncio.Event()
+
+    async def held(integration: str, requests: list[Prepared], client: Any) -> Any:
+        sizes.append(len(requests))
+        await release.wait()  # out at Redis until the test lets it answer
+        return OK
+
+    collector.queue_many_async = held  # type: ignore[method-assign]
+
+    def prepared(n: int) -> Prepared:
+        found = collector.prepare("/v1/track", {}, orjson.dumps({**track(n), "writeKey": KEY}))
+        assert isinstance(found, Prepared)
+        return found
+
+    async def settle() -> None:  # the flush, then the commit's task
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    async def run() -> list[int]:
+        commits = GroupCommit()
+        commits.redis = object()  # the asyncio path (its client is never used here)
+        first = commits.submit(collector, prepared(0))
+        await settle()
+        few = [commits.submit(collector, prepared(n), in_flight=4) for n in range(1, 4)]
+        await settle()
+        assert sizes == [1] and commits.running == 1  # three wait for the one out: no round trip of their own
+        many = [
+            commits.submit(collector, prepared(n), in_flight=4 + SECOND_COMMIT_AT)
+            for n in range(4, 4 + SECOND_COMMIT_AT)
+        ]
+        await settle()
+        assert sizes == [1, 3 + SECOND_COMMIT_AT] and commits.running == 2 == MAX_COMMITS
+        more = [
+            commits.submit(collector, prepared(n), in_flight=4 + 3 * SECOND_COMMIT_AT)
+            for n in range(100, 100 + 2 * SECOND_COMMIT_AT)
+        ]
+        await settle()
+        assert len(sizes) == 2 and len(commits.waiting) == 2 * SECOND_COMMIT_AT  # never a third
+        release.set()
+        answers = await asyncio.gather(first, *few, *many, *more)
+        return [a.status for a in answers]
+
+    assert asyncio.run(run()) == [200] * (4 + 3 * SECOND_COMMIT_AT)
+    assert sizes == [1, 3 + SECOND_COMMIT_AT, 2 * SECOND_COMMIT_AT]  # those waiting went in the next

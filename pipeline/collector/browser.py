@@ -157,16 +157,21 @@ def corrected(event: dict[str, Any], received: datetime, batch_sent_at: Any = No
     """``event`` with its times corrected for the sender's clock, as Segment documents: when it carries
     ``sentAt`` (its own, or its batch's), ``timestamp`` and ``originalTimestamp`` become ``t + (receivedAt -
     sentAt)``, and ``sentAt`` the receive time. A call without ``sentAt`` is left as it came."""
-    sent = _parse(event.get("sentAt")) or _parse(batch_sent_at)
+    own = _parse(event.get("sentAt"))
+    sent = own or _parse(batch_sent_at)
     if sent is None:
         return event
     skew = received - sent
     if abs(skew) > MAX_SKEW:  # not a clock that is off: a sentAt that is wrong; the times are left alone
         return event
     out = dict(event)
+    received_at = _iso(received)
     for key in _TIME_KEYS:
         value = out.get(key, batch_sent_at if key == "sentAt" else None)
         if value is None:
+            continue
+        if key == "sentAt" and (own is not None or "sentAt" not in event):
+            out[key] = received_at  # the sentAt the skew came from: sent + skew is the receive time
             continue
         at = _parse(value) or _epoch(value)
         if at is not None:
@@ -174,7 +179,7 @@ def corrected(event: dict[str, Any], received: datetime, batch_sent_at: Any = No
                 out[key] = _iso(at + skew)
             except (OverflowError, ValueError):  # past year 9999: as it came (the mapper says why)
                 continue
-    out["receivedAt"] = _iso(received)
+    out["receivedAt"] = received_at
     return out
 
 

@@ -54,6 +54,8 @@ SHORT = {"t": "track", "i": "identify", "p": "page", "s": "screen", "a": "alias"
 #: Seconds an SDK is asked to wait before trying again.
 RETRY_AFTER_REDIS_S = 5
 RETRY_AFTER_FULL_S = 30
+#: Origins whose answer Collector._allowed_anywhere remembers; forgotten together past this many.
+MAX_ORIGINS_REMEMBERED = 1024
 
 
 @dataclass(frozen=True)
@@ -92,15 +94,18 @@ def error_answer(status: int, code: str, message: str, **headers: str) -> Answer
     return Answer(status, {"success": False, "code": code, "message": message}, dict(headers))
 
 
+_CANONICAL = {f"/v1/{short}": f"/v1/{call}" for short, call in SHORT.items()}
+_BATCH_PATHS = frozenset(("/v1/batch", "/v1/b", "/v1/import"))
+
+
 def canonical(path: str) -> str:
     """``/v1/t`` as ``/v1/track``, ``/v1/b`` as ``/v1/batch``; any other path as it is."""
-    call = path.removeprefix("/v1/")
-    return f"/v1/{SHORT[call]}" if path.startswith("/v1/") and call in SHORT else path
+    return _CANONICAL.get(path, path)
 
 
 def limit_for(path: str) -> int:
     """The largest body (after gzip) the path takes."""
-    return MAX_BATCH_BYTES if canonical(path) in ("/v1/batch", "/v1/import") else MAX_CALL_BYTES
+    return MAX_BATCH_BYTES if path in _BATCH_PATHS else MAX_CALL_BYTES
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
@@ -140,6 +145,7 @@ class Collector:
         # After Redis failed to answer, refuse at once for a while instead of making every request wait
         # out the same timeout (requests queue behind one another in a worker process).
         self.unavailable_until = 0.0
+        self._origins: dict[str, bool] = {}  # _allowed_anywhere's
 
     def integration_for(self, key: str | None) -> str | None:
         """The integration whose write key ``key`` is; compared in constant time against every key."""
@@ -178,9 +184,7 @@ class Collector:
         what to queue (the app queues the requests of one event-loop turn together: :meth:`queue_many`)."""
         origin = headers.get("origin")
         cors = (
-            cors_headers(origin)
-            if origin is not None and origin_allowed_anywhere(origin, self.settings.integrations)
-            else {}
+            cors_headers(origin) if origin is not None and self._allowed_anywhere(origin) else {}
         )  # readable by a page on an allowed origin only
         found = self._handle(canonical(path), headers, body, client, origin, datetime.now(UTC))
         if isinstance(found, Answer):
@@ -190,6 +194,16 @@ class Collector:
                 else found
             )
         return Prepared(found[0], found[1], cors)
+
+    def _allowed_anywhere(self, origin: str) -> bool:
+        """origin_allowed_anywhere for this collector's settings, remembered for the origins seen last
+        (a page's visitors send the same few)."""
+        allowed = self._origins.get(origin)
+        if allowed is None:
+            if len(self._origins) >= MAX_ORIGINS_REMEMBERED:
+                self._origins.clear()
+            allowed = self._origins[origin] = origin_allowed_anywhere(origin, self.settings.integrations)
+        return allowed
 
     def queue_many(self, integration: str, requests: list[Prepared]) -> Answer:
         """Queue several requests' events for one integration in one atomic enqueue (at most CHUNK events:
