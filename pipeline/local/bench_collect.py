@@ -9,6 +9,12 @@ Three measurements per run, medians reported:
 3. **The CLI ingest path's CPU per event** on the same events (decode + validate + map + queue, in this
    process): the collector's overhead over the work any ingest does (goal: at most 2x, so that HTTP in
    front costs no more than the work behind it).
+
+The browser shape (``--shape browser``) is one track call a request, as a page sends, from an asyncio client
+(Load.flat_out_async) at each of ``--browser-connections``: 4 (a light load: about two requests share each
+enqueue's round trip) and 64 from four addresses (enough that the collector, busy nearly a whole core, sets
+the pace: its capacity). Beside it, a bare Starlette endpoint on the same uvicorn, their flat-out slices
+alternating; then p50/p99 at half the collector's rate, and the anonymous hold's Redis bytes per event.
 """
 
 from __future__ import annotations
@@ -341,13 +347,16 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store, 
     """One event a request, as a page sends: requests/s and events/s per collector core, p50/p99 at half
     that rate, and a bare Starlette endpoint's requests/s on the same uvicorn. Both processes are up for
     the whole run and their flat-out slices alternate (SLICES each), so the ratio of the run compares like
-    with like; an idle one costs nothing meanwhile. ``connections``: client threads, each a keep-alive
-    connection from the one address (at most MAX_REQUESTS_PER_CLIENT: past it, 503s)."""
+    with like; an idle one costs nothing meanwhile. ``connections``: keep-alive connections of an asyncio
+    client (Load.flat_out_async), MAX_REQUESTS_PER_CLIENT from each address. Also printed: how busy the
+    collector was (near a whole core: the collector, not the client, set the pace, and its requests/s is
+    its capacity) and how many requests shared an enqueue (a light load's few pay each round trip)."""
     bare_command = [
         sys.executable, "-c", "import sys; from pipeline.cli.serving import serve; "
         "from pipeline.local.bare_app import app; serve(app, '127.0.0.1', int(sys.argv[1]), 'text')",
     ]  # fmt: skip
     rates, per_core, p50s, p99s, bare_rates, bare_per_core, ratios, refused = [], [], [], [], [], [], [], 0
+    busy, shared = [], []
     for run in range(args.runs):
         group = ProcessGroup()
         try:
@@ -358,10 +367,12 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store, 
             mine = Load(port, _browser_bodies(run, int(args.seconds * 15000) + 100), browser=True)
             bare = Load(bare_port, _browser_bodies(run, int(args.seconds * 30000) + 100), browser=True)
             wall = cpu = bare_wall = bare_cpu = 0.0
+            enqueues = 0
             for _ in range(SLICES):
-                cpu0 = _cpu_s(collector.pid)
+                cpu0, calls0 = _cpu_s(collector.pid), _enqueues(store)
                 wall += mine.flat_out_async(connections, args.seconds / SLICES)
                 cpu += _cpu_s(collector.pid) - cpu0
+                enqueues += _enqueues(store) - calls0
                 cpu0 = _cpu_s(bare_child.pid)
                 bare_wall += bare.flat_out_async(connections, args.seconds / SLICES)
                 bare_cpu += _cpu_s(bare_child.pid) - cpu0
@@ -381,13 +392,16 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store, 
         bare_rates.append(bare_rate)
         bare_per_core.append(bare.requests / bare_cpu)
         ratios.append(rate / bare_rate)
+        busy.append(cpu / wall)
+        shared.append(mine.requests / max(1, enqueues))
         print(
             f"browser run {run + 1}: {rate:,.0f} requests/s = events/s "
             f"({mine.requests / cpu:,.0f} per core of collector CPU); at {rate / 2:,.0f}/s: "
             f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; bare Starlette endpoint "
             f"{bare_rate:,.0f} requests/s, {bare.requests / bare_cpu:,.0f} per core "
             f"(collector {rate / bare_rate:.2f}x, "
-            f"{mine.requests / cpu / (bare.requests / bare_cpu):.2f}x per core)",
+            f"{mine.requests / cpu / (bare.requests / bare_cpu):.2f}x per core); collector busy "
+            f"{cpu / wall:.0%}, {mine.requests / max(1, enqueues):.1f} requests an enqueue",
             flush=True,
         )
     med = statistics.median
@@ -407,9 +421,18 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store, 
         f"per core of CPU:          collector {med(per_core):,.0f} requests/s, "
         f"bare {med(bare_per_core):,.0f}; {per_core_ratio:.2f}x"
     )
+    print(
+        f"collector:                busy {med(busy):.0%} of a core, {med(shared):.1f} requests an enqueue "
+        "(a round trip to Redis each)"
+    )
     if refused:
         print(f"refused requests: {refused} (should be 0)")
     return 0 if refused == 0 else 1
+
+
+def _enqueues(store: Store) -> int:
+    """EVALSHA calls Redis has run so far (the collector's enqueues: nothing else sends one meanwhile)."""
+    return int(store.r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 def _hold_bytes(store: Store, env: dict[str, str], n: int = 20_000) -> None:
