@@ -399,57 +399,162 @@ def test_a_served_collector_tunes_its_garbage_collector_and_a_test_app_does_not(
     assert made == [{"tune_gc": True}]
 
 
-def test_a_second_enqueue_goes_out_beside_the_first_only_for_enough_requests(
-    redis_url: str, store: Store
-) -> None:
+def test_an_integration_has_one_enqueue_out_at_a_time_even_past_a_chunk(redis_url: str, store: Store) -> None:
     import asyncio
 
-    from pipeline.collector.app import MAX_COMMITS, SECOND_COMMIT_AT, GroupCommit
+    from pipeline.collector.app import GroupCommit
     from pipeline.collector.core import OK, Prepared
+    from pipeline.ingest import CHUNK
 
     collector = Collector(settings_for(redis_url), store)
-    sizes: list[int] = []
+    out: list[int] = []  # requests in each enqueue, when it goes out
+    ended: list[int] = []
     release = asyncio.Event()
 
     async def held(integration: str, requests: list[Prepared], client: Any) -> Any:
-        sizes.append(len(requests))
+        assert len(out) == len(ended)  # the one before it has ended
+        out.append(len(requests))
         await release.wait()  # out at Redis until the test lets it answer
+        ended.append(len(requests))
         return OK
 
     collector.queue_many_async = held  # type: ignore[method-assign]
+    per_request = CHUNK // 2 + 1  # two such requests are past one enqueue's CHUNK events
 
-    def prepared(n: int) -> Prepared:
-        found = collector.prepare("/v1/track", {}, orjson.dumps({**track(n), "writeKey": KEY}))
+    def batch(n: int) -> Prepared:
+        calls = [track(n * 1000 + k) for k in range(per_request)]
+        found = collector.prepare("/v1/batch", {}, orjson.dumps({"batch": calls, "writeKey": KEY}))
         assert isinstance(found, Prepared)
         return found
-
-    async def settle() -> None:  # the flush, then the commit's task
-        for _ in range(3):
-            await asyncio.sleep(0)
 
     async def run() -> list[int]:
         commits = GroupCommit()
         commits.redis = object()  # the asyncio path (its client is never used here)
-        first = commits.submit(collector, prepared(0))
-        await settle()
-        few = [commits.submit(collector, prepared(n), in_flight=4) for n in range(1, 4)]
-        await settle()
-        assert sizes == [1] and commits.running == 1  # three wait for the one out: no round trip of their own
-        many = [
-            commits.submit(collector, prepared(n), in_flight=4 + SECOND_COMMIT_AT)
-            for n in range(4, 4 + SECOND_COMMIT_AT)
-        ]
-        await settle()
-        assert sizes == [1, 3 + SECOND_COMMIT_AT] and commits.running == 2 == MAX_COMMITS
-        more = [
-            commits.submit(collector, prepared(n), in_flight=4 + 3 * SECOND_COMMIT_AT)
-            for n in range(100, 100 + 2 * SECOND_COMMIT_AT)
-        ]
-        await settle()
-        assert len(sizes) == 2 and len(commits.waiting) == 2 * SECOND_COMMIT_AT  # never a third
+        answers = [commits.submit(collector, batch(n), in_flight=3) for n in range(3)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert out == [1] and commits.running == 1  # one out; the other two wait, though both fit no chunk
         release.set()
-        answers = await asyncio.gather(first, *few, *many, *more)
+        return [a.status for a in await asyncio.gather(*answers)]
+
+    assert asyncio.run(run()) == [200] * 3
+    assert out == ended == [1, 1, 1]  # each alone (past CHUNK together), one after another
+
+
+def _hold_settings(redis_url: str) -> Settings:
+    return settings_for(redis_url, CLEVERTAP_ANONYMOUS="hold")
+
+
+def test_an_integrations_requests_reach_redis_in_the_order_they_came(redis_url: str, store: Store) -> None:
+    # the first request's enqueue has a round trip more (a visitor's held events looked up): the next one,
+    # begun beside it, must not land first (a profile's older value would be applied last)
+    import asyncio
+
+    import redis.asyncio
+
+    from pipeline.collector.app import GroupCommit
+    from pipeline.collector.core import Prepared
+
+    collector = Collector(_hold_settings(redis_url), store)
+
+    def identify(plan: str, n: int, **extra: Any) -> Prepared:
+        body = {"type": "identify", "userId": "u-1", "messageId": f"m{n}", "writeKey": KEY,
+                "traits": {"email": "a@example.com", "plan": plan}, **extra}  # fmt: skip
+        found = collector.prepare("/v1/identify", {}, orjson.dumps(body))
+        assert isinstance(found, Prepared)
+        return found
+
+    async def run() -> None:
+        commits = GroupCommit()
+        commits.redis = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            await asyncio.gather(*(commits.redis.ping() for _ in range(3)))  # connections open
+            first = commits.submit(collector, identify("old", 0, anonymousId="v"), in_flight=1)
+            await asyncio.sleep(0)  # its first round trip is out
+            n = 8
+            rest = [commits.submit(collector, identify("new", k), in_flight=1 + n) for k in range(1, 1 + n)]
+            await asyncio.gather(first, *rest)
+        finally:
+            await commits.redis.aclose()
+
+    asyncio.run(run())
+    plans = [r["profileData"]["plan"] for r in pending(store) if "profileData" in r]
+    assert plans == ["old"] + ["new"] * 8
+
+
+def test_an_anonymous_event_held_just_before_its_visitors_identify_is_released_with_it(
+    redis_url: str, store: Store
+) -> None:
+    import asyncio
+
+    import redis.asyncio
+
+    from pipeline.collector.app import GroupCommit
+    from pipeline.collector.core import Prepared
+    from pipeline.ingest import _visitor_of, ingest
+
+    settings = _hold_settings(redis_url)
+    visitor = "anon-1"
+
+    def page(n: int, anonymous: str = visitor) -> dict[str, Any]:
+        return {"type": "page", "name": f"Page {n}", "anonymousId": anonymous, "messageId": f"h{n}",
+                "timestamp": "2026-11-30T10:00:00Z", "writeKey": KEY}  # fmt: skip
+
+    ingest([{k: v for k, v in page(1).items() if k != "writeKey"}], settings=settings, store=store)  # held
+    collector = Collector(settings, store)
+
+    def prepared(path: str, body: dict[str, Any]) -> Prepared:
+        found = collector.prepare(path, {}, orjson.dumps(body))
+        assert isinstance(found, Prepared)
+        return found
+
+    async def run() -> list[int]:
+        commits = GroupCommit()
+        commits.redis = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            await asyncio.gather(*(commits.redis.ping() for _ in range(3)))
+            # one enqueue with two round trips before its script (an email and a visitor looked up) that
+            # holds the visitor's second page; while it is out, the visitor's identify and others are ready
+            track = {**track_call(0), "anonymousId": "w", "writeKey": KEY}
+            first = [commits.submit(collector, prepared("/v1/track", track), in_flight=2),
+                     commits.submit(collector, prepared("/v1/page", page(2)), in_flight=2)]  # fmt: skip
+            for _ in range(3):
+                await asyncio.sleep(0)
+            who = {"type": "identify", "userId": "u-1", "anonymousId": visitor, "messageId": "id-1",
+                   "traits": {"email": "ana@example.com"}, "writeKey": KEY}  # fmt: skip
+            n = 8
+            then = [commits.submit(collector, prepared("/v1/identify", who), in_flight=2 + n)]
+            then += [
+                commits.submit(collector, prepared("/v1/page", page(50 + k, f"other-{k}")), in_flight=2 + n)
+                for k in range(1, n)
+            ]
+            answers = await asyncio.gather(*first, *then)
+        finally:
+            await commits.redis.aclose()
         return [a.status for a in answers]
 
-    assert asyncio.run(run()) == [200] * (4 + 3 * SECOND_COMMIT_AT)
-    assert sizes == [1, 3 + SECOND_COMMIT_AT, 2 * SECOND_COMMIT_AT]  # those waiting went in the next
+    assert set(asyncio.run(run())) == {200}
+    key = _visitor_of({"anonymousId": visitor})
+    assert key is not None and not store.held_events("default", [key])  # none left behind
+    names = [r["evtData"].get("name") for r in pending(store) if r.get("evtName") == "Web Page Viewed"]
+    assert "Page 1" in names and "Page 2" in names
+
+
+def track_call(n: int) -> dict[str, Any]:
+    return {"type": "track", "event": "E", "userId": f"u{n}", "messageId": f"t{n}"}
+
+
+def test_origins_are_remembered_within_bounds(redis_url: str, store: Store) -> None:
+    from pipeline.collector.core import MAX_ORIGINS_REMEMBERED
+
+    collector = Collector(settings_for(redis_url), store)
+    body = orjson.dumps(
+        {**track(1), "writeKey": "wrong"}
+    )  # refused: the origin is checked first all the same
+    long = "https://" + "a" * 10_000 + ".test"  # a header may be 32 KB
+    assert collector.prepare("/v1/t", {"origin": long}, body).status == 401  # type: ignore[union-attr]
+    assert collector._origins == {}  # not kept
+    for n in range(MAX_ORIGINS_REMEMBERED + 5):
+        collector.prepare("/v1/t", {"origin": f"https://o{n}.evil.test"}, body)
+    assert len(collector._origins) <= MAX_ORIGINS_REMEMBERED
+    assert collector._allowed_anywhere(SHOP) and not collector._allowed_anywhere("https://evil.test")

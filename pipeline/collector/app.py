@@ -34,6 +34,7 @@ from pipeline.collector.browser import (
     segment_settings,
 )
 from pipeline.collector.core import (
+    MAX_ORIGIN_REMEMBERED,
     OK,
     UNAUTHORIZED,
     UNAVAILABLE,
@@ -58,13 +59,10 @@ MAX_REQUESTS_PER_CLIENT = 16
 RETRY_AFTER_BUSY_S = 1
 #: Longest an enqueue waits for the requests still being read to join it (GroupCommit).
 GATHER_S = 0.001
-#: Enqueues one worker process has waiting on Redis at once; the requests ready meanwhile wait for the next
-#: (so they share its round trip).
-MAX_COMMITS = 2
-#: A second enqueue starts while one waits on Redis only for this many requests ready: then the event loop
-#: has work while Redis runs the script (it sat idle a tenth of the time with one, 64 connections); for a
-#: few, a round trip of their own costs more than waiting for the one out (bench-collect, 4 connections).
-SECOND_COMMIT_AT = 8
+#: An integration has one enqueue out at a time: its requests reach Redis in the order they came, and each
+#: enqueue reads what the one before it wrote (a visitor's held events, a user's email); those ready
+#: meanwhile go together in the next. (A second begun beside the one out, mapping its requests meanwhile
+#: and waiting for it before its first round trip, measured slower: smaller enqueues.)
 
 log = logging.getLogger("pipeline.collector")
 
@@ -110,7 +108,7 @@ def serving_gc() -> None:
     cycles are freed as they go either way; this is the work of looking for cycles. With CPython's
     defaults (a collection every 700 new objects, each walking whatever is young, and the older
     generations' every so often) it was a third of the collector's CPU with 64 requests in flight:
-    75 µs of CPU a request with it, 113 µs without (bench-collect's browser shape, one sitting). A bare
+    76 µs of CPU a request with it, 113 µs without (bench-collect's browser shape, one sitting). A bare
     endpoint's figure does not move: it holds few objects."""
     gc.collect()
     gc.freeze()
@@ -233,10 +231,12 @@ def create_app(
         cors = tuple(prepared.cors.items())
         found = encoded_ok.get(cors)
         if found is None:
-            if len(encoded_ok) >= MAX_ENCODED:
-                encoded_ok.clear()
             built = _respond(prepared.answered(OK))
-            found = encoded_ok[cors] = (bytes(built.body), built.raw_headers)
+            found = (bytes(built.body), built.raw_headers)
+            if len(prepared.cors.get("Access-Control-Allow-Origin", "")) <= MAX_ORIGIN_REMEMBERED:
+                if len(encoded_ok) >= MAX_ENCODED:
+                    encoded_ok.clear()
+                encoded_ok[cors] = found
         return _Encoded(200, found[0], list(found[1]))
 
     async def preflight(request: Request) -> Response:
@@ -317,26 +317,33 @@ def create_app(
     return app
 
 
+Item = tuple[Collector, Prepared, asyncio.Future[Answer]]
+
+
 class GroupCommit:
     """Requests queued together: one atomic enqueue (one Redis round trip) for all of an integration's
     that are ready, up to CHUNK events at once. Each request is still queued whole or not at all, and
     answered with what its enqueue came to. With ``redis`` (an asyncio client for the store's Redis, set
     while the app serves) the enqueue awaits Redis and the loop goes on reading and preparing requests
-    meanwhile; at most MAX_COMMITS are out at once, and the requests ready meanwhile go together in the
-    next. Without it, the enqueue blocks the loop (a thread hand-off cost more CPU than it saved,
-    bench-collect). While requests this process is handling are still being read or prepared, a commit
-    waits for them, at most GATHER_S, so that one-event requests (a page's) share a round trip instead of
-    each paying its fixed cost. An idle collector sends each request at once."""
+    meanwhile; an integration has one enqueue out at a time (its requests reach Redis in the order they
+    came), and those ready meanwhile go together in its next. Without it, the enqueue blocks the loop (a
+    thread hand-off cost more CPU than it saved, bench-collect). While requests this process is handling
+    are still being read or prepared, a commit waits for them, at most GATHER_S, so that one-event requests
+    (a page's) share a round trip instead of each paying its fixed cost. An idle collector sends each
+    request at once."""
 
     def __init__(self, in_flight: list[int] | None = None) -> None:
         #: the requests this process is handling (the app's count, read when a commit ends)
         self.in_flight = in_flight if in_flight is not None else [1]
-        self.waiting: list[tuple[Collector, Prepared, asyncio.Future[Answer]]] = []
+        #: by (collector, integration), in the order they came
+        self.waiting: dict[tuple[int, str], list[Item]] = {}
+        self.n_waiting = 0
         self.scheduled = False
         self.timer: asyncio.TimerHandle | None = None
         self.redis: Any = None
-        self.running = 0  # commits out at once
+        self.running = 0  # commits out
         self.committing = 0  # the requests in them
+        self.out: set[tuple[int, str]] = set()  # the (collector, integration)s with a commit out
         self.tasks: set[asyncio.Task[Answer]] = set()
 
     def submit(
@@ -347,13 +354,14 @@ class GroupCommit:
         enqueue waits for them, at most GATHER_S, so they share its round trip."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Answer] = loop.create_future()
-        self.waiting.append((collector, prepared, done))
+        self.waiting.setdefault((id(collector), prepared.integration), []).append((collector, prepared, done))
+        self.n_waiting += 1
         self._soon(loop, self.in_flight[0] if in_flight is None else in_flight)
         return done
 
     def _soon(self, loop: asyncio.AbstractEventLoop, in_flight: int) -> None:
         """Flush in this turn when every request in flight is waiting or committing, else within GATHER_S."""
-        if len(self.waiting) + self.committing >= in_flight:
+        if self.n_waiting + self.committing >= in_flight:
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None
@@ -368,40 +376,36 @@ class GroupCommit:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if (
-            self.redis is not None
-            and self.running
-            and (self.running >= MAX_COMMITS or len(self.waiting) < SECOND_COMMIT_AT)
-        ):
-            return  # the next commit to end flushes what waits
-        waiting, self.waiting = self.waiting, []
-        groups: dict[tuple[int, str], list[tuple[Collector, Prepared, asyncio.Future[Answer]]]] = {}
-        for item in waiting:
-            groups.setdefault((id(item[0]), item[1].integration), []).append(item)
-        for items in groups.values():
-            batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]] = []
-            size = 0
-            for item in items:
-                if batch and size + len(item[1].events) > CHUNK:
-                    self._start(batch)
-                    batch, size = [], 0
-                batch.append(item)
-                size += len(item[1].events)
-            self._start(batch)
+        for key in list(self.waiting):
+            items = self.waiting[key]
+            if self.redis is None:  # blocking: each enqueue ends before the next begins
+                del self.waiting[key]
+                self.n_waiting -= len(items)
+                while items:
+                    batch, items = _first_batch(items)
+                    self._answer(batch, self._commit(batch))
+                continue
+            if key in self.out:
+                continue  # its commit out flushes them when it ends
+            batch, rest = _first_batch(items)
+            if rest:
+                self.waiting[key] = rest
+            else:
+                del self.waiting[key]
+            self.n_waiting -= len(batch)
+            self._start(key, batch)
 
-    def _start(self, batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]]) -> None:
-        if self.redis is None:
-            self._answer(batch, self._commit(batch))
-            return
+    def _start(self, key: tuple[int, str], batch: list[Item]) -> None:
+        self.out.add(key)
         self.running += 1
         self.committing += len(batch)
         task = asyncio.get_running_loop().create_task(self._commit_async(batch, self.redis))
         self.tasks.add(task)  # held until done: the loop keeps only a weak reference to a task
         # Answered and counted when the task ends, however it ends (cancelled before it ran, too).
-        task.add_done_callback(lambda done: self._ended(batch, done))
+        task.add_done_callback(lambda done: self._ended(key, batch, done))
 
     @staticmethod
-    def _commit(batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]]) -> Answer:
+    def _commit(batch: list[Item]) -> Answer:
         collector, first, _ = batch[0]
         try:
             return collector.queue_many(first.integration, [p for _, p, _ in batch])  # 503s, not raises
@@ -410,18 +414,15 @@ class GroupCommit:
             return UNAVAILABLE
 
     @staticmethod
-    async def _commit_async(
-        batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]], client: Any
-    ) -> Answer:
+    async def _commit_async(batch: list[Item], client: Any) -> Answer:
         collector, first, _ = batch[0]
         return await collector.queue_many_async(first.integration, [p for _, p, _ in batch], client)
 
-    def _ended(
-        self, batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]], task: asyncio.Task[Answer]
-    ) -> None:
+    def _ended(self, key: tuple[int, str], batch: list[Item], task: asyncio.Task[Answer]) -> None:
         self.tasks.discard(task)
         self.running -= 1
         self.committing -= len(batch)
+        self.out.discard(key)
         answer = UNAVAILABLE  # cancelled (the app stopping) or a bug: the SDK tries again
         if not task.cancelled():
             exc = task.exception()
@@ -430,14 +431,25 @@ class GroupCommit:
             else:  # never leave a request waiting
                 log.error("could not queue %d requests, answered 503: %s", len(batch), type(exc).__name__)
         self._answer(batch, answer)
-        if self.waiting:  # those still being read join them, within GATHER_S
+        if self.n_waiting:  # those still being read join them, within GATHER_S
             self._soon(asyncio.get_running_loop(), self.in_flight[0] - len(batch))
 
     @staticmethod
-    def _answer(batch: list[tuple[Collector, Prepared, asyncio.Future[Answer]]], answer: Answer) -> None:
+    def _answer(batch: list[Item], answer: Answer) -> None:
         for _, _, done in batch:
             if not done.done():
                 done.set_result(answer)
+
+
+def _first_batch(items: list[Item]) -> tuple[list[Item], list[Item]]:
+    """The requests at the head of ``items`` that go in one enqueue (CHUNK events at most, one request at
+    least), and the rest."""
+    size = 0
+    for n, item in enumerate(items):
+        size += len(item[1].events)
+        if n and size > CHUNK:
+            return items[:n], items[n:]
+    return items, []
 
 
 def _with_cors(answer: Answer, headers: dict[str, str], collector: Collector) -> Answer:

@@ -56,6 +56,8 @@ RETRY_AFTER_REDIS_S = 5
 RETRY_AFTER_FULL_S = 30
 #: Origins whose answer Collector._allowed_anywhere remembers; forgotten together past this many.
 MAX_ORIGINS_REMEMBERED = 1024
+#: The longest origin remembered (a real one is a scheme and a host name: at most about 270 characters).
+MAX_ORIGIN_REMEMBERED = 300
 
 
 @dataclass(frozen=True)
@@ -200,9 +202,11 @@ class Collector:
         (a page's visitors send the same few)."""
         allowed = self._origins.get(origin)
         if allowed is None:
-            if len(self._origins) >= MAX_ORIGINS_REMEMBERED:
-                self._origins.clear()
-            allowed = self._origins[origin] = origin_allowed_anywhere(origin, self.settings.integrations)
+            allowed = origin_allowed_anywhere(origin, self.settings.integrations)
+            if len(origin) <= MAX_ORIGIN_REMEMBERED:  # a header may be 32 KB: such an origin is not kept
+                if len(self._origins) >= MAX_ORIGINS_REMEMBERED:
+                    self._origins.clear()
+                self._origins[origin] = allowed
         return allowed
 
     def queue_many(self, integration: str, requests: list[Prepared]) -> Answer:
