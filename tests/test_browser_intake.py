@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from pipeline.collector.app import GC_THRESHOLDS, app_factory, create_app
 from pipeline.collector.browser import RateLimit, client_address, corrected, origin_matches
-from pipeline.collector.core import Collector
+from pipeline.collector.core import Collector, Prepared
 from pipeline.config import Settings, load_settings
 from pipeline.store import Store
 from tests.helpers import dead_letters, environment, pending
@@ -40,6 +40,13 @@ def settings_for(redis_url: str, **extra: Any) -> Settings:
 @pytest.fixture
 def client(redis_url: str, store: Store) -> TestClient:
     return TestClient(create_app(settings_for(redis_url), store))
+
+
+def accepted(collector: Collector, path: str, body: dict[str, Any]) -> Prepared:
+    """What the collector prepares for ``body`` on ``path``: a request it accepts, not yet queued."""
+    found = collector.prepare(path, {}, orjson.dumps(body))
+    assert isinstance(found, Prepared), found
+    return found
 
 
 def track(n: int, **extra: Any) -> dict[str, Any]:
@@ -227,7 +234,6 @@ def test_an_enqueue_on_the_event_loop_lets_the_next_requests_gather_behind_it(
     import redis.asyncio
 
     from pipeline.collector.app import GroupCommit
-    from pipeline.collector.core import Prepared
 
     collector = Collector(settings_for(redis_url), store)
     sizes: list[int] = []
@@ -240,9 +246,7 @@ def test_an_enqueue_on_the_event_loop_lets_the_next_requests_gather_behind_it(
     collector.queue_many_async = counted  # type: ignore[method-assign]
 
     def prepared(n: int) -> Prepared:
-        found = collector.prepare("/v1/track", {}, orjson.dumps({**track(n), "writeKey": KEY}))
-        assert isinstance(found, Prepared)
-        return found
+        return accepted(collector, "/v1/track", {**track(n), "writeKey": KEY})
 
     async def burst() -> list[int]:
         commits = GroupCommit()
@@ -313,14 +317,11 @@ def test_a_commit_cancelled_before_it_runs_answers_503_and_the_next_goes_through
     import redis.asyncio
 
     from pipeline.collector.app import GroupCommit
-    from pipeline.collector.core import Prepared
 
     collector = Collector(settings_for(redis_url), store)
 
     def prepared(n: int) -> Prepared:
-        found = collector.prepare("/v1/track", {}, orjson.dumps({**track(n), "writeKey": KEY}))
-        assert isinstance(found, Prepared)
-        return found
+        return accepted(collector, "/v1/track", {**track(n), "writeKey": KEY})
 
     async def cancelled_then_next() -> tuple[int, int]:
         commits = GroupCommit()
@@ -403,7 +404,7 @@ def test_an_integration_has_one_enqueue_out_at_a_time_even_past_a_chunk(redis_ur
     import asyncio
 
     from pipeline.collector.app import GroupCommit
-    from pipeline.collector.core import OK, Prepared
+    from pipeline.collector.core import OK
     from pipeline.ingest import CHUNK
 
     collector = Collector(settings_for(redis_url), store)
@@ -423,9 +424,7 @@ def test_an_integration_has_one_enqueue_out_at_a_time_even_past_a_chunk(redis_ur
 
     def batch(n: int) -> Prepared:
         calls = [track(n * 1000 + k) for k in range(per_request)]
-        found = collector.prepare("/v1/batch", {}, orjson.dumps({"batch": calls, "writeKey": KEY}))
-        assert isinstance(found, Prepared)
-        return found
+        return accepted(collector, "/v1/batch", {"batch": calls, "writeKey": KEY})
 
     async def run() -> list[int]:
         commits = GroupCommit()
@@ -453,16 +452,13 @@ def test_an_integrations_requests_reach_redis_in_the_order_they_came(redis_url: 
     import redis.asyncio
 
     from pipeline.collector.app import GroupCommit
-    from pipeline.collector.core import Prepared
 
     collector = Collector(_hold_settings(redis_url), store)
 
     def identify(plan: str, n: int, **extra: Any) -> Prepared:
         body = {"type": "identify", "userId": "u-1", "messageId": f"m{n}", "writeKey": KEY,
                 "traits": {"email": "a@example.com", "plan": plan}, **extra}  # fmt: skip
-        found = collector.prepare("/v1/identify", {}, orjson.dumps(body))
-        assert isinstance(found, Prepared)
-        return found
+        return accepted(collector, "/v1/identify", body)
 
     async def run() -> None:
         commits = GroupCommit()
@@ -490,7 +486,6 @@ def test_an_anonymous_event_held_just_before_its_visitors_identify_is_released_w
     import redis.asyncio
 
     from pipeline.collector.app import GroupCommit
-    from pipeline.collector.core import Prepared
     from pipeline.ingest import _visitor_of, ingest
 
     settings = _hold_settings(redis_url)
@@ -504,9 +499,7 @@ def test_an_anonymous_event_held_just_before_its_visitors_identify_is_released_w
     collector = Collector(settings, store)
 
     def prepared(path: str, body: dict[str, Any]) -> Prepared:
-        found = collector.prepare(path, {}, orjson.dumps(body))
-        assert isinstance(found, Prepared)
-        return found
+        return accepted(collector, path, body)
 
     async def run() -> list[int]:
         commits = GroupCommit()
