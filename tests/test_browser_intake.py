@@ -551,3 +551,44 @@ def test_origins_are_remembered_within_bounds(redis_url: str, store: Store) -> N
         collector.prepare("/v1/t", {"origin": f"https://o{n}.evil.test"}, body)
     assert len(collector._origins) <= MAX_ORIGINS_REMEMBERED
     assert collector._allowed_anywhere(SHOP) and not collector._allowed_anywhere("https://evil.test")
+
+
+def test_after_the_settings_change_the_new_collectors_enqueue_waits_for_the_old_ones(
+    redis_url: str, store: Store
+) -> None:
+    import asyncio
+
+    from pipeline.collector.app import GroupCommit
+    from pipeline.collector.core import OK
+
+    old, new = Collector(settings_for(redis_url), store), Collector(settings_for(redis_url), store)
+    out: list[str] = []
+    release = asyncio.Event()
+
+    def stub(name: str) -> Any:
+        async def held(integration: str, requests: list[Prepared], client: Any) -> Any:
+            out.append(name)
+            await release.wait()
+            out.append(f"{name} ended")
+            return OK
+
+        return held
+
+    old.queue_many_async = stub("old")  # type: ignore[method-assign]
+    new.queue_many_async = stub("new")  # type: ignore[method-assign]
+
+    async def run() -> list[int]:
+        commits = GroupCommit()
+        commits.redis = object()  # the asyncio path (its client is never used here)
+        first = commits.submit(old, accepted(old, "/v1/t", {**track(1), "writeKey": KEY}))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        later = commits.submit(new, accepted(new, "/v1/t", {**track(2), "writeKey": KEY}))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert out == ["old"]  # the same integration: it waits, whichever Collector prepared it
+        release.set()
+        return [a.status for a in await asyncio.gather(first, later)]
+
+    assert asyncio.run(run()) == [200, 200]
+    assert out == ["old", "old ended", "new", "new ended"]

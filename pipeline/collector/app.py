@@ -343,7 +343,9 @@ class GroupCommit:
         self.redis: Any = None
         self.running = 0  # commits out
         self.committing = 0  # the requests in them
-        self.out: set[tuple[int, str]] = set()  # the (collector, integration)s with a commit out
+        #: the integrations with a commit out (by name: after the settings change, a new Collector's requests
+        #: wait for the old one's commit too)
+        self.out: set[str] = set()
         self.tasks: set[asyncio.Task[Answer]] = set()
 
     def submit(
@@ -385,7 +387,7 @@ class GroupCommit:
                     batch, items = _first_batch(items)
                     self._answer(batch, self._commit(batch))
                 continue
-            if key in self.out:
+            if key[1] in self.out:
                 continue  # its commit out flushes them when it ends
             batch, rest = _first_batch(items)
             if rest:
@@ -396,7 +398,7 @@ class GroupCommit:
             self._start(key, batch)
 
     def _start(self, key: tuple[int, str], batch: list[Item]) -> None:
-        self.out.add(key)
+        self.out.add(key[1])
         self.running += 1
         self.committing += len(batch)
         task = asyncio.get_running_loop().create_task(self._commit_async(batch, self.redis))
@@ -422,7 +424,7 @@ class GroupCommit:
         self.tasks.discard(task)
         self.running -= 1
         self.committing -= len(batch)
-        self.out.discard(key)
+        self.out.discard(key[1])
         answer = UNAVAILABLE  # cancelled (the app stopping) or a bug: the SDK tries again
         if not task.cancelled():
             exc = task.exception()
