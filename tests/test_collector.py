@@ -209,6 +209,34 @@ def test_the_http_app_limits_what_it_reads_and_sets_security_headers(redis_url: 
     assert len(pending(store)) == 1
 
 
+def test_the_calls_path_answers_as_starlette_would_and_a_bug_is_a_500_that_quotes_nothing(
+    redis_url: str, store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # POST /v1/<call> is served by plain ASGI (CollectorApp), past Starlette: the same answers
+    app = create_app(settings_for(redis_url), store)
+    with TestClient(app) as client:
+        ok = client.post("/v1/track", content=orjson.dumps(track(1)), auth=(KEY, ""))
+        assert ok.status_code == 200 and ok.content == b'{"success":true}'
+        assert ok.headers["content-type"] == "application/json" and ok.headers["content-length"] == "16"
+        assert ok.headers["content-security-policy"].startswith("default-src 'none'")
+        refused = client.post("/v1/nope", content=b"{}", auth=(KEY, ""))
+        assert refused.status_code == 404 and refused.json()["code"] == "not_found"
+        wrong_method = client.get("/v1/track")
+        assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+        assert client.post("/v1/track/more", content=b"{}").status_code == 405  # not a call: Starlette's
+
+        def broken(*_: Any) -> Any:
+            raise ValueError("the body said jane@example.com")
+
+        monkeypatch.setattr(Collector, "prepare", broken)
+        with caplog.at_level("INFO", logger="pipeline.collector"):
+            failed = client.post("/v1/track", content=orjson.dumps(track(2)), auth=(KEY, ""))
+        assert failed.status_code == 500 and failed.json()["code"] == "internal"
+        lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.collector"]
+        assert len(lines) == 1 and "ValueError at" in lines[0] and "jane@" not in caplog.text
+    assert [r["objectId"] for r in pending(store)] == ["u1"]
+
+
 def test_a_request_is_queued_whole_or_not_at_all_so_a_resend_never_doubles(
     redis_url: str, store: Store
 ) -> None:
