@@ -37,8 +37,11 @@ def push_token(
     """The token record for the call ``raw`` and a warning: (record, None) when it carries a usable token,
     (None, warning) when it carries one that cannot be sent, (None, None) when it carries none."""
     context = raw.get("context")
-    device = context.get("device") if isinstance(context, Mapping) else None
-    token = device.get("token") if isinstance(device, Mapping) else None
+    # dicts first: every call runs this, and an isinstance against the Mapping ABC is dear
+    device = context.get("device") if type(context) is dict or isinstance(context, Mapping) else None
+    if device is None:
+        return None, None
+    token = device.get("token") if type(device) is dict or isinstance(device, Mapping) else None
     if token is None or token == "":
         return None, None
     assert isinstance(device, Mapping) and isinstance(context, Mapping)

@@ -114,6 +114,10 @@ async def _answer(send: Send, answer: Answer) -> None:
     await _send(send, answer.status, *_raw(answer))
 
 
+def _answered(answer: Answer) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    return answer.status, *_raw(answer)
+
+
 class _Plain:
     """An ASGI function as a Starlette endpoint (a function itself is called with a Request)."""
 
@@ -231,39 +235,36 @@ def create_app(
             return await _answer(send, busy)
         in_flight[0] += 1
         by_client[client] = by_client.get(client, 0) + 1
-        started = [False]
-
-        async def sending(message: MutableMapping[str, Any]) -> None:
-            started[0] = True
-            await send(message)
-
         try:
-            await _calls(scope, receive, sending, headers, client, collector)
+            status, body, raw_headers = await _calls(scope, receive, headers, client, collector)
         except _Disconnected:  # the client hung up mid-body: nothing was queued, one short line
             log.info("a client hung up before its request's body arrived: nothing queued")
+            return
         except Exception as exc:  # a bug: one line (never a message: it could quote the body), and a 500
             log.error("a request failed, answered 500: %s", where(exc))
-            if not started[0]:
-                await _answer(send, error_answer(500, "internal", "the collector failed; try again"))
+            status, (body, raw_headers) = (
+                500,
+                _raw(error_answer(500, "internal", "the collector failed; try again")),
+            )
         finally:
             in_flight[0] -= 1
             by_client[client] -= 1
             if not by_client[client]:
                 del by_client[client]
+        await _send(send, status, body, raw_headers)
 
     async def _calls(
-        scope: Scope, receive: Receive, send: Send, headers: dict[str, str], client: str, collector: Collector
-    ) -> None:
+        scope: Scope, receive: Receive, headers: dict[str, str], client: str, collector: Collector
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """What to answer the request (sent by ``calls``, once the request is no longer counted)."""
         path = scope["path"]
         limit = limit_for(path)
         refused = collector.refuses_header(headers)  # a wrong key in the header: no body is read
         if refused is not None:
-            return await _answer(send, _with_cors(refused, headers, collector))
+            return _answered(_with_cors(refused, headers, collector))
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            return await _answer(
-                send, error_answer(400, "too_large", f"the body may be at most {limit // 1024} KB")
-            )
+            return _answered(error_answer(400, "too_large", f"the body may be at most {limit // 1024} KB"))
         body = bytearray()
         # a client that stalls mid-body is answered 408 and let go by the protocol (pipeline.cli.http)
         more = True
@@ -274,18 +275,18 @@ def create_app(
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > limit:  # stop reading: the rest is never buffered
-                return await _answer(
-                    send, error_answer(400, "too_large", f"the body may be at most {limit // 1024} KB")
+                return _answered(
+                    error_answer(400, "too_large", f"the body may be at most {limit // 1024} KB")
                 )
         # On the event loop, not in a thread: preparing is CPU work, and the hop to a thread cost 40% more CPU
         # per event (bench-collect); the enqueue awaits Redis (GroupCommit), so a slow client or a round
         # trip holds no one up (--workers for cores).
         prepared = collector.prepare(path, headers, bytes(body), client)
         if isinstance(prepared, Answer):
-            return await _answer(send, prepared)
+            return _answered(prepared)
         answer = await commits.submit(collector, prepared)
         if answer is not OK:
-            return await _answer(send, prepared.answered(answer))
+            return _answered(prepared.answered(answer))
         cors = tuple(prepared.cors.items())
         found = encoded_ok.get(cors)
         if found is None:
@@ -294,7 +295,7 @@ def create_app(
                 if len(encoded_ok) >= MAX_ENCODED:
                     encoded_ok.clear()
                 encoded_ok[cors] = found
-        await _send(send, 200, *found)
+        return 200, *found
 
     async def preflight(request: Request) -> Response:
         """A browser's CORS preflight: allowed when any integration with a write key allows the origin (the

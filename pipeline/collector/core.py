@@ -76,10 +76,11 @@ class Answer:
 OK = Answer(200, {"success": True})
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Prepared:
     """A request the collector accepts, not yet queued: its integration, its events, and the CORS
-    headers its answer carries."""
+    headers its answer carries (not frozen: one is made for every request, and a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``)."""
 
     integration: str
     events: list[Any]
@@ -287,7 +288,9 @@ class Collector:
             sent_at = payload.get("sentAt")
             events = [corrected(_prepared(e, shared), received, sent_at) for e in events]
         else:
-            events = [corrected(_prepared({**payload, "type": call}, {}), received)]  # the path says the call
+            payload.pop("writeKey", None)  # the body is this request's own: changed in place, not copied
+            payload["type"] = call  # the path says the call
+            events = [corrected(payload, received)]
         return integration, events
 
     def _browser(self, integration: str, origin: str | None, client: str) -> Answer | None:
