@@ -214,16 +214,31 @@ def test_the_calls_path_answers_as_starlette_would_and_a_bug_is_a_500_that_quote
 ) -> None:
     # POST /v1/<call> is served by plain ASGI (CollectorApp), past Starlette: the same answers
     app = create_app(settings_for(redis_url), store)
+    starlette, entered = app.starlette, []
+
+    async def watched(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            entered.append(scope["path"])
+        await starlette(scope, receive, send)
+
+    app.starlette = watched  # type: ignore[assignment]
+    security = {"x-content-type-options": "nosniff", "cache-control": "no-store"}
     with TestClient(app) as client:
         ok = client.post("/v1/track", content=orjson.dumps(track(1)), auth=(KEY, ""))
         assert ok.status_code == 200 and ok.content == b'{"success":true}'
         assert ok.headers["content-type"] == "application/json" and ok.headers["content-length"] == "16"
         assert ok.headers["content-security-policy"].startswith("default-src 'none'")
+        assert security.items() <= ok.headers.items()
+        again = client.post("/v1/track", content=orjson.dumps(track(3)), auth=(KEY, ""))  # the cached 200
+        assert [k for k, _ in again.headers.raw].count(b"content-type") == 1
         refused = client.post("/v1/nope", content=b"{}", auth=(KEY, ""))
         assert refused.status_code == 404 and refused.json()["code"] == "not_found"
+        big = client.post("/v1/track", content=b"x" * (MAX_CALL_BYTES + 1), auth=(KEY, ""))
+        assert big.status_code == 400 and big.json()["code"] == "too_large"
+        assert entered == []  # every POST /v1/<call> above went past Starlette
         wrong_method = client.get("/v1/track")
         assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
-        assert client.post("/v1/track/more", content=b"{}").status_code == 405  # not a call: Starlette's
+        assert entered == ["/v1/track"]
 
         def broken(*_: Any) -> Any:
             raise ValueError("the body said jane@example.com")
@@ -231,10 +246,18 @@ def test_the_calls_path_answers_as_starlette_would_and_a_bug_is_a_500_that_quote
         monkeypatch.setattr(Collector, "prepare", broken)
         with caplog.at_level("INFO", logger="pipeline.collector"):
             failed = client.post("/v1/track", content=orjson.dumps(track(2)), auth=(KEY, ""))
-        assert failed.status_code == 500 and failed.json()["code"] == "internal"
+        assert failed.status_code == 500 and failed.json() == {
+            "success": False, "code": "internal", "message": "the collector failed; try again"
+        }  # fmt: skip
+        assert (
+            failed.headers["content-type"] == "application/json"
+            and security.items() <= failed.headers.items()
+        )
         lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.collector"]
         assert len(lines) == 1 and "ValueError at" in lines[0] and "jane@" not in caplog.text
-    assert [r["objectId"] for r in pending(store)] == ["u1"]
+        assert "jane@" not in failed.text
+    assert app.in_flight == [0] and app.by_client == {}  # every request counted out, the 500's too
+    assert [r["objectId"] for r in pending(store)] == ["u1", "u3"]
 
 
 def test_a_request_is_queued_whole_or_not_at_all_so_a_resend_never_doubles(

@@ -1,4 +1,5 @@
-"""The collector over HTTP: a small Starlette app served by uvicorn (``clevertap-pipeline collect``).
+"""The collector over HTTP, served by uvicorn (``clevertap-pipeline collect``): ``POST /v1/<call>`` as plain
+ASGI (CollectorApp), the rest (the SDKs' settings, preflights, /health) a small Starlette app.
 
 Starlette and uvicorn were chosen by measurement (README, dependency notes). The app reads a body only up
 to the path's limit, hands it to :class:`~pipeline.collector.core.Collector` on the event loop
@@ -118,6 +119,9 @@ def _answered(answer: Answer) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     return answer.status, *_raw(answer)
 
 
+INTERNAL = error_answer(500, "internal", "the collector failed; try again")
+
+
 class _Plain:
     """An ASGI function as a Starlette endpoint (a function itself is called with a Request)."""
 
@@ -224,10 +228,14 @@ def create_app(
         """``POST /v1/<call>``, nearly every request: plain ASGI, not through Starlette's middleware,
         Request and Response (they cost about 17 µs a request, as much as the HTTP stack under them:
         bench-collect's browser shape; the other routes keep Starlette)."""
-        collector = current()
-        # from the ASGI scope as they came (lower-case names), not through Starlette's Headers
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        client = client_of(scope, headers, collector)
+        try:
+            collector = current()
+            # from the ASGI scope as they came (lower-case names), not through Starlette's Headers
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            client = client_of(scope, headers, collector)
+        except Exception as exc:  # a bug: one line that quotes nothing, and a 500
+            log.error("a request failed, answered 500: %s", where(exc))
+            return await _answer(send, INTERNAL)
         if in_flight[0] >= MAX_REQUESTS or by_client.get(client, 0) >= MAX_REQUESTS_PER_CLIENT:
             busy = error_answer(
                 503, "busy", "the collector is busy; try again", **{"Retry-After": str(RETRY_AFTER_BUSY_S)}
@@ -235,28 +243,26 @@ def create_app(
             return await _answer(send, busy)
         in_flight[0] += 1
         by_client[client] = by_client.get(client, 0) + 1
-        try:
-            status, body, raw_headers = await _calls(scope, receive, headers, client, collector)
-        except _Disconnected:  # the client hung up mid-body: nothing was queued, one short line
-            log.info("a client hung up before its request's body arrived: nothing queued")
-            return
-        except Exception as exc:  # a bug: one line (never a message: it could quote the body), and a 500
-            log.error("a request failed, answered 500: %s", where(exc))
-            status, (body, raw_headers) = (
-                500,
-                _raw(error_answer(500, "internal", "the collector failed; try again")),
-            )
+        try:  # counted until its answer is sent: a client that does not read its answers holds its own share
+            try:
+                status, body, raw_headers = await _calls(scope, receive, headers, client, collector)
+            except _Disconnected:  # the client hung up mid-body: nothing was queued, one short line
+                log.info("a client hung up before its request's body arrived: nothing queued")
+                return
+            except Exception as exc:  # a bug: one line (never a message: it could quote the body), a 500
+                log.error("a request failed, answered 500: %s", where(exc))
+                status, (body, raw_headers) = 500, _raw(INTERNAL)
+            await _send(send, status, body, raw_headers)
         finally:
             in_flight[0] -= 1
             by_client[client] -= 1
             if not by_client[client]:
                 del by_client[client]
-        await _send(send, status, body, raw_headers)
 
     async def _calls(
         scope: Scope, receive: Receive, headers: dict[str, str], client: str, collector: Collector
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        """What to answer the request (sent by ``calls``, once the request is no longer counted)."""
+        """What to answer the request (``calls`` sends it)."""
         path = scope["path"]
         limit = limit_for(path)
         refused = collector.refuses_header(headers)  # a wrong key in the header: no body is read
@@ -295,7 +301,7 @@ def create_app(
                 if len(encoded_ok) >= MAX_ENCODED:
                     encoded_ok.clear()
                 encoded_ok[cors] = found
-        return 200, *found
+        return 200, found[0], list(found[1])  # a copy: the cached list is never handed out
 
     async def preflight(request: Request) -> Response:
         """A browser's CORS preflight: allowed when any integration with a write key allows the origin (the
@@ -373,16 +379,19 @@ def create_app(
         ],
     )
     app.router.redirect_slashes = False  # a redirect would be built from the Host header
-    return CollectorApp(app, calls)
+    return CollectorApp(app, calls, in_flight, by_client)
 
 
 class CollectorApp:
     """The collector's ASGI app: ``POST /v1/<call>`` (what Starlette's ``/v1/{call}`` matches) straight to
     its handler, everything else (the SDKs' settings, preflights, /health, the lifespan) to Starlette."""
 
-    def __init__(self, starlette: Starlette, calls: ASGIApp) -> None:
+    def __init__(
+        self, starlette: Starlette, calls: ASGIApp, in_flight: list[int], by_client: dict[str, int]
+    ) -> None:
         self.starlette = starlette
         self.calls = calls
+        self.in_flight, self.by_client = in_flight, by_client  # the requests being handled, and by whom
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":

@@ -351,7 +351,8 @@ SLICES = 4
 
 def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store, connections: int) -> int:
     """One event a request, as a page sends: requests/s and events/s per collector core, p50/p99 at half
-    that rate, and a bare Starlette endpoint's requests/s on the same uvicorn. Both processes are up for
+    that rate, and a bare Starlette endpoint's requests/s on the same uvicorn (and a bare ASGI function's:
+    the collector serves its calls past Starlette, and this is uvicorn alone). They are all up for
     the whole run and their flat-out slices alternate (SLICES each), so the ratio of the run compares like
     with like; an idle one costs nothing meanwhile. ``connections``: keep-alive connections of an asyncio
     client (Load.flat_out_async), MAX_REQUESTS_PER_CLIENT from each address. Also printed: how busy the
@@ -361,6 +362,11 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store, 
         sys.executable, "-c", "import sys; from pipeline.cli.serving import serve; "
         "from pipeline.local.bare_app import app; serve(app, '127.0.0.1', int(sys.argv[1]), 'text')",
     ]  # fmt: skip
+    plain_command = [
+        sys.executable, "-c", "import sys; from pipeline.cli.serving import serve; "
+        "from pipeline.local.bare_app import plain; serve(plain, '127.0.0.1', int(sys.argv[1]), 'text')",
+    ]  # fmt: skip
+    plain_rates, plain_ratios = [], []
     rates, per_core, p50s, p99s, bare_rates, bare_per_core, ratios, refused = [], [], [], [], [], [], [], 0
     busy, shared = [], []
     ran_dry = 0
@@ -370,12 +376,15 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store, 
             collector, port = _collector(group, env)
             bare_port = free_port()
             bare_child = _serve(group, "bare", [*bare_command, str(bare_port)], env, bare_port)
+            plain_port = free_port()
+            _serve(group, "plain", [*plain_command, str(plain_port)], env, plain_port)
             store.r.flushdb()
             # bodies for past what either server reaches here (15,000 and 32,000 requests/s); a run that
             # still runs out says so
             mine = Load(port, _browser_bodies(run, int(args.seconds * 30000) + 100), browser=True)
             bare = Load(bare_port, _browser_bodies(run, int(args.seconds * 50000) + 100), browser=True)
-            wall = cpu = bare_wall = bare_cpu = 0.0
+            plain = Load(plain_port, _browser_bodies(run, int(args.seconds * 70000) + 100), browser=True)
+            wall = cpu = bare_wall = bare_cpu = plain_wall = 0.0
             enqueues = 0
             for _ in range(SLICES):
                 cpu0, calls0 = _cpu_s(collector.pid), _enqueues(store)
@@ -385,14 +394,17 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store, 
                 cpu0 = _cpu_s(bare_child.pid)
                 bare_wall += bare.flat_out_async(connections, args.seconds / SLICES)
                 bare_cpu += _cpu_s(bare_child.pid) - cpu0
+                plain_wall += plain.flat_out_async(connections, args.seconds / SLICES)
             rate, bare_rate = mine.requests / wall, bare.requests / bare_wall
+            plain_rates.append(plain.requests / plain_wall)
+            plain_ratios.append(rate / plain_rates[-1])
             store.r.flushdb()
             paced = Load(port, _browser_bodies(run + 1000, int(args.seconds * rate / 2) + 10), browser=True)
             paced.paced(rate / 2, args.seconds)
             lat = sorted(paced.latencies)
             p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-            refused += mine.refused + paced.refused + bare.refused
-            ran_dry += mine.ran_dry or bare.ran_dry
+            refused += mine.refused + paced.refused + bare.refused + plain.refused
+            ran_dry += mine.ran_dry or bare.ran_dry or plain.ran_dry
         finally:
             group.stop()
         rates.append(rate)
@@ -411,7 +423,8 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store, 
             f"{bare_rate:,.0f} requests/s, {bare.requests / bare_cpu:,.0f} per core "
             f"(collector {rate / bare_rate:.2f}x, "
             f"{mine.requests / cpu / (bare.requests / bare_cpu):.2f}x per core); collector busy "
-            f"{cpu / wall:.0%}, {mine.requests / max(1, enqueues):.1f} requests an enqueue",
+            f"{cpu / wall:.0%}, {mine.requests / max(1, enqueues):.1f} requests an enqueue; a bare ASGI "
+            f"function {plain_rates[-1]:,.0f} requests/s (collector {plain_ratios[-1]:.2f}x)",
             flush=True,
         )
     med = statistics.median
@@ -430,6 +443,10 @@ def _browser_shape(args: argparse.Namespace, env: dict[str, str], store: Store, 
     print(
         f"per core of CPU:          collector {med(per_core):,.0f} requests/s, "
         f"bare {med(bare_per_core):,.0f}; {per_core_ratio:.2f}x"
+    )
+    print(
+        f"against bare ASGI:        {med(plain_rates):,.0f} requests/s (uvicorn alone: the collector serves "
+        f"POST /v1/<call> so); collector {med(plain_ratios):.2f}x"
     )
     print(
         f"collector:                busy {med(busy):.0%} of a core, {med(shared):.1f} requests an enqueue "
