@@ -77,12 +77,11 @@ SECURITY_HEADERS = {
 
 
 def _respond(answer: Answer) -> Response:
-    return Response(
-        answer.encoded(),
-        status_code=answer.status,
-        headers={**SECURITY_HEADERS, **answer.headers},
-        media_type="application/json",
-    )
+    """``answer`` as a Starlette Response (the routes other than the calls), encoded as the calls' are."""
+    body, headers = _raw(answer)
+    response = Response(body, status_code=answer.status)
+    response.raw_headers = headers
+    return response
 
 
 Scope = MutableMapping[str, Any]
@@ -243,21 +242,22 @@ def create_app(
             return await _answer(send, busy)
         in_flight[0] += 1
         by_client[client] = by_client.get(client, 0) + 1
-        try:  # counted until its answer is sent: a client that does not read its answers holds its own share
-            try:
-                status, body, raw_headers = await _calls(scope, receive, headers, client, collector)
-            except _Disconnected:  # the client hung up mid-body: nothing was queued, one short line
-                log.info("a client hung up before its request's body arrived: nothing queued")
-                return
-            except Exception as exc:  # a bug: one line (never a message: it could quote the body), a 500
-                log.error("a request failed, answered 500: %s", where(exc))
-                status, (body, raw_headers) = 500, _raw(INTERNAL)
-            await _send(send, status, body, raw_headers)
+        # Counted while it is read, prepared and queued, not while its answer is written: a client that
+        # stops reading its answers (its socket full) holds a connection, capped apart, not a request slot.
+        try:
+            status, body, raw_headers = await _calls(scope, receive, headers, client, collector)
+        except _Disconnected:  # the client hung up mid-body: nothing was queued, one short line
+            log.info("a client hung up before its request's body arrived: nothing queued")
+            return
+        except Exception as exc:  # a bug: one line (never a message: it could quote the body), a 500
+            log.error("a request failed, answered 500: %s", where(exc))
+            status, (body, raw_headers) = 500, _raw(INTERNAL)
         finally:
             in_flight[0] -= 1
             by_client[client] -= 1
             if not by_client[client]:
                 del by_client[client]
+        await _send(send, status, body, raw_headers)
 
     async def _calls(
         scope: Scope, receive: Receive, headers: dict[str, str], client: str, collector: Collector
